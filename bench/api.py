@@ -1,0 +1,648 @@
+"""API throughput and latency, with the server started the way the README starts it.
+
+For each backend (SQLite, PostgreSQL) the real ``midonet-membership all-in-one`` runs as a
+subprocess (a generated neutron.conf with ``[database] connection``, a temporary state dir, a
+free port, token auth with ``<state>/admin-token``). On PostgreSQL the production layout of
+the reference measurement (``midonet-membership api --workers 1 --threads 8``, gunicorn, with
+``midonet-membership importer`` beside it) is measured as well. PostgreSQL runs on a fresh
+``mm_bench_<random>`` database, dropped at the end.
+
+The memberships table is first seeded with ``--rows`` rows (bulk INSERT straight into the
+database, then ANALYZE as autovacuum would), then, at concurrency 1 and 8 (keep-alive
+``http.client`` connections, one per client thread): POST, GET show and DELETE of fresh
+memberships, and ``GET ?limit=100`` on the first page and on the page after the row at 90%
+of the table in id order (the deep page, verified against the seeded ids). Each figure is
+measured in three runs: req/s of the median run (every run's is listed), p50/p99 latency in
+ms over all runs' requests, errors (any non-2xx or broken connection; must be 0), and the CPU
+the server, this client and PostgreSQL used per request. The client, the server and
+PostgreSQL share the machine's cores; ``other_load`` is the share of the machine other users'
+processes took meanwhile (a figure measured while it is high is too low).
+
+Prints ONE JSON document on stdout, with the stock-neutron reference measured on this
+machine kind, the issue's targets and a pass/fail per target (PostgreSQL, concurrency 1, like
+the reference). Progress goes to stderr; the exit status is 1 if any request failed.
+
+    .venv/bin/python bench/api.py [--backends sqlite,postgresql] [--rows 100000] [--quick]
+                                  [--layouts all-in-one,api-1x8+importer] [--wait-quiet S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import math
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+BIN = Path(sys.executable).parent
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+BASE = "/v2.0/agent-memberships"
+CONCURRENCY = (1, 8)
+OPERATIONS = ("create", "show", "delete", "list_first_page", "list_deep_page")
+
+# Stock neutron 29 + networking-midonet on PostgreSQL, gunicorn 1 worker x 8 threads,
+# concurrency 1, measured on this machine kind (the issue's figures).
+REFERENCE = {
+    "setup": "neutron 29, PostgreSQL, gunicorn 1 worker x 8 threads, concurrency 1",
+    "create": {"req_per_s": 135, "p50_ms": 7.2},
+    "show": {"req_per_s": 206},
+    "delete": {"req_per_s": 92},
+    "list_limit_100": {"req_per_s": 7},
+}
+TARGETS = {
+    "create": {"metric": "req_per_s", "min": 5 * 135, "rule": ">= 5x reference"},
+    "show": {"metric": "req_per_s", "min": 5 * 206, "rule": ">= 5x reference"},
+    "delete": {"metric": "req_per_s", "min": 5 * 92, "rule": ">= 5x reference"},
+    "list_first_page": {"metric": "req_per_s", "min": 50 * 7, "rule": ">= 50x reference"},
+    "list_deep_page": {"metric": "p50_ms", "max_ratio_to_first_page": 1.5,
+                       "rule": "p50 <= 1.5x the first page's p50"},
+}
+
+# The layouts measured: the README's Quickstart command, and on PostgreSQL also the README's
+# production layout shaped like the reference (one gunicorn worker with 8 threads).
+LAYOUTS = {
+    "all-in-one": [["all-in-one"]],
+    "api-1x8+importer": [["api", "--workers", "1", "--threads", "8"], ["importer"]],
+}
+LAYOUTS_OF = {"sqlite": ["all-in-one"], "postgresql": ["all-in-one", "api-1x8+importer"]}
+
+
+def log(message: str) -> None:
+    print(f"[bench/api] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def seeded_ip(n: int) -> str:
+    """Seeded row n's address, unique in 10.0.0.0/8 (table data only, never contacted)."""
+    return f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"
+
+
+def posted_ip(n: int) -> str:
+    """POSTed membership n's address, unique in 172.16.0.0/12 (never contacted)."""
+    return f"172.{16 + (n >> 16 & 15)}.{n >> 8 & 255}.{n & 255}"
+
+
+# -- the server --------------------------------------------------------------------------------
+
+class Server:
+    """The layout's processes, each the ``midonet-membership`` console script of this venv."""
+
+    def __init__(self, database_url: str, layout: str) -> None:
+        self.layout = layout
+        self.state = Path(tempfile.mkdtemp(prefix="mm-bench-state-"))
+        self.port = free_port()
+        self.config_file = self.state / "neutron.conf"
+        self.config_file.write_text(f"[database]\nconnection = {database_url}\n")
+        self.log_path = self.state / "server.log"
+        self.commands = []
+        for command in LAYOUTS[layout]:
+            bind = [] if command[0] == "importer" else ["--bind", f"127.0.0.1:{self.port}"]
+            self.commands.append([str(BIN / "midonet-membership"), *command, "--config-file",
+                                  str(self.config_file), "--state-dir", str(self.state), *bind])
+        self.procs: list[subprocess.Popen] = []
+        self.token = ""
+
+    def start(self, timeout: float = 60) -> Server:
+        self.log = open(self.log_path, "ab")
+        for command in self.commands:
+            self.procs.append(subprocess.Popen(
+                command, stdout=self.log, stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+        deadline = time.monotonic() + timeout
+        token_file = self.state / "admin-token"
+        while time.monotonic() < deadline:
+            for proc in self.procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{proc.args} exited with {proc.returncode}:\n"
+                                       + self.output())
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            except OSError:
+                time.sleep(0.05)
+                continue
+            if token_file.exists() and token_file.read_text().strip():
+                self.token = token_file.read_text().strip()
+                return self
+            time.sleep(0.05)
+        raise RuntimeError("server did not start:\n" + self.output())
+
+    def pids(self) -> list[int]:
+        """The layout's processes and their children (gunicorn's worker)."""
+        roots = {p.pid for p in self.procs if p.poll() is None}
+        found = set(roots)
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    ppid = int(_proc_stat(int(entry))[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                if ppid in roots:
+                    found.add(int(entry))
+        return sorted(found)
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for pid in self.pids():
+            try:
+                fields = _proc_stat(pid)
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if hasattr(self, "log"):
+            self.log.close()
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.state, ignore_errors=True)
+
+
+def _proc_stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name (index 0 is the state)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()
+
+
+# -- the client --------------------------------------------------------------------------------
+
+Request = tuple[str, str, bytes | None]
+
+
+class CpuMeter:
+    """CPU seconds used by the server, this client, PostgreSQL and the machine as a whole."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    def read(self) -> dict[str, float]:
+        tck = os.sysconf("SC_CLK_TCK")
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        idle = values[3] + values[4]  # idle + iowait
+        times = os.times()
+        return {"server": self.server.cpu_seconds(), "client": times.user + times.system,
+                "postgres": _postgres_cpu_seconds(tck),
+                "machine_busy": (sum(values) - idle) / tck, "machine_total": sum(values) / tck}
+
+
+def _postgres_cpu_seconds(tck: int) -> float:
+    """All PostgreSQL processes (ours and anyone else's on this server)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                if f.read().strip() != "postgres":
+                    continue
+            fields = _proc_stat(int(entry))
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tck
+    return total
+
+
+class Run:
+    """One measurement: latencies, statuses, elapsed time and the CPU used meanwhile."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.statuses: Counter = Counter()
+        self.elapsed = 0.0
+        self.cpu: dict[str, float] = {}
+
+    @property
+    def rate(self) -> float:
+        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
+
+
+QUIET = {"max_wait": 0.0, "waited": 0.0}
+
+
+def wait_until_quiet() -> None:
+    """With ``--wait-quiet S``: wait (at most S seconds) for the machine to be under 10%
+    busy over half a second, so other users' bursts do not land in a run."""
+    deadline = time.monotonic() + QUIET["max_wait"]
+    started = time.monotonic()
+    while time.monotonic() < deadline and _machine_busy_share(0.5) > 0.10:
+        pass
+    QUIET["waited"] += time.monotonic() - started
+
+
+def measure(server: Server, concurrency: int, requests: list[Request], seconds: float,
+            warmup: int = 20) -> tuple[Run, list[int]]:
+    """Send ``requests`` over ``concurrency`` keep-alive connections (at most ``seconds``).
+
+    Each client thread first warms its connection (and the server's DB pool) with untimed
+    ``GET ?limit=1`` requests; then all start together. Returns the run and the indices of
+    the requests answered 2xx.
+    """
+    headers = {"X-Auth-Token": server.token, "Content-Type": "application/json",
+               "Accept": "application/json"}
+    chunks = [list(range(i, len(requests), concurrency)) for i in range(concurrency)]
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    succeeded: list[list[int]] = [[] for _ in range(concurrency)]
+    statuses: list[Counter] = [Counter() for _ in range(concurrency)]
+    barrier = threading.Barrier(concurrency + 1)
+    stop_at = [math.inf]
+
+    def send(conn: http.client.HTTPConnection, method: str, path: str,
+             body: bytes | None) -> tuple[http.client.HTTPConnection, int]:
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            return conn, resp.status
+        except (OSError, http.client.HTTPException):
+            conn.close()  # reconnect for the next request; this one is an error (status 0)
+            return http.client.HTTPConnection("127.0.0.1", server.port, timeout=60), 0
+
+    def worker(w: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        for _ in range(warmup):
+            conn, _status = send(conn, "GET", f"{BASE}?limit=1", None)
+        barrier.wait()
+        mine, ok, status_count = latencies[w], succeeded[w], statuses[w]
+        for i in chunks[w]:
+            start = time.perf_counter()
+            if start > stop_at[0]:
+                break
+            conn, status = send(conn, *requests[i])
+            mine.append(time.perf_counter() - start)
+            status_count[status] += 1
+            if 200 <= status < 300:
+                ok.append(i)
+        conn.close()
+
+    wait_until_quiet()
+    meter = CpuMeter(server)
+    threads = [threading.Thread(target=worker, args=(w,), daemon=True)
+               for w in range(concurrency)]
+    for t in threads:
+        t.start()
+    before = meter.read()
+    barrier.wait()
+    started = time.perf_counter()
+    stop_at[0] = started + seconds
+    for t in threads:
+        t.join()
+    run = Run()
+    run.elapsed = time.perf_counter() - started
+    after = meter.read()
+    run.cpu = {k: after[k] - before[k] for k in after}
+    run.latencies = [x for part in latencies for x in part]
+    run.statuses = sum(statuses, Counter())
+    return run, sorted(i for part in succeeded for i in part)
+
+
+def summarize(runs: list[Run]) -> dict:
+    """req/s of the median run (and every run's), latency percentiles over all runs pooled,
+    errors over all runs, CPU per request of each party and the share of the machine used
+    by anything else (other users' processes: a measurement made while it is high is low)."""
+    latencies = sorted(x for r in runs for x in r.latencies)
+    count = len(latencies)
+    statuses = sum((r.statuses for r in runs), Counter())
+    errors = {str(s): n for s, n in sorted(statuses.items()) if not 200 <= s < 300}
+    rates = sorted(r.rate for r in runs)
+    cpu = {k: sum(r.cpu[k] for r in runs) for k in runs[0].cpu}
+    per_req = (lambda seconds: round(seconds * 1000 / count, 3)) if count else (lambda _: None)
+    machine = max(cpu["machine_total"], 1e-9)
+    other = cpu["machine_busy"] - cpu["server"] - cpu["client"] - cpu["postgres"]
+    return {
+        "requests": count,
+        "errors": sum(errors.values()),
+        **({"error_statuses": errors} if errors else {}),
+        "req_per_s": round(statistics.median(rates), 1),
+        "runs_req_per_s": [round(r.rate, 1) for r in runs],
+        "p50_ms": _percentile_ms(latencies, 0.50),
+        "p99_ms": _percentile_ms(latencies, 0.99),
+        "cpu_ms_per_req": {"server": per_req(cpu["server"]), "client": per_req(cpu["client"]),
+                           "postgres": per_req(cpu["postgres"])},
+        "machine_busy": round(cpu["machine_busy"] / machine, 2),
+        "other_load": round(max(0.0, other) / machine, 2),
+    }
+
+
+def _percentile_ms(sorted_values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(p * len(sorted_values)))
+    return round(sorted_values[rank - 1] * 1000, 3)
+
+
+def get_json(server: Server, path: str) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        conn.request("GET", path, headers={"X-Auth-Token": server.token})
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, json.loads(body) if body else None
+    finally:
+        conn.close()
+
+
+# -- the database ------------------------------------------------------------------------------
+
+def seed(database_url: str, rows: int) -> list[str]:
+    """Bulk-insert ``rows`` memberships straight into the table, then ANALYZE.
+
+    Returns their ids in id order (byte order; the PostgreSQL databases here use C.UTF-8,
+    and fixed-position hyphens make any collation agree on UUID strings anyway).
+    """
+    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    ids = sorted(str(uuid.uuid4()) for _ in range(rows))
+    table = sa.table("midonet_agent_memberships", sa.column("id"), sa.column("ip_address"))
+    with engine.begin() as conn:
+        for start in range(0, rows, 10000):
+            conn.execute(sa.insert(table), [{"id": ids[i], "ip_address": seeded_ip(i)}
+                                            for i in range(start, min(rows, start + 10000))])
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("ANALYZE midonet_agent_memberships")
+    engine.dispose()
+    return ids
+
+
+def count_rows(database_url: str) -> int:
+    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        n = conn.exec_driver_sql("SELECT count(*) FROM midonet_agent_memberships").scalar_one()
+    engine.dispose()
+    return n
+
+
+def with_postgresql(run):
+    """Run ``run(url)`` on a fresh PostgreSQL database, dropped afterwards."""
+    name = f"mm_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT",
+                             poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        return run(sa.make_url(PG_ADMIN).set(database=name).render_as_string(False))
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def with_sqlite(run):
+    directory = Path(tempfile.mkdtemp(prefix="mm-bench-sqlite-"))
+    try:
+        return run(f"sqlite:///{directory / 'neutron.sqlite'}")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- one layout on one database -----------------------------------------------------------------
+
+class Fresh:
+    """Unique POSTed memberships across the whole run (ids and addresses never repeat)."""
+
+    def __init__(self) -> None:
+        self.next = 0
+
+    def take(self, n: int) -> list[tuple[str, str]]:
+        start, self.next = self.next, self.next + n
+        return [(str(uuid.uuid4()), posted_ip(i)) for i in range(start, start + n)]
+
+
+def bench_layout(database_url: str, layout: str, args: argparse.Namespace) -> dict:
+    server = Server(database_url, layout)
+    log(f"{layout} on {sa.make_url(database_url).get_backend_name()}: starting")
+    server.start()
+    result: dict[str, Any] = {"command": " ".join(
+        ["midonet-membership", *LAYOUTS[layout][0], "--config-file F --state-dir D --bind "
+         f"127.0.0.1:{server.port}"] + ([" + midonet-membership importer"]
+                                        if len(LAYOUTS[layout]) > 1 else []))}
+    try:
+        started = time.perf_counter()
+        ids = seed(database_url, args.rows)
+        result["seed_seconds"] = round(time.perf_counter() - started, 2)
+        log(f"  seeded {args.rows} rows in {result['seed_seconds']} s")
+        deep_index = min(args.rows - 1, int(args.rows * 0.9))
+        deep_marker = ids[deep_index]
+        result["deep_page"] = _check_pages(server, ids, deep_index)
+        posted = Fresh()
+        first = [("GET", f"{BASE}?limit=100", None)] * args.list_requests
+        deep = [("GET", f"{BASE}?limit=100&marker={deep_marker}", None)] * args.list_requests
+        for c in CONCURRENCY:
+            runs: dict[str, list[Run]] = {op: [] for op in OPERATIONS}
+            ratios = []
+            for _ in range(args.repeats):
+                memberships = posted.take(args.requests)
+                creates = [("POST", BASE, json.dumps({"agent_membership": {
+                    "id": id_, "ip_address": ip}}).encode()) for id_, ip in memberships]
+                run, ok = measure(server, c, creates, args.seconds)
+                runs["create"].append(run)
+                created = [memberships[i][0] for i in ok]
+                run, _ = measure(server, c, [("GET", f"{BASE}/{id_}", None) for id_ in created],
+                                 args.seconds)
+                runs["show"].append(run)
+                # Every created membership goes: the table is back to --rows for the lists.
+                run, _ = measure(server, c, [("DELETE", f"{BASE}/{id_}", None)
+                                             for id_ in created], math.inf)
+                runs["delete"].append(run)
+                # First and deep pages back to back, so both see the same machine load.
+                run_first, _ = measure(server, c, first, args.seconds)
+                run_deep, _ = measure(server, c, deep, args.seconds)
+                runs["list_first_page"].append(run_first)
+                runs["list_deep_page"].append(run_deep)
+                ratios.append(statistics.median(run_deep.latencies)
+                              / statistics.median(run_first.latencies))
+            figures = {op: summarize(op_runs) for op, op_runs in runs.items()}
+            figures["list_deep_page"]["p50_ratio_to_first_page"] = round(
+                statistics.median(ratios), 2)
+            result[f"c{c}"] = figures
+            log(f"  c={c}: " + ", ".join(f"{op} {f['req_per_s']}/s p50 {f['p50_ms']} ms"
+                                         + (f" ERRORS {f['errors']}" if f["errors"] else "")
+                                         for op, f in figures.items()))
+        result["rows_at_end"] = count_rows(database_url)
+        if not server.alive():
+            raise RuntimeError("the server died during the run:\n" + server.output())
+    finally:
+        server.stop()
+        server.cleanup()
+    return result
+
+
+def _check_pages(server: Server, ids: list[str], deep_index: int) -> dict:
+    """The first and deep pages are what the bench claims they are (100 rows each)."""
+    status, body = get_json(server, f"{BASE}?limit=100")
+    first_ok = status == 200 and [m["id"] for m in body["agent_memberships"]] == ids[:100]
+    status, body = get_json(server, f"{BASE}?limit=100&marker={ids[deep_index]}")
+    expected = ids[deep_index + 1:deep_index + 101]
+    deep_ok = status == 200 and [m["id"] for m in body["agent_memberships"]] == expected
+    if not (first_ok and deep_ok):
+        raise RuntimeError(f"unexpected list pages (first ok: {first_ok}, deep ok: {deep_ok})")
+    return {"marker_row": deep_index + 1, "of_rows": len(ids), "rows_returned": len(expected),
+            "verified": True}
+
+
+# -- verdict -----------------------------------------------------------------------------------
+
+def verdict(figures: dict) -> dict:
+    """Pass/fail per target at concurrency 1 (the reference's concurrency), on the median
+    run; ``pass_best_run`` says whether the best run met it (other users' load only ever
+    slows a run down)."""
+    c1 = figures["c1"]
+    checks: dict[str, dict] = {}
+    for op in ("create", "show", "delete", "list_first_page"):
+        f = c1[op]
+        target = TARGETS[op]["min"]
+        checks[op] = {"target_req_per_s": target, "measured_req_per_s": f["req_per_s"],
+                      "x_reference": round(f["req_per_s"] / _reference_rate(op), 1),
+                      "pass": f["req_per_s"] >= target and f["errors"] == 0,
+                      "pass_best_run": max(f["runs_req_per_s"]) >= target and f["errors"] == 0}
+    ratio = c1["list_deep_page"]["p50_ratio_to_first_page"]
+    limit = TARGETS["list_deep_page"]["max_ratio_to_first_page"]
+    checks["list_deep_page"] = {
+        "target_max_p50_ratio": limit, "measured_p50_ratio": ratio,
+        "deep_p50_ms": c1["list_deep_page"]["p50_ms"],
+        "first_p50_ms": c1["list_first_page"]["p50_ms"],
+        "pass": ratio <= limit and c1["list_deep_page"]["errors"] == 0}
+    checks["all_pass"] = all(c["pass"] for c in checks.values())
+    checks["max_other_load"] = max(c1[op]["other_load"] for op in OPERATIONS)
+    checks["disturbed"] = checks["max_other_load"] > 0.1
+    return checks
+
+
+def _reference_rate(op: str) -> float:
+    key = "list_limit_100" if op.startswith("list") else op
+    return REFERENCE[key]["req_per_s"]
+
+
+def _machine_busy_share(seconds: float) -> float:
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values) - values[3] - values[4], sum(values)
+    busy, total = sample()
+    time.sleep(seconds)
+    busy2, total2 = sample()
+    return (busy2 - busy) / max(1, total2 - total)
+
+
+# -- main --------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", default="sqlite,postgresql",
+                        help="comma-separated: sqlite, postgresql (default both)")
+    parser.add_argument("--rows", type=int, default=100000,
+                        help="memberships in the table for the list pages (default 100000)")
+    parser.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
+    parser.add_argument("--layouts", default="",
+                        help="comma-separated subset of: " + ", ".join(LAYOUTS)
+                        + " (default: all-in-one, plus api-1x8+importer on PostgreSQL)")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                        help="before each run wait up to S seconds for the machine to be "
+                             "idle (a shared machine: other users' load lowers the figures)")
+    args = parser.parse_args()
+    QUIET["max_wait"] = args.wait_quiet
+    args.requests = 200 if args.quick else 1000  # POSTs (then shows, DELETEs) per run
+    args.list_requests = 100 if args.quick else 600
+    args.seconds = 2.0 if args.quick else 4.0  # cap per run (the DELETEs always finish)
+    args.repeats = 1 if args.quick else 3
+    if args.quick:
+        args.rows = min(args.rows, 5000)
+    if args.rows < 200:
+        parser.error("--rows must be at least 200")
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    unknown = [b for b in backends if b not in LAYOUTS_OF]
+    if unknown:
+        parser.error(f"unknown backend(s) {unknown}; choose from sqlite, postgresql")
+    chosen = [x.strip() for x in args.layouts.split(",") if x.strip()]
+    if any(x not in LAYOUTS for x in chosen):
+        parser.error(f"unknown layout in {chosen}; choose from {list(LAYOUTS)}")
+
+    began = time.perf_counter()
+    idle_check = _machine_busy_share(1.0)
+    if idle_check > 0.2:
+        log(f"the machine is {idle_check:.0%} busy before the bench starts: figures will be low")
+    out: dict[str, Any] = {
+        "benchmark": "midonet-membership API (bench/api.py)",
+        "machine": {"cores": os.cpu_count(),
+                    "note": "the client (this process, one thread per connection), the "
+                            "server and PostgreSQL all share these cores",
+                    "busy_before_start": round(idle_check, 2),
+                    "load_average": [round(x, 2) for x in os.getloadavg()],
+                    "python": platform.python_version(), "sqlalchemy": sa.__version__},
+        "settings": {"rows": args.rows, "concurrency": list(CONCURRENCY),
+                     "runs_per_figure": args.repeats,
+                     "requests_per_run": {"create/show/delete": args.requests,
+                                          "list": args.list_requests},
+                     "max_seconds_per_run": args.seconds, "list_limit": 100,
+                     "wait_quiet_seconds": args.wait_quiet,
+                     "auth": "token (<state>/admin-token)", "quick": args.quick},
+        "reference_neutron29": REFERENCE,
+        "targets_postgresql_c1": TARGETS,
+        "results": {},
+        "verdict_postgresql_c1": {},
+    }
+    failed = False
+    for backend in backends:
+        layouts = [x for x in LAYOUTS_OF[backend] if not chosen or x in chosen]
+        runner = with_postgresql if backend == "postgresql" else with_sqlite
+        out["results"][backend] = {}
+        for layout in layouts:
+            try:
+                figures = runner(lambda url, lay=layout: bench_layout(url, lay, args))
+            except Exception as exc:  # report it in the document, keep measuring the rest
+                log(f"{backend} {layout} failed: {exc}")
+                out["results"][backend][layout] = {"failed": str(exc)[-2000:]}
+                failed = True
+                continue
+            out["results"][backend][layout] = figures
+            if backend == "postgresql":
+                out["verdict_postgresql_c1"][layout] = verdict(figures)
+            failed |= any(figures[f"c{c}"][op]["errors"] for c in CONCURRENCY
+                          for op in OPERATIONS)
+    out["total_seconds"] = round(time.perf_counter() - began, 1)
+    out["seconds_waiting_for_quiet"] = round(QUIET["waited"], 1)
+    print(json.dumps(out, indent=2))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""The MidoNet agent side: identity, registration, liveness and activation.
+
+``start_agent`` starts one agent (the all-in-one's ``--agents N`` calls it N times);
+``run_agent`` is the ``midonet-membership agent`` command. Tests use :class:`Agent` directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+
+from oslo_config import cfg
+
+from midonet_membership import conf as config
+from midonet_membership import nsdb
+from midonet_membership.agent import identity, interfaces
+from midonet_membership.agent.agent import ACTIVE, PENDING, Agent, AgentState
+from midonet_membership.agent.dataplane import DataPlane, RecordingDataPlane
+
+__all__ = ["ACTIVE", "PENDING", "Agent", "AgentState", "DataPlane", "RecordingDataPlane",
+           "make_dataplane", "run_agent", "start_agent"]
+
+LOG = logging.getLogger(__name__)
+
+
+def make_dataplane(dry_run: bool) -> DataPlane:
+    """The data plane the agent drives.
+
+    Only the recording one exists until the kernel data plane lands (a later issue); without
+    ``--dry-run`` we say so instead of pretending tunnels were built.
+    """
+    if not dry_run:
+        LOG.warning("no kernel data plane yet: tunnels are recorded and logged, not built "
+                    "(same as --dry-run)")
+    return RecordingDataPlane()
+
+
+def start_agent(conf: cfg.ConfigOpts, nsdb_url: str, state_dir: str,
+                dataplane: DataPlane | None = None, hostname: str | None = None) -> Agent:
+    """Start one agent whose identity and state live in ``state_dir``.
+
+    The host id file follows ``state_dir`` unless ``[agent] host_id_file`` was set
+    explicitly, so several local agents of one all-in-one keep distinct identities.
+    """
+    os.makedirs(state_dir, exist_ok=True)
+    host_id_file = conf.agent.host_id_file
+    if host_id_file == os.path.join(conf.state_dir, "midonet_host_id.properties"):
+        host_id_file = os.path.join(state_dir, "midonet_host_id.properties")
+    host_id = identity.load_or_create(host_id_file)
+    # On ZooKeeper liveness_timeout is the agent's session timeout: a killed agent's
+    # ephemeral liveness node vanishes after it, as its heartbeat row goes stale on SQLite.
+    store = nsdb.connect(nsdb_url, role="agent", liveness_timeout=conf.agent.liveness_timeout)
+    try:
+        return Agent(host_id, store, dataplane or RecordingDataPlane(),
+                     interfaces=interfaces.discover(), hostname=hostname,
+                     heartbeat_interval=conf.agent.heartbeat_interval,
+                     state_file=os.path.join(state_dir, "agent-state.json")).start()
+    except BaseException:
+        store.close()
+        raise
+
+
+def run_agent(conf: cfg.ConfigOpts, state_dir: str | None = None, dry_run: bool = False,
+              stop: threading.Event | None = None) -> None:
+    """``midonet-membership agent``: run one agent until SIGINT/SIGTERM (or ``stop``)."""
+    running = start_agent(conf, config.nsdb_url(conf), state_dir or conf.state_dir,
+                          make_dataplane(dry_run))
+    print(f"midonet-membership agent: host {running.host_id} ({running.host.hostname}), "
+          f"{running.state.describe()}", flush=True)
+    if stop is None:
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    running.stop()

@@ -1,0 +1,164 @@
+"""The WSGI application: route -> controller -> JSON, with Neutron's error bodies.
+
+Every response carries ``x-openstack-request-id``; that id is also the transaction id of the
+tasks the request wrote, so an operator can follow one request into the journal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable
+from types import ModuleType
+from typing import Any
+
+import webob
+
+from midonet_membership import exceptions
+from midonet_membership.api.auth import Authenticator
+from midonet_membership.api.resource import MAX_BODY_BYTES, Controller
+from midonet_membership.context import new_request_id
+
+LOG = logging.getLogger(__name__)
+API_VERSION = "v2.0"
+JSON = "application/json"
+
+
+class Application:
+    def __init__(self, controllers: Iterable[Controller], extensions: Iterable[ModuleType],
+                 authenticate: Authenticator) -> None:
+        self.controllers: dict[str, Controller] = {}
+        for controller in controllers:
+            for path in controller.resource.paths:
+                self.controllers[path] = controller
+        self.extensions = {ext.ALIAS: _describe(ext) for ext in extensions}
+        self.authenticate = authenticate
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        req = webob.Request(environ)
+        request_id = new_request_id()
+        try:
+            _check_url(req)
+            _check_length(req)
+            status, body = self._dispatch(req, request_id)
+        except exceptions.MembershipError as exc:
+            status, body = exc.code, _fault(exc)
+        except Exception:  # never a traceback on the wire; the log has it
+            LOG.exception("%s %r failed (request %s)", req.method, environ.get("PATH_INFO"),
+                          request_id)
+            status, body = 500, _fault(exceptions.MembershipError(
+                "The server could not complete the request; see its log for "
+                f"request {request_id}."))
+        response = webob.Response(status=status, charset=None)
+        response.headers["x-openstack-request-id"] = request_id
+        if body is not None:
+            response.content_type = JSON
+            response.body = json.dumps(body).encode()
+        else:
+            del response.content_type
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Keystone uri="unknown"'
+        if req.method == "HEAD":
+            response.body = b""
+        return response(environ, start_response)
+
+    def _dispatch(self, req: webob.Request, request_id: str) -> tuple[int, Any]:
+        parts = [p for p in req.path_info.split("/") if p]
+        if parts and parts[-1].endswith(".json"):
+            parts[-1] = parts[-1][:-5]
+        if not parts:
+            _only(req, "GET")
+            return 200, self._versions(req)
+        context = self.authenticate(req, request_id)
+        if parts[0] != API_VERSION:
+            raise exceptions.ResourceNotFound()
+        if len(parts) == 1:
+            _only(req, "GET")
+            return 200, self._resources(req)
+        if parts[1] == "extensions":
+            return self._extension_route(req, parts[2:])
+        controller = self.controllers.get(parts[1])
+        if controller is None or len(parts) > 3:
+            raise exceptions.ResourceNotFound()
+        if len(parts) == 2:
+            return _route(req, controller, {
+                "GET": ("list", lambda: controller.index(req, context)),
+                "POST": ("create", lambda: controller.create(req, context))})
+        id_ = parts[2]
+        return _route(req, controller, {
+            "GET": ("show", lambda: controller.show(req, context, id_)),
+            "PUT": ("update", lambda: controller.update(req, context, id_)),
+            "DELETE": ("delete", lambda: controller.delete(req, context, id_))})
+
+    def _extension_route(self, req: webob.Request, rest: list[str]) -> tuple[int, Any]:
+        _only(req, "GET")
+        if not rest:
+            return 200, {"extensions": list(self.extensions.values())}
+        if len(rest) == 1 and rest[0] in self.extensions:
+            return 200, {"extension": self.extensions[rest[0]]}
+        raise exceptions.ExtensionNotFound(alias=rest[0] if len(rest) == 1 else "/".join(rest))
+
+    def _versions(self, req: webob.Request) -> dict:
+        return {"versions": [{"id": API_VERSION, "status": "CURRENT", "links": [
+            {"rel": "self", "href": f"{req.host_url}/{API_VERSION}/"}]}]}
+
+    def _resources(self, req: webob.Request) -> dict:
+        seen: dict[str, Controller] = {}
+        for controller in self.controllers.values():
+            seen.setdefault(controller.resource.collection, controller)
+        return {"resources": [
+            {"name": c.resource.name, "collection": c.resource.collection, "links": [
+                {"rel": "self",
+                 "href": f"{req.host_url}/{API_VERSION}/{c.resource.paths[0]}"}]}
+            for c in seen.values()]}
+
+
+def _route(req: webob.Request, controller: Controller,
+           handlers: dict[str, tuple[str, Callable]]) -> tuple[int, Any]:
+    """Run the handler of the request's method if the resource declares that operation."""
+    resource = controller.resource
+    method = "GET" if req.method == "HEAD" else req.method
+    operation, handler = handlers.get(method, (None, None))
+    if operation in resource.operations:
+        return handler()
+    if operation in resource.refusals:
+        raise exceptions.MethodNotAllowed(resource.refusals[operation])
+    allowed = sorted(m for m, (op, _) in handlers.items() if op in resource.operations)
+    raise exceptions.MethodNotAllowed(method=req.method, resource=req.path_info,
+                                      allowed=", ".join(allowed))
+
+
+def _check_url(req: webob.Request) -> None:
+    """webob decodes the path and query as UTF-8 only when they are read; refuse others."""
+    try:
+        _ = req.path_info, req.GET  # reading them decodes them
+    except UnicodeDecodeError:
+        raise exceptions.BadRequest(
+            resource="URL", msg="the path and query string must be UTF-8") from None
+
+
+def _check_length(req: webob.Request) -> None:
+    """Refuse an announced body over the limit before anything else, unread.
+
+    Any other answer would leave it unread, and cheroot then reads it whole into memory to
+    keep the connection alive; after a 413 it closes the connection instead.
+    """
+    if (req.content_length or 0) > MAX_BODY_BYTES:
+        raise exceptions.RequestEntityTooLarge(limit=MAX_BODY_BYTES)
+    if (req.content_length or 0) < 0:  # webob parses "-5"; reading it would fail (500)
+        raise exceptions.BadRequest("Content-Length must not be negative.")
+
+
+def _only(req: webob.Request, method: str) -> None:
+    if req.method not in (method, "HEAD"):
+        raise exceptions.MethodNotAllowed(method=req.method, resource=req.path,
+                                          allowed=method)
+
+
+def _describe(ext: ModuleType) -> dict[str, Any]:
+    return {"name": ext.NAME, "alias": ext.ALIAS, "description": ext.DESCRIPTION,
+            "updated": ext.UPDATED_TIMESTAMP, "links": []}
+
+
+def _fault(exc: exceptions.MembershipError) -> dict:
+    return {"NeutronError": {"type": exc.type, "message": exc.msg, "detail": ""}}

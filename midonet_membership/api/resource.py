@@ -1,0 +1,355 @@
+"""The engine that serves any declared resource: validation, policy, filters, sorting, paging.
+
+A resource is a declaration module (``api/definitions/*.py``) plus a plugin with Neutron's
+shapes (``create(context, items)``, ``get``, ``list(context, query)``, ``update``, ``delete``).
+Nothing here knows about memberships or agents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import urllib.parse
+from types import ModuleType
+from typing import Any, Protocol
+
+import webob
+
+from midonet_membership import exceptions
+from midonet_membership.api import validators
+from midonet_membership.api.policies import Authorizer
+from midonet_membership.context import RequestContext
+from midonet_membership.paging import ListQuery
+
+RESERVED_QUERY_PARAMS = frozenset(
+    {"fields", "sort_key", "sort_dir", "limit", "marker", "page_reverse"})
+MAX_BODY_BYTES = 1 << 20
+# A larger limit means "all of them" anyway; SQLite and PostgreSQL refuse LIMITs past 2**63.
+MAX_SQL_LIMIT = (1 << 31) - 1
+
+
+class Plugin(Protocol):
+    def create(self, context: RequestContext, items: list[dict]) -> list[dict]: ...
+    def get(self, context: RequestContext, id_: str) -> dict: ...
+    def list(self, context: RequestContext, query: ListQuery) -> list[dict]: ...
+    def update(self, context: RequestContext, id_: str, changes: dict) -> dict: ...
+    def delete(self, context: RequestContext, id_: str) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Resource:
+    """A declaration read once: the attribute map and what the resource allows."""
+
+    name: str
+    collection: str
+    paths: tuple[str, ...]
+    attributes: dict[str, dict[str, Any]]
+    operations: frozenset[str]
+    allow_bulk: bool
+    not_found: type[exceptions.NotFound]
+    refusals: dict[str, str]
+
+    @classmethod
+    def from_definition(cls, definition: ModuleType,
+                        not_found: type[exceptions.NotFound]) -> Resource:
+        return cls(
+            name=definition.RESOURCE_NAME, collection=definition.COLLECTION_NAME,
+            paths=tuple(definition.PATHS),
+            attributes=definition.RESOURCE_ATTRIBUTE_MAP[definition.COLLECTION_NAME],
+            operations=frozenset(definition.OPERATIONS),
+            allow_bulk=getattr(definition, "ALLOW_BULK", False), not_found=not_found,
+            refusals=dict(getattr(definition, "REFUSALS", {})))
+
+    @property
+    def primary_key(self) -> str:
+        return next(n for n, a in self.attributes.items() if a.get("primary_key"))
+
+    def visible(self, item: dict[str, Any], fields: list[str] | None = None) -> dict[str, Any]:
+        return {k: v for k, v in item.items()
+                if self.attributes.get(k, {}).get("is_visible") and (not fields or k in fields)}
+
+
+class Controller:
+    """Serves one resource: each method returns ``(status, body-or-None)``."""
+
+    def __init__(self, resource: Resource, plugin: Plugin, authorizer: Authorizer,
+                 link_prefix: str | None = None, max_limit: int = -1) -> None:
+        self.resource = resource
+        self.plugin = plugin
+        self.authorizer = authorizer
+        self.link_prefix = link_prefix
+        self.max_limit = max_limit
+
+    # -- policy ------------------------------------------------------------------------------
+    def _allowed(self, action: str, context: RequestContext) -> bool:
+        return self.authorizer.allowed(f"{action}_{self.resource.name}",
+                                       context.credentials())
+
+    def _authorize(self, action: str, context: RequestContext, id_: str | None = None) -> None:
+        """Admin-only resources hide existence: without read access a member is a 404."""
+        if id_ is not None and not self._allowed("get", context):
+            raise self.resource.not_found(id=id_)
+        if action != "get" and not self._allowed(action, context):
+            raise exceptions.PolicyNotAuthorized(action=f"{action}_{self.resource.name}")
+
+    # -- operations ----------------------------------------------------------------------------
+    def index(self, req: webob.Request, context: RequestContext) -> tuple[int, dict]:
+        query, fields = self._list_query(req)
+        items = self.plugin.list(context, query) if self._allowed("get", context) else []
+        body: dict[str, Any] = {
+            self.resource.collection: [self.resource.visible(i, fields) for i in items]}
+        if query.limit:
+            body[f"{self.resource.collection}_links"] = self._links(req, items, query)
+        return 200, body
+
+    def show(self, req: webob.Request, context: RequestContext, id_: str) -> tuple[int, dict]:
+        self._authorize("get", context, id_)
+        item = self.plugin.get(context, self._member_id(id_))
+        fields = _fields(req)
+        return 200, {self.resource.name: self.resource.visible(item, fields)}
+
+    def create(self, req: webob.Request, context: RequestContext) -> tuple[int, dict]:
+        self._authorize("create", context)
+        bulk, items = self._create_items(_json_body(req))
+        created = [self.resource.visible(i) for i in self.plugin.create(context, items)]
+        if bulk:
+            return 201, {self.resource.collection: created}
+        return 201, {self.resource.name: created[0]}
+
+    def update(self, req: webob.Request, context: RequestContext, id_: str) -> tuple[int, dict]:
+        self._authorize("update", context, id_)
+        changes = self._update_changes(_json_body(req))
+        item = self.plugin.update(context, self._member_id(id_), changes)
+        return 200, {self.resource.name: self.resource.visible(item)}
+
+    def delete(self, req: webob.Request, context: RequestContext, id_: str) -> tuple[int, None]:
+        self._authorize("delete", context, id_)
+        self.plugin.delete(context, self._member_id(id_))
+        return 204, None
+
+    # -- request bodies ------------------------------------------------------------------------
+    def _member_id(self, id_: str) -> str:
+        """The id as stored; an id that cannot exist is simply not found."""
+        attr = self.resource.attributes[self.resource.primary_key]
+        if _validation_error(attr, id_) is not None:
+            raise self.resource.not_found(id=id_)
+        return _convert(attr, id_)
+
+    def _create_items(self, body: Any) -> tuple[bool, list[dict]]:
+        res, coll = self.resource.name, self.resource.collection
+        _only_keys(body, {res, coll} if self.resource.allow_bulk else {res})
+        if coll in body:
+            items = body[coll]
+            if not isinstance(items, list) or not items:
+                raise exceptions.BadRequest(
+                    resource=res, msg=f"'{coll}' must be a non-empty list of objects")
+            return True, [self._create_attributes(item) for item in items]
+        return False, [self._create_attributes(body[res])]
+
+    def _create_attributes(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise exceptions.BadRequest(resource=self.resource.name,
+                                        msg=f"'{self.resource.name}' must be an object")
+        self._refuse_unknown(data, "allow_post", "Attribute '%s' is not allowed in POST")
+        result = {}
+        for name, attr in self.resource.attributes.items():
+            if not attr.get("allow_post"):
+                continue
+            if name not in data:
+                if attr.get("required"):
+                    raise exceptions.BadRequest(
+                        resource=self.resource.name,
+                        msg=f"Failed to parse request. Required attribute '{name}' not "
+                            "specified")
+                if "default" in attr:
+                    result[name] = attr["default"]
+                continue
+            result[name] = self._checked(name, attr, data[name])
+        return result
+
+    def _update_changes(self, body: Any) -> dict[str, Any]:
+        _only_keys(body, {self.resource.name})
+        data = body[self.resource.name]
+        if not isinstance(data, dict) or not data:
+            raise exceptions.BadRequest(
+                resource=self.resource.name,
+                msg=f"'{self.resource.name}' must be an object with attributes to update")
+        self._refuse_unknown(data, "allow_put", "Cannot update read-only attribute %s")
+        return {name: self._checked(name, self.resource.attributes[name], value)
+                for name, value in data.items()}
+
+    def _refuse_unknown(self, data: dict, flag: str, read_only_message: str) -> None:
+        unknown = sorted(k for k in data if k not in self.resource.attributes)
+        if unknown:
+            raise exceptions.BadRequest(
+                resource=self.resource.name,
+                msg="Unrecognized attribute(s) '{}'".format(", ".join(unknown)))
+        for name in data:
+            attr = self.resource.attributes[name]
+            if not attr.get(flag):
+                raise exceptions.BadRequest(resource=self.resource.name,
+                                            msg=attr.get("put_refusal", read_only_message % name))
+
+    def _checked(self, name: str, attr: dict, value: Any) -> Any:
+        error = _validation_error(attr, value)
+        if error is not None:
+            raise exceptions.InvalidInput(f"Invalid input for {name}. Reason: {error}.")
+        return _convert(attr, value)
+
+    # -- list queries --------------------------------------------------------------------------
+    def _list_query(self, req: webob.Request) -> tuple[ListQuery, list[str] | None]:
+        limit = self._limit(req)
+        # Neutron (api_common.get_page_reverse): "true" in any case reverses; any other
+        # value, even "1" or "yes", does not, and none is refused.
+        page_reverse = req.GET.get("page_reverse", "False").lower() == "true"
+        marker = req.GET.get("marker") if limit else None
+        if marker:  # an empty marker is no marker, as Neutron's ``if limit and marker``
+            marker = self._marker(marker)
+        else:
+            marker = None
+        return ListQuery(filters=self._filters(req), sorts=self._sorts(req), limit=limit,
+                         marker=marker, page_reverse=page_reverse), _fields(req)
+
+    def _marker(self, marker: str) -> str:
+        attr = self.resource.attributes[self.resource.primary_key]
+        error = _validation_error(attr, marker)
+        if error is not None:
+            raise exceptions.BadRequest(resource="marker", msg=f"Invalid marker: {error}")
+        return _convert(attr, marker)
+
+    def _limit(self, req: webob.Request) -> int | None:
+        raw = req.GET.get("limit", "0")
+        try:
+            limit = int(raw)
+        except ValueError:
+            limit = -1
+        if limit < 0:
+            raise exceptions.BadRequest(
+                resource="limit", msg=f"Limit must be an integer 0 or greater and not '{raw}'")
+        if self.max_limit > 0:
+            limit = min(self.max_limit, limit) or self.max_limit
+        return min(limit, MAX_SQL_LIMIT) or None
+
+    def _sorts(self, req: webob.Request) -> list[tuple[str, bool]]:
+        # Empty values are dropped before pairing (Neutron's api_common.list_args).
+        keys = [k for k in req.GET.getall("sort_key") if k]
+        dirs = [d for d in req.GET.getall("sort_dir") if d]
+        if len(keys) != len(dirs):
+            raise exceptions.BadRequest(resource="sort",
+                                        msg="The number of sort_keys and sort_dirs must be same")
+        unknown = [k for k in keys if not self.resource.attributes.get(k, {}).get("is_sort_key")]
+        if unknown:
+            raise exceptions.BadRequest(resource="sort",
+                                        msg=f"{unknown} is invalid attribute for sort_keys")
+        bad_dirs = [d for d in dirs if d not in ("asc", "desc")]
+        if bad_dirs:
+            raise exceptions.BadRequest(
+                resource="sort",
+                msg=f"{bad_dirs} is invalid value for sort_dirs, valid value is 'asc' and 'desc'")
+        return [(k, d == "asc") for k, d in zip(keys, dirs, strict=True)]
+
+    def _filters(self, req: webob.Request) -> dict[str, list[Any]]:
+        filters: dict[str, list[Any]] = {}
+        invalid = []
+        for name, values in req.GET.dict_of_lists().items():
+            if name in RESERVED_QUERY_PARAMS:
+                continue
+            attr = self.resource.attributes.get(name)
+            if not attr or not attr.get("is_filter"):
+                invalid.append(name)
+                continue
+            values = [v for v in values if v]
+            if values:
+                # A value the attribute's validator refuses cannot match a stored row: it
+                # is left out rather than sent to the database (PostgreSQL refuses NUL
+                # characters; MariaDB's PAD SPACE collation would match 'A ' to 'A').
+                # With no value left, the filter matches nothing.
+                filters[name] = [_convert_filter(attr, v) for v in values
+                                 if _validation_error(attr, v) is None]
+        if invalid:
+            raise exceptions.BadRequest(resource="filters",
+                                        msg=f"{sorted(invalid)} is invalid attribute for filtering")
+        return filters
+
+    def _links(self, req: webob.Request, items: list[dict], query: ListQuery) -> list[dict]:
+        """Neutron's next/previous links (``neutron.api.api_common.get_pagination_links``)."""
+        links = []
+        short = len(items) < (query.limit or 0)
+        if not (short and not query.page_reverse):
+            links.append({"rel": "next", "href": self._link(req, items[-1:], reverse=False)})
+        if not (short and query.page_reverse):
+            links.append({"rel": "previous", "href": self._link(req, items[:1], reverse=True)})
+        return links
+
+    def _link(self, req: webob.Request, edge: list[dict], reverse: bool) -> str:
+        params = [(k, v) for k, v in req.GET.items() if k != "marker"
+                  and not (k == "page_reverse" and not reverse)]
+        if edge:
+            params.append(("marker", edge[0][self.resource.primary_key]))
+        if reverse:
+            params = [(k, v) for k, v in params if k != "page_reverse"]
+            params.append(("page_reverse", "True"))
+        base = req.path_url
+        if self.link_prefix:
+            base = self.link_prefix.rstrip("/") + req.path
+        return f"{base}?{urllib.parse.urlencode(params)}"
+
+
+def _validation_error(attr: dict, value: Any) -> str | None:
+    for name, arg in attr.get("validate", {}).items():
+        error = validators.VALIDATORS[name](value, arg)
+        if error is not None:
+            return error
+    return None
+
+
+def _convert(attr: dict, value: Any) -> Any:
+    convert = attr.get("convert_to")
+    return convert(value) if convert else value
+
+
+def _convert_filter(attr: dict, value: str) -> Any:
+    """Filters are converted like bodies but never rejected: a bad value matches nothing."""
+    try:
+        return _convert(attr, value)
+    except (ValueError, TypeError):
+        return value
+
+
+def _fields(req: webob.Request) -> list[str] | None:
+    fields = [f for f in req.GET.getall("fields") if f]
+    return fields or None
+
+
+def _json_body(req: webob.Request) -> Any:
+    try:
+        raw = req.body_file.read(MAX_BODY_BYTES + 1)  # a larger announced one never gets here
+    except (ValueError, OSError):
+        # The server could not read what the client sent: a bad chunk size, a body shorter
+        # than its Content-Length (the read times out), a dropped connection.
+        raise exceptions.BadRequest(resource="body",
+                                    msg="The request body could not be read") from None
+    if len(raw) > MAX_BODY_BYTES:  # (chunked)
+        raise exceptions.RequestEntityTooLarge(limit=MAX_BODY_BYTES)
+    if not raw.strip():
+        raise exceptions.BadRequest(resource="body", msg="Resource body required")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
+        raise exceptions.BadRequest(resource="body", msg="Malformed request body") from None
+
+
+def _only_keys(body: Any, allowed: set[str]) -> None:
+    if not isinstance(body, dict):
+        raise exceptions.BadRequest(resource="body",
+                                    msg="Request body must be a JSON object")
+    present = set(body) & allowed
+    if not present:
+        names = " or ".join(f"'{k}'" for k in sorted(allowed))
+        raise exceptions.BadRequest(resource="body",
+                                    msg=f"Unable to find {names} in request body")
+    extra = sorted(set(body) - allowed)
+    if extra or len(present) > 1:
+        raise exceptions.BadRequest(
+            resource="body", msg="Unrecognized key(s) in request body: "
+            + ", ".join(f"'{k}'" for k in (extra or sorted(present))))

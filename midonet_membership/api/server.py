@@ -1,0 +1,145 @@
+"""Serving the WSGI app: cheroot threads in-process, or gunicorn worker processes.
+
+The all-in-one needs the API and the importer in one process (so a commit can wake the
+importer directly), which cheroot's embeddable thread pool gives; ``midonet-membership api``
+scales out with gunicorn's pre-forked gthread workers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+
+from cheroot import server as cheroot_server
+from cheroot import wsgi
+
+from midonet_membership.context import new_request_id
+
+LOG = logging.getLogger(__name__)
+
+MAX_HEADER_BYTES = 1 << 16
+
+# webob's names, as the app's own NeutronError bodies use them
+_ERROR_TYPES = {400: "HTTPBadRequest", 403: "HTTPForbidden", 404: "HTTPNotFound",
+                405: "HTTPMethodNotAllowed", 408: "HTTPRequestTimeout",
+                413: "HTTPRequestEntityTooLarge", 414: "HTTPRequestURITooLong",
+                417: "HTTPExpectationFailed", 431: "HTTPRequestHeaderFieldsTooLarge",
+                500: "HTTPInternalServerError", 501: "HTTPNotImplemented",
+                503: "HTTPServiceUnavailable", 505: "HTTPVersionNotSupported"}
+
+
+def neutron_error_body(status: int, message: str, request_id: str) -> bytes:
+    """What the app would answer, for a request the HTTP server refused before the app."""
+    return json.dumps({"NeutronError": {
+        "type": _ERROR_TYPES.get(status, "HTTPError"),
+        "message": message or f"The server refused the request ({status}).",
+        "detail": ""}}).encode()
+
+
+class _NeutronErrorRequest(cheroot_server.HTTPRequest):
+    """cheroot's own error answers (a request line, header or body framing it cannot parse,
+    a full queue) in Neutron's JSON with a request id, like every other response."""
+
+    def simple_response(self, status, msg=""):
+        status = str(status)
+        code = int(status[:3])
+        if code < 400:
+            return super().simple_response(status, msg)
+        if isinstance(msg, bytes):
+            msg = msg.decode("iso-8859-1")
+        request_id = new_request_id()
+        headers = [("x-openstack-request-id", request_id),
+                   ("Content-Type", "application/json")]
+        if code in (413, 414):  # as cheroot does: close; HTTP/1.0 has no 413/414
+            self.close_connection = True
+            if self.response_protocol == "HTTP/1.1":
+                headers.append(("Connection", "close"))
+            else:
+                status, code = "400 Bad Request", 400
+        body = neutron_error_body(code, msg, request_id)
+        headers.append(("Content-Length", str(len(body))))
+        head = f"{self.server.protocol} {status}\r\n" + "".join(
+            f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+        try:
+            self.conn.wfile.write(head.encode("iso-8859-1") + body)
+        except OSError as ex:
+            if ex.args and ex.args[0] not in cheroot_server.errors.socket_errors_to_ignore:
+                raise
+        return None
+
+
+    def read_request_headers(self):
+        try:
+            return super().read_request_headers()
+        except UnboundLocalError:  # cheroot's header reader, given a continuation line
+            # before any header, reads an unset name: a client error, not a 500
+            self.simple_response("400 Bad Request", "Illegal continuation line.")
+            return False
+
+
+class _NeutronErrorConnection(cheroot_server.HTTPConnection):
+    RequestHandlerClass = _NeutronErrorRequest
+
+
+class ThreadedServer:
+    """A cheroot server running in a background thread; ``stop()`` drains and joins."""
+
+    def __init__(self, app: Callable, host: str, port: int, threads: int) -> None:
+        self.server = wsgi.Server((host, port), app, numthreads=threads,
+                                  request_queue_size=256, server_name="midonet-membership")
+        self.server.ConnectionClass = _NeutronErrorConnection
+        # cheroot reads request line and headers without limit by default: a client could
+        # fill memory with one endless header. 64 KiB holds any token (gunicorn: 8 KiB/field).
+        self.server.max_request_header_size = MAX_HEADER_BYTES
+        self.server.prepare()  # binds now, so a port in use fails start-up, not a thread
+        self.thread = threading.Thread(target=self.server.serve, name="api-server",
+                                       daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.bind_addr[1]
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.thread.join(timeout=10)
+
+
+def serve_workers(app_factory: Callable[[], Callable], host: str, port: int, workers: int,
+                  threads: int) -> None:
+    """Run gunicorn in the foreground; each worker builds its own app (and DB pool)."""
+    from gunicorn import util
+    from gunicorn.app.base import BaseApplication
+
+    # gunicorn answers a request it cannot parse with an HTML page; the workers (forked
+    # from this process, which serves nothing else) answer in Neutron's JSON instead.
+    util.write_error = _write_neutron_error
+
+    class _Gunicorn(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in {"bind": f"{host}:{port}", "workers": workers,
+                               "threads": threads, "worker_class": "gthread",
+                               "accesslog": None, "errorlog": "-", "loglevel": "warning",
+                               "timeout": 60, "graceful_timeout": 10}.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Callable:
+            return app_factory()
+
+    _Gunicorn().run()
+
+
+def _write_neutron_error(sock, status_int: int, reason: str, mesg: str) -> None:
+    """``gunicorn.util.write_error`` with a NeutronError body and a request id."""
+    from gunicorn import util
+
+    request_id = new_request_id()
+    body = neutron_error_body(status_int, mesg, request_id)
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+            f"x-openstack-request-id: {request_id}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    util.write_nonblock(sock, head.encode("latin1") + body)

@@ -1,0 +1,255 @@
+"""``midonet-db-manage``: migrations, the task journal and the tunnel zone, for operators.
+
+The task commands mirror the original networking-midonet tool (``task-list [-u]``,
+``task-clean``, ``task-resource [-p]``) and answer what an operator asks when the cluster
+lags: which tasks has the importer not taken yet, what would it rebuild, what does the NSDB
+hold now. Output goes through cliff's formatters like the ``neutron`` commands (``-f json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import sqlalchemy as sa
+from cliff.columns import FormattableColumn
+from cliff.command import Command
+from cliff.lister import Lister
+from cliff.show import ShowOne
+from oslo_config import cfg
+from sqlalchemy.engine import Engine
+
+from midonet_membership import conf as config
+from midonet_membership.cli.app import BaseApp, CommandError, column
+from midonet_membership.db import engine as db_engine
+from midonet_membership.db import journal, migration
+
+TASK_COLUMNS = ("id", "type", "data_type", "resource_id", "transaction_id", "created_at",
+                "processed", "failed", "data")
+
+
+def _decoded(text: str | None) -> Any:
+    """Task data as a structure for json/yaml output; text that is not JSON stays text."""
+    try:
+        return column(json.loads(text)) if text else text
+    except ValueError:
+        return text
+
+
+def redacted(url: str) -> str:
+    """The URL to print: operators paste output into tickets, passwords must not follow."""
+    return sa.make_url(url).render_as_string(hide_password=True)
+
+
+class _DbCommand(Command):
+    """Turns database failures into one line naming the (redacted) database."""
+
+    needs_schema = True
+
+    def run(self, parsed_args: argparse.Namespace) -> int:
+        app: DbManageApp = self.app
+        try:
+            if self.needs_schema:
+                app.require_schema()
+            return super().run(parsed_args)
+        except sa.exc.DBAPIError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise CommandError(f"database {redacted(app.database_url)}: {reason}") from None
+
+
+class Upgrade(_DbCommand):
+    """Upgrade the database schema (default: to head); the all-in-one does it at start."""
+
+    needs_schema = False
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("revision", nargs="?", default="head",
+                            help="target revision (default head)")
+        return parser
+
+    def take_action(self, parsed: argparse.Namespace) -> int:
+        app: DbManageApp = self.app
+        url = sa.make_url(app.database_url)
+        if url.get_backend_name() == "sqlite" and url.database:
+            os.makedirs(os.path.dirname(os.path.abspath(url.database)), exist_ok=True)
+        before = migration.current_revision(app.engine)
+        migration.upgrade(app.database_url, parsed.revision)
+        after = migration.current_revision(app.engine)
+        print(f"{redacted(app.database_url)}: "
+              + (f"upgraded from {before} to {after}" if before != after
+                 else f"already at {after}"), file=app.stdout)
+        return 0
+
+
+class Current(_DbCommand, ShowOne):
+    """Show the schema's current and head revisions."""
+
+    needs_schema = False
+
+    def take_action(self, parsed: argparse.Namespace) -> tuple[tuple, tuple]:
+        app: DbManageApp = self.app
+        app.require_database()
+        return (("database", "current", "head"),
+                (redacted(app.database_url), migration.current_revision(app.engine),
+                 migration.head_revision(app.database_url)))
+
+
+class TaskList(_DbCommand, Lister):
+    """List the journal's tasks, with whether the cluster has processed them."""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("-u", "--unprocessed", action="store_true",
+                            help="only the tasks the cluster has not processed yet")
+        return parser
+
+    def take_action(self, parsed: argparse.Namespace) -> tuple[tuple, list[tuple]]:
+        engine = self.app.engine
+        tasks, last = journal.list_tasks(engine, unprocessed=parsed.unprocessed)
+        failures = journal.list_failures(engine)
+        rows = [(t.id, t.type, t.data_type, t.resource_id, t.transaction_id,
+                 t.created_at.isoformat(sep=" "),
+                 "yes" if last is not None and t.id <= last else "no",
+                 failures.get(t.id, ""), _decoded(t.data)) for t in tasks]
+        return TASK_COLUMNS, rows
+
+
+class TaskClean(_DbCommand, ShowOne):
+    """Delete the processed tasks and reset last_processed_id; unprocessed ones stay."""
+
+    def take_action(self, parsed: argparse.Namespace) -> tuple[tuple, tuple]:
+        return ("deleted",), (journal.clean(self.app.engine),)
+
+
+class TaskResource(_DbCommand, Lister):
+    """The resources as the journal's tasks describe them (what the cluster would rebuild)."""
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("-p", "--processed", action="store_true",
+                            help="only from the tasks the cluster has processed")
+        return parser
+
+    def take_action(self, parsed: argparse.Namespace) -> tuple[tuple, list[tuple]]:
+        state = journal.resource_state(self.app.engine, processed_only=parsed.processed)
+        rows = [(data_type, resource_id, column(data))
+                for data_type, resources in sorted(state.items())
+                for resource_id, data in sorted(resources.items())]
+        return ("data_type", "resource_id", "data"), rows
+
+
+class MembersColumn(FormattableColumn[dict[str, str]]):
+    """Members one per line (``<host id> → <tunnel ip>``) in tables, a mapping in json/yaml."""
+
+    def human_readable(self) -> str:
+        return "\n".join(f"{host} → {ip}" for host, ip in sorted(self._value.items()))
+
+
+class TunnelZoneShow(ShowOne):
+    """Show the DEFAULT tunnel zone and its members (host id -> tunnel IP) from the NSDB."""
+
+    def take_action(self, parsed: argparse.Namespace) -> tuple[tuple, tuple]:
+        from midonet_membership import nsdb
+
+        url = config.nsdb_url(self.app.conf)
+        if url.startswith("sqlite:///") and not os.path.exists(url.removeprefix("sqlite:///")):
+            raise CommandError(f"No NSDB at {url.removeprefix('sqlite:///')}: wrong "
+                               "--state-dir or --config-file, or the cluster never ran")
+        try:
+            # role "agent": a reader must not create the cluster's ZooKeeper layout.
+            with nsdb.connect(url, role="agent") as store:
+                zone, members = store.get_tunnel_zone(), store.list_members()
+        except nsdb.NSDBError as exc:
+            raise CommandError(f"NSDB {redacted(url)}: {exc}") from None
+        if zone is None:
+            raise CommandError("The DEFAULT tunnel zone does not exist yet: the cluster has "
+                               "not applied a CONFIG task (is the importer running?)")
+        return (("id", "name", "type", "members"),
+                (zone.id, zone.name, zone.type, MembersColumn(dict(sorted(members.items())))))
+
+
+COMMANDS: dict[str, type[Command]] = {
+    "upgrade": Upgrade, "current": Current, "task-list": TaskList, "task-clean": TaskClean,
+    "task-resource": TaskResource, "tunnel-zone-show": TunnelZoneShow,
+}
+
+
+class DbManageApp(BaseApp):
+    """Reads neutron.conf like the server, so it finds the same databases."""
+
+    def __init__(self) -> None:
+        super().__init__("Manage the midonet-membership databases",
+                         "midonet_membership.db_manage", COMMANDS)
+        self._conf: cfg.ConfigOpts | None = None
+        self._engine: Engine | None = None
+
+    def build_option_parser(self, description: str, version: str,
+                            argparse_kwargs: dict | None = None) -> argparse.ArgumentParser:
+        parser = super().build_option_parser(description, version, argparse_kwargs)
+        parser.add_argument("--config-file", action="append", default=[],
+                            help="neutron.conf-style file (repeatable)")
+        parser.add_argument("--state-dir", default=os.environ.get("MIDONET_STATE_DIR"),
+                            help="state directory of the all-in-one (default "
+                                 "$MIDONET_STATE_DIR, else the config's, else ./var)")
+        return parser
+
+    def configure_logging(self) -> None:
+        super().configure_logging()
+        if self.options.verbose_level < 2:  # alembic's INFO lines only with -v
+            logging.getLogger("alembic").setLevel(logging.WARNING)
+
+    @property
+    def conf(self) -> cfg.ConfigOpts:
+        """Loaded at the first command that needs it, so ``help`` works with a bad config."""
+        if self._conf is None:
+            conf = cfg.ConfigOpts()
+            try:
+                config.load([a for f in self.options.config_file
+                             for a in ("--config-file", f)], conf)
+            except (config.ConfigError, cfg.Error) as exc:
+                raise CommandError(str(exc)) from None
+            if self.options.state_dir:
+                conf.set_override("state_dir", self.options.state_dir)
+            self._conf = conf
+        return self._conf
+
+    @property
+    def database_url(self) -> str:
+        return config.database_url(self.conf)
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = db_engine.create_engine(self.database_url, pool_size=1)
+        return self._engine
+
+    def require_database(self) -> None:
+        """A missing SQLite file is a wrong path, not an empty database: do not create it."""
+        url = sa.make_url(self.database_url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+                and not os.path.exists(url.database):
+            raise CommandError(f"No database at {url.database}: wrong --state-dir or "
+                               "--config-file, or the server never ran")
+
+    def require_schema(self) -> None:
+        self.require_database()
+        if migration.current_revision(self.engine) is None:
+            raise CommandError(f"{redacted(self.database_url)} has no midonet-membership "
+                               "tables yet: run `midonet-db-manage upgrade`")
+
+    def clean_up(self, cmd: Command, result: int, err: BaseException | None) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return DbManageApp().run(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Every option of midonet-membership, registered once.
+
+The groups follow neutron.conf so that an operator's existing file works: ``[MIDONET]``
+carries ``tunnel_protocol`` exactly as the spec names it, ``[database] connection`` is
+Neutron's. ``list_opts()`` feeds ``oslo-config-generator`` (``make sample-config``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from oslo_config import cfg
+
+TUNNEL_PROTOCOLS = ("vxlan", "gre")
+
+DEFAULT_OPTS = [
+    cfg.StrOpt("state_dir", default="var",
+               help="Directory for the embedded databases, the generated admin token and "
+                    "the agents' state of the all-in-one."),
+    cfg.HostAddressOpt("bind_host", default="127.0.0.1",
+                       help="Address the API server listens on."),
+    cfg.PortOpt("bind_port", default=9696, help="Port the API server listens on."),
+    cfg.StrOpt("auth_strategy", default="token", choices=[
+        ("token", "a generated admin token stored 0600 in the state directory"),
+        ("keystone", "Keystone tokens validated by keystonemiddleware (production)"),
+        ("noauth", "trust X-Roles/X-Project-Id headers; loopback binds only"),
+    ], help="How API requests are authenticated."),
+    cfg.StrOpt("admin_token_file", default="$state_dir/admin-token",
+               help="The generated admin token of auth_strategy=token (created 0600 when "
+                    "missing; the CLI reads it)."),
+    cfg.IntOpt("api_workers", default=1, min=1,
+               help="API worker processes (gunicorn) for `midonet-membership api`."),
+    cfg.IntOpt("api_threads", default=16, min=1, help="Request threads per API worker."),
+    cfg.StrOpt("network_link_prefix",
+               help="Base URL written into pagination links instead of the request's own "
+                    "(set it behind a proxy)."),
+    cfg.IntOpt("pagination_max_limit", default=-1,
+               help="Largest page a list returns; -1 means no limit (Neutron's default)."),
+]
+
+MIDONET_OPTS = [
+    cfg.StrOpt("tunnel_protocol", default="vxlan", choices=[
+        ("vxlan", "VXLAN over UDP 4789 (works on every kernel seen here)"),
+        ("gre", "GRE (needs the ip_gre/gretap kernel modules on every host)"),
+    ],
+               help="Tunnel protocol of the DEFAULT tunnel zone, sent to the cluster in the "
+                    "CONFIG task at start-up."),
+]
+
+DATABASE_OPTS = [
+    cfg.StrOpt("connection", secret=True,
+               help="SQLAlchemy URL of the Neutron database; defaults to "
+                    "sqlite:///$state_dir/neutron.sqlite."),
+]
+
+NSDB_OPTS = [
+    cfg.StrOpt("connection", secret=True,
+               help="URL of the network state database: sqlite:///PATH or "
+                    "zookeeper://[user:password@]host:port[,...]/root; defaults to "
+                    "sqlite:///$state_dir/nsdb.sqlite."),
+]
+
+CLUSTER_OPTS = [
+    cfg.FloatOpt("poll_interval", default=0.02, min=0.001,
+                 help="Seconds between journal polls when no notification arrives "
+                      "(PostgreSQL LISTEN/NOTIFY and the all-in-one wake the importer "
+                      "at once)."),
+    cfg.FloatOpt("gap_timeout", default=5.0, min=0,
+                 help="Seconds to wait for a missing task id (a transaction that took its "
+                      "id but has not committed yet) before treating it as rolled back."),
+    cfg.IntOpt("batch_size", default=500, min=1,
+               help="Most tasks applied to the NSDB in one atomic transaction."),
+]
+
+AGENT_OPTS = [
+    cfg.StrOpt("host_id_file", default="$state_dir/midonet_host_id.properties",
+               help="Where the agent keeps its host id (host_uuid=<uuid>), generated on first "
+                    "start; MidoNet's own agents use /etc/midonet_host_id.properties."),
+    cfg.FloatOpt("heartbeat_interval", default=1.0, min=0.05,
+                 help="Seconds between the agent's liveness heartbeats."),
+    cfg.FloatOpt("liveness_timeout", default=5.0, min=0.1,
+                 help="An agent without a heartbeat for this long is shown alive=False. "
+                      "On ZooKeeper it is the agent's session timeout, after which a killed "
+                      "agent's ephemeral liveness node disappears (the server bounds it to "
+                      "2-20 tickTimes)."),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts = cfg.CONF) -> None:
+    conf.register_opts(DEFAULT_OPTS)
+    conf.register_opts(MIDONET_OPTS, group="MIDONET")
+    conf.register_opts(DATABASE_OPTS, group="database")
+    conf.register_opts(NSDB_OPTS, group="nsdb")
+    conf.register_opts(CLUSTER_OPTS, group="cluster")
+    conf.register_opts(AGENT_OPTS, group="agent")
+
+
+def list_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
+    return [
+        (None, DEFAULT_OPTS),
+        ("MIDONET", MIDONET_OPTS),
+        ("database", DATABASE_OPTS),
+        ("nsdb", NSDB_OPTS),
+        ("cluster", CLUSTER_OPTS),
+        ("agent", AGENT_OPTS),
+    ]
+
+
+def database_url(conf: cfg.ConfigOpts = cfg.CONF) -> str:
+    return conf.database.connection or _sqlite_in_state_dir(conf, "neutron.sqlite")
+
+
+def nsdb_url(conf: cfg.ConfigOpts = cfg.CONF) -> str:
+    return conf.nsdb.connection or _sqlite_in_state_dir(conf, "nsdb.sqlite")
+
+
+def _sqlite_in_state_dir(conf: cfg.ConfigOpts, name: str) -> str:
+    return "sqlite:///" + os.path.join(os.path.abspath(conf.state_dir), name)
+
+
+class ConfigError(Exception):
+    """A configuration value that stops start-up; the message says which and why."""
+
+
+def load(argv: list[str] | None = None, conf: cfg.ConfigOpts = cfg.CONF,
+         default_config_files: list[str] | None = None) -> cfg.ConfigOpts:
+    """Parse the command line and config files, and validate every value now.
+
+    oslo.config checks ``choices`` only when an option is read, so a bad
+    ``tunnel_protocol`` would otherwise surface deep inside the first request.
+    """
+    register_opts(conf)
+    conf(argv or [], project="neutron", prog="midonet-membership",
+         default_config_files=default_config_files or [], validate_default_values=True)
+    for group, opts in list_opts():
+        for opt in opts:
+            try:
+                conf[group][opt.dest] if group else conf[opt.dest]
+            except (cfg.ConfigFileValueError, ValueError) as exc:
+                where = f"[{group or 'DEFAULT'}] {opt.name}"
+                reason = re.sub(r" from LocationInfo\(.*?\)", "", str(exc))
+                raise ConfigError(f"invalid value for {where}: {reason}") from None
+    return conf

@@ -1,0 +1,28 @@
+"""Who is asking, and under which request id (the tasks' transaction id)."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+
+def new_request_id() -> str:
+    return f"req-{uuid.uuid4()}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestContext:
+    request_id: str
+    user_id: str | None = None
+    project_id: str | None = None
+    roles: tuple[str, ...] = ()
+
+    @classmethod
+    def admin(cls, request_id: str | None = None) -> RequestContext:
+        """The context of the service itself (CONFIG at start-up, the CLI's db commands)."""
+        return cls(request_id=request_id or new_request_id(), roles=("admin",))
+
+    def credentials(self) -> dict[str, object]:
+        """The creds dict oslo.policy checks rules against."""
+        return {"user_id": self.user_id, "project_id": self.project_id,
+                "tenant_id": self.project_id, "roles": list(self.roles)}

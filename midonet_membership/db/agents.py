@@ -1,0 +1,73 @@
+"""The agents resource: hosts and liveness from the NSDB, membership and description from
+the Neutron DB, shaped like Neutron's agent extension."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from midonet_membership import exceptions
+from midonet_membership.context import RequestContext
+from midonet_membership.db.engine import reader, retry_transient, writer
+from midonet_membership.db.models import agent_descriptions, memberships
+from midonet_membership.nsdb.base import NSDB, HostStatus
+from midonet_membership.paging import ListQuery, apply_in_memory
+
+AGENT_TYPE = "Midonet agent"
+BINARY = "midolman"
+
+
+class Agents:
+    def __init__(self, engine: Engine, nsdb: NSDB) -> None:
+        self.engine = engine
+        self.nsdb = nsdb
+
+    @retry_transient
+    def list(self, context: RequestContext, query: ListQuery) -> list[dict[str, Any]]:
+        return [dict(a) for a in apply_in_memory(self._all(), query)]
+
+    def get(self, context: RequestContext, id_: str) -> dict[str, Any]:
+        status = self.nsdb.get_host(id_)
+        if status is None:
+            raise exceptions.AgentNotFound(id=id_)
+        return self._agents([status])[0]
+
+    @retry_transient
+    def update(self, context: RequestContext, id_: str, changes: dict) -> dict[str, Any]:
+        self.get(context, id_)
+        if "description" in changes:
+            with writer(self.engine) as conn:
+                table = agent_descriptions
+                done = conn.execute(sa.update(table).where(table.c.id == id_)
+                                    .values(description=changes["description"])).rowcount
+                if not done:
+                    conn.execute(sa.insert(table).values(id=id_,
+                                                         description=changes["description"]))
+        return self.get(context, id_)
+
+    def _all(self) -> list[dict[str, Any]]:
+        return self._agents(self.nsdb.list_hosts())
+
+    def _agents(self, hosts: list[HostStatus]) -> list[dict[str, Any]]:
+        with reader(self.engine) as conn:
+            ips = dict(conn.execute(sa.select(memberships.c.id, memberships.c.ip_address)).all())
+            notes = dict(conn.execute(sa.select(agent_descriptions.c.id,
+                                                agent_descriptions.c.description)).all())
+        return [_agent(status, ips.get(status.host.id), notes.get(status.host.id))
+                for status in hosts]
+
+
+def _agent(status: HostStatus, tunnel_ip: str | None, description: str | None) -> dict:
+    host = status.host
+    beat = status.heartbeat_at
+    return {
+        "id": host.id, "agent_type": AGENT_TYPE, "binary": BINARY, "topic": "midonet",
+        "host": host.hostname, "admin_state_up": True, "alive": status.alive,
+        "heartbeat_timestamp": beat.strftime("%Y-%m-%d %H:%M:%S") if beat else None,
+        "description": description,
+        "configurations": {"interfaces": [
+            {"name": i.name, "ip_addresses": list(i.ip_addresses)} for i in host.interfaces]},
+        "member": tunnel_ip is not None, "tunnel_ip_address": tunnel_ip,
+    }

@@ -1,0 +1,188 @@
+"""The task journal: what changed, in commit order, for the MidoNet cluster to replay.
+
+Every write path records its task through :func:`record` on the connection of its own
+transaction, so a change and its task commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from midonet_membership.db.engine import is_duplicate_error, reader, writer
+from midonet_membership.db.models import task_failures, task_state, tasks
+
+CREATE, UPDATE, DELETE = "CREATE", "UPDATE", "DELETE"
+CONFIG, AGENTMEMBERSHIP = "CONFIG", "AGENTMEMBERSHIP"
+CONFIG_RESOURCE_ID = "00000000-0000-0000-0000-000000000001"
+NOTIFY_CHANNEL = "midonet_tasks"
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    id: int
+    type: str
+    data_type: str
+    data: str | None
+    resource_id: str | None
+    tenant_id: str | None
+    transaction_id: str | None
+    created_at: datetime.datetime
+
+    def payload(self) -> Any:
+        """The decoded ``data``; raises ValueError when it is not JSON."""
+        return None if self.data is None else json.loads(self.data)
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
+
+
+def record(conn: Connection, type_: str, data_type: str, resource_id: str, data: Any, *,
+           tenant_id: str | None, transaction_id: str) -> None:
+    """Append one task inside the caller's transaction."""
+    conn.execute(sa.insert(tasks).values(
+        type=type_, data_type=data_type, resource_id=resource_id,
+        data=None if data is None else json.dumps(data, sort_keys=True),
+        tenant_id=tenant_id, transaction_id=transaction_id, created_at=utcnow()))
+    # On PostgreSQL a trigger (migration 0003) NOTIFYs the importer at commit.
+    conn.info["wrote_task"] = True
+
+
+def record_with(conn: Connection, change: sa.CTE, type_: str, data_type: str, data: Any, *,
+                tenant_id: str | None, transaction_id: str) -> int:
+    """Run ``change`` (a data-modifying CTE returning ``id``) and its task as ONE statement.
+
+    PostgreSQL executes a statement with data-modifying CTEs atomically, so the change and
+    its task commit together even in autocommit: one round trip instead of four. ``data``
+    is a SQL expression (it may use the CTE's columns). Returns the number of tasks written
+    (0 when the change touched no row).
+    """
+    stmt = sa.insert(tasks).from_select(
+        ["type", "data_type", "resource_id", "data", "tenant_id", "transaction_id",
+         "created_at"],
+        sa.select(sa.literal(type_), sa.literal(data_type), change.c.id, data,
+                  sa.literal(tenant_id, sa.String), sa.literal(transaction_id),
+                  sa.literal(utcnow(), sa.DateTime)).select_from(change)
+    ).returning(tasks.c.id)
+    written = len(conn.execute(stmt).all())
+    if written:
+        conn.info["wrote_task"] = True
+    return written
+
+
+def record_config(engine: Engine, tunnel_protocol: str, transaction_id: str) -> bool:
+    """Write a CONFIG task unless the newest CONFIG already says the same.
+
+    The task-state row is locked first so API workers starting together write it once.
+    Returns whether a task was written.
+    """
+    data = {"id": CONFIG_RESOURCE_ID, "tunnel_protocol": tunnel_protocol}
+    with writer(engine) as conn:
+        conn.execute(sa.select(task_state.c.id).where(task_state.c.id == 1).with_for_update())
+        latest = conn.execute(
+            sa.select(tasks.c.data).where(tasks.c.data_type == CONFIG)
+            .order_by(tasks.c.id.desc()).limit(1)).scalar_one_or_none()
+        if latest is not None and _json_or_none(latest) == data:
+            return False
+        record(conn, CREATE if latest is None else UPDATE, CONFIG, CONFIG_RESOURCE_ID, data,
+               tenant_id=None, transaction_id=transaction_id)
+    return True
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _task(row: sa.Row) -> Task:
+    return Task(**row._mapping)
+
+
+def tasks_after(conn: Connection, position: int | None, limit: int) -> list[Task]:
+    """Committed tasks with ``id > position``, in id order."""
+    stmt = sa.select(tasks).order_by(tasks.c.id).limit(limit)
+    if position is not None:
+        stmt = stmt.where(tasks.c.id > position)
+    return [_task(r) for r in conn.execute(stmt)]
+
+
+def last_processed_id(conn: Connection) -> int | None:
+    return conn.execute(sa.select(task_state.c.last_processed_id)
+                        .where(task_state.c.id == 1)).scalar_one_or_none()
+
+
+def set_last_processed(engine: Engine, task_id: int) -> None:
+    """Copy the importer's position back; it only moves forward (it may lag, never lead)."""
+    col = task_state.c.last_processed_id
+    with writer(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            # Losing this update in a crash is harmless (the NSDB holds the real position),
+            # so it need not wait for the WAL flush the API's own commits are queued behind.
+            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+        conn.execute(sa.update(task_state)
+                     .where(task_state.c.id == 1, sa.or_(col.is_(None), col < task_id))
+                     .values(last_processed_id=task_id, updated_at=utcnow()))
+
+
+def list_tasks(engine: Engine, unprocessed: bool = False) -> tuple[list[Task], int | None]:
+    """All tasks (or only those after ``last_processed_id``) and that id."""
+    with reader(engine) as conn:
+        last = last_processed_id(conn)
+        stmt = sa.select(tasks).order_by(tasks.c.id)
+        if unprocessed and last is not None:
+            stmt = stmt.where(tasks.c.id > last)
+        return [_task(r) for r in conn.execute(stmt)], last
+
+
+def clean(engine: Engine) -> int:
+    """Delete processed tasks and reset ``last_processed_id``; unprocessed ones stay."""
+    with writer(engine) as conn:
+        last = conn.execute(sa.select(task_state.c.last_processed_id)
+                            .where(task_state.c.id == 1).with_for_update()).scalar_one_or_none()
+        if last is None:
+            return 0
+        deleted = conn.execute(sa.delete(tasks).where(tasks.c.id <= last)).rowcount
+        conn.execute(sa.update(task_state).where(task_state.c.id == 1)
+                     .values(last_processed_id=None, updated_at=utcnow()))
+        return deleted
+
+
+def resource_state(engine: Engine, processed_only: bool = False) -> dict[str, dict[str, Any]]:
+    """The resources as the journal describes them: data type -> resource id -> data."""
+    task_list, last = list_tasks(engine)
+    state: dict[str, dict[str, Any]] = {}
+    for task in task_list:
+        if processed_only and (last is None or task.id > last):
+            break
+        resources = state.setdefault(task.data_type, {})
+        if task.type == DELETE:
+            resources.pop(task.resource_id, None)
+        else:
+            resources[task.resource_id] = _json_or_none(task.data or "null")
+    return state
+
+
+def record_failures(engine: Engine, failures: dict[int, str]) -> None:
+    """Remember tasks the importer skipped; recording one twice (after a crash) is harmless."""
+    for task_id, error in failures.items():
+        try:
+            with writer(engine) as conn:
+                conn.execute(sa.insert(task_failures).values(task_id=task_id, error=error,
+                                                             failed_at=utcnow()))
+        except sa.exc.IntegrityError as exc:
+            if not is_duplicate_error(exc):
+                raise
+
+
+def list_failures(engine: Engine) -> dict[int, str]:
+    with reader(engine) as conn:
+        return dict(conn.execute(sa.select(task_failures.c.task_id, task_failures.c.error)
+                                 .order_by(task_failures.c.task_id)).all())

@@ -1,0 +1,142 @@
+"""Agent memberships in the Neutron database, each change journaled in its transaction.
+
+The database enforces uniqueness (primary key on ``id``, unique ``ip_address``): a pre-check
+would race with a concurrent request, the constraint cannot.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from midonet_membership import exceptions
+from midonet_membership.context import RequestContext
+from midonet_membership.db import journal
+from midonet_membership.db.engine import is_duplicate_error, reader, retry_transient, writer
+from midonet_membership.db.models import memberships
+from midonet_membership.db.paging import keyset_select
+from midonet_membership.paging import ListQuery
+
+
+class AgentMemberships:
+    """create/get/list/delete with Neutron's plugin argument shapes."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        # PostgreSQL runs a change and its task as one atomic statement (one round trip).
+        self._postgresql = engine.dialect.name == "postgresql"
+
+    @retry_transient
+    def create(self, context: RequestContext, items: Sequence[dict[str, str]]) -> list[dict]:
+        """Insert every membership and its CREATE task in one transaction (bulk = atomic)."""
+        _refuse_duplicates_within(items)
+        rows = [{"id": m["id"], "ip_address": m["ip_address"]} for m in items]
+        one_statement = len(rows) == 1 and self._postgresql
+        try:
+            with writer(self.engine, single_statement=one_statement) as conn:
+                if one_statement:
+                    _insert_in_one_statement(conn, rows[0], context)
+                else:
+                    _insert_each_with_its_task(conn, rows, context)
+        except sa.exc.IntegrityError as exc:
+            if not is_duplicate_error(exc):
+                raise
+            raise self._conflict(rows) from None
+        return rows
+
+    def _conflict(self, rows: Sequence[dict[str, str]]) -> exceptions.Conflict:
+        """Name the row that is in the way (looked up after the constraint fired)."""
+        with reader(self.engine) as conn:
+            for row in rows:
+                if conn.execute(sa.select(memberships.c.id)
+                                .where(memberships.c.id == row["id"])).first():
+                    return exceptions.AgentMembershipExists(id=row["id"])
+                holder = conn.execute(sa.select(memberships.c.id).where(
+                    memberships.c.ip_address == row["ip_address"])).scalar_one_or_none()
+                if holder is not None:
+                    return exceptions.TunnelIpAddressInUse(ip_address=row["ip_address"],
+                                                           id=holder)
+        return exceptions.Conflict("A concurrent request changed this agent membership; "
+                                   "retry.")
+
+    @retry_transient
+    def get(self, context: RequestContext, id_: str) -> dict[str, Any]:
+        with reader(self.engine) as conn:
+            row = conn.execute(sa.select(memberships).where(memberships.c.id == id_)).first()
+        if row is None:
+            raise exceptions.AgentMembershipNotFound(id=id_)
+        return dict(row._mapping)
+
+    @retry_transient
+    def list(self, context: RequestContext, query: ListQuery) -> list[dict[str, Any]]:
+        with reader(self.engine) as conn:
+            return keyset_select(conn, memberships, query)
+
+    @retry_transient
+    def delete(self, context: RequestContext, id_: str) -> None:
+        """Delete the row and write its DELETE task (carrying the deleted data)."""
+        if self._postgresql:
+            with writer(self.engine, single_statement=True) as conn:
+                deleted = (sa.delete(memberships).where(memberships.c.id == id_)
+                           .returning(memberships.c.id, memberships.c.ip_address)
+                           .cte("deleted_membership"))
+                # jsonb renders keys sorted with ": " and ", ", as json.dumps(sort_keys=True)
+                data = sa.cast(sa.func.jsonb_build_object(
+                    "id", deleted.c.id, "ip_address", deleted.c.ip_address), sa.Text)
+                if not journal.record_with(conn, deleted, journal.DELETE,
+                                           journal.AGENTMEMBERSHIP, data,
+                                           tenant_id=context.project_id,
+                                           transaction_id=context.request_id):
+                    raise exceptions.AgentMembershipNotFound(id=id_)
+            return
+        with writer(self.engine) as conn:
+            row = _delete_returning(conn, id_)
+            if row is None:
+                raise exceptions.AgentMembershipNotFound(id=id_)
+            journal.record(conn, journal.DELETE, journal.AGENTMEMBERSHIP, id_,
+                           dict(row._mapping), tenant_id=context.project_id,
+                           transaction_id=context.request_id)
+
+
+def _insert_in_one_statement(conn: sa.Connection, row: dict[str, str],
+                             context: RequestContext) -> None:
+    """PostgreSQL: the row and its task in one atomic statement (one round trip)."""
+    insert = sa.insert(memberships).values(row).returning(memberships.c.id).cte("new_membership")
+    journal.record_with(conn, insert, journal.CREATE, journal.AGENTMEMBERSHIP,
+                        sa.literal(json.dumps(row, sort_keys=True)),
+                        tenant_id=context.project_id, transaction_id=context.request_id)
+
+
+def _insert_each_with_its_task(conn: sa.Connection, rows: Sequence[dict[str, str]],
+                               context: RequestContext) -> None:
+    conn.execute(sa.insert(memberships), rows)
+    for row in rows:
+        journal.record(conn, journal.CREATE, journal.AGENTMEMBERSHIP, row["id"], row,
+                       tenant_id=context.project_id, transaction_id=context.request_id)
+
+
+def _delete_returning(conn: sa.Connection, id_: str) -> sa.Row | None:
+    """Delete one row and return it; one statement where the database has RETURNING."""
+    where = memberships.c.id == id_
+    if conn.dialect.delete_returning:
+        return conn.execute(sa.delete(memberships).where(where)
+                            .returning(*memberships.c)).first()
+    row = conn.execute(sa.select(memberships).where(where).with_for_update()).first()
+    if row is not None:
+        conn.execute(sa.delete(memberships).where(where))
+    return row
+
+
+def _refuse_duplicates_within(items: Sequence[dict[str, str]]) -> None:
+    for key, error in (("id", "id"), ("ip_address", "ip_address")):
+        seen: set[str] = set()
+        for item in items:
+            if item[key] in seen:
+                raise exceptions.BadRequest(
+                    resource="agent_membership",
+                    msg=f"the request names {error} {item[key]} more than once")
+            seen.add(item[key])

@@ -1,0 +1,150 @@
+"""The network state database (NSDB) contract, shared by every backend.
+
+The importer is the only writer of the tunnel zone and of its own position; agents write only
+their own host record and liveness. Everything the importer changes goes through
+:meth:`NSDB.apply`, which moves the position in the same atomic step: that compare-and-set is
+what makes an importer crash, or a deposed leader that still believes it leads, unable to apply
+a task twice.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import datetime
+from collections.abc import Callable, Sequence
+
+DEFAULT_TUNNEL_ZONE_NAME = "DEFAULT"
+
+
+@dataclasses.dataclass(frozen=True)
+class TunnelZone:
+    id: str
+    name: str
+    type: str  # "vxlan" or "gre"
+
+
+@dataclasses.dataclass(frozen=True)
+class Interface:
+    name: str
+    ip_addresses: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Host:
+    """What an agent says about its host when it registers."""
+
+    id: str
+    hostname: str
+    interfaces: tuple[Interface, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class HostStatus:
+    """A registered host as readers see it: the record plus its liveness."""
+
+    host: Host
+    alive: bool
+    heartbeat_at: datetime.datetime | None
+
+
+# The importer's vocabulary: each op is idempotent, so replaying a batch is harmless.
+@dataclasses.dataclass(frozen=True)
+class SetTunnelZone:
+    """Create the zone, or change its type (and name) if it exists."""
+
+    zone: TunnelZone
+
+
+@dataclasses.dataclass(frozen=True)
+class AddMember:
+    """Make ``host_id`` a member with tunnel endpoint ``ip_address`` (upsert)."""
+
+    host_id: str
+    ip_address: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoveMember:
+    """Remove ``host_id`` from the zone; no-op when it is not a member."""
+
+    host_id: str
+
+
+Op = SetTunnelZone | AddMember | RemoveMember
+
+ZoneCallback = Callable[[TunnelZone | None, dict[str, str]], None]
+
+
+class NSDBError(Exception):
+    """Base of every error an NSDB backend raises on purpose."""
+
+
+class PositionConflict(NSDBError):
+    """The stored position is not the one the caller expected: someone else applied."""
+
+
+class Watch(abc.ABC):
+    @abc.abstractmethod
+    def cancel(self) -> None:
+        """Stop calling the callback. Safe to call twice."""
+
+
+class NSDB(abc.ABC):
+    """One connection to the NSDB. Thread-safe; open one per process with :func:`connect`."""
+
+    # -- the importer's position -------------------------------------------------------------
+    @abc.abstractmethod
+    def get_position(self) -> int | None:
+        """The id of the last task applied, or None before any."""
+
+    @abc.abstractmethod
+    def apply(self, ops: Sequence[Op], expected_position: int | None, new_position: int) -> None:
+        """Apply ``ops`` in order and move the position, all or nothing.
+
+        Raises PositionConflict (and changes nothing) when the stored position is not
+        ``expected_position``.
+        """
+
+    # -- the tunnel zone -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_tunnel_zone(self) -> TunnelZone | None:
+        """The DEFAULT zone, or None before the first CONFIG was applied."""
+
+    @abc.abstractmethod
+    def list_members(self) -> dict[str, str]:
+        """Members of the DEFAULT zone: host id -> tunnel IP."""
+
+    @abc.abstractmethod
+    def watch_tunnel_zone(self, callback: ZoneCallback) -> Watch:
+        """Call ``callback(zone, members)`` now and after every change.
+
+        Calls are never concurrent for one watch and always carry a consistent, current
+        snapshot; several quick changes may be coalesced into one call.
+        """
+
+    # -- hosts -----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def register_host(self, host: Host) -> None:
+        """Create or replace the host's record (an agent calls it at start)."""
+
+    @abc.abstractmethod
+    def heartbeat(self, host_id: str) -> None:
+        """Prove the host's agent is alive now (ZooKeeper: keep an ephemeral node)."""
+
+    @abc.abstractmethod
+    def list_hosts(self) -> list[HostStatus]:
+        """Every registered host with its liveness, ordered by id."""
+
+    def get_host(self, host_id: str) -> HostStatus | None:
+        return next((h for h in self.list_hosts() if h.host.id == host_id), None)
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection; ephemeral liveness of this connection ends."""
+
+    def __enter__(self) -> NSDB:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

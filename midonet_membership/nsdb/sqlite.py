@@ -1,0 +1,213 @@
+"""The embedded NSDB: one SQLite file (WAL) shared by the importer and local agents.
+
+Watches poll ``PRAGMA data_version`` on a connection of their own, which changes whenever
+another connection commits: a few microseconds per look, so a change is seen within
+``watch_interval`` without reading any table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+
+from midonet_membership.nsdb.base import (
+    NSDB,
+    AddMember,
+    Host,
+    HostStatus,
+    Interface,
+    Op,
+    PositionConflict,
+    RemoveMember,
+    SetTunnelZone,
+    TunnelZone,
+    Watch,
+    ZoneCallback,
+)
+
+LOG = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tunnel_zone (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1), id TEXT NOT NULL,
+    name TEXT NOT NULL, type TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tunnel_zone_members (
+    host_id TEXT PRIMARY KEY, ip_address TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS hosts (
+    id TEXT PRIMARY KEY, hostname TEXT NOT NULL, interfaces TEXT NOT NULL,
+    heartbeat_at REAL);
+CREATE TABLE IF NOT EXISTS importer_position (
+    singleton INTEGER PRIMARY KEY CHECK (singleton = 1), position INTEGER);
+INSERT OR IGNORE INTO importer_position (singleton, position) VALUES (1, NULL);
+"""
+
+
+def _open(path: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout=30000")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+class SQLiteNSDB(NSDB):
+    def __init__(self, url: str, liveness_timeout: float = 10.0, watch_interval: float = 0.005,
+                 **_ignored: object) -> None:
+        self.path = url.removeprefix("sqlite:///")
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self.liveness_timeout = liveness_timeout
+        self.watch_interval = watch_interval
+        self._conn = _open(self.path)
+        self._lock = threading.RLock()
+        self._watches: list[_SQLiteWatch] = []
+        with self._lock:
+            self._conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+
+    @contextlib.contextmanager
+    def _transaction(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # -- position ------------------------------------------------------------------------------
+    def get_position(self) -> int | None:
+        with self._transaction(immediate=False) as conn:
+            return _position(conn)
+
+    def apply(self, ops: Sequence[Op], expected_position: int | None, new_position: int) -> None:
+        with self._transaction() as conn:
+            current = _position(conn)
+            if current != expected_position:
+                raise PositionConflict(f"position is {current}, expected {expected_position}")
+            for op in ops:
+                _apply_op(conn, op)
+            conn.execute("UPDATE importer_position SET position = ? WHERE singleton = 1",
+                         (new_position,))
+
+    # -- tunnel zone ---------------------------------------------------------------------------
+    def get_tunnel_zone(self) -> TunnelZone | None:
+        with self._transaction(immediate=False) as conn:
+            return _zone(conn)
+
+    def list_members(self) -> dict[str, str]:
+        with self._transaction(immediate=False) as conn:
+            return _members(conn)
+
+    def watch_tunnel_zone(self, callback: ZoneCallback) -> Watch:
+        watch = _SQLiteWatch(self.path, callback, self.watch_interval)
+        self._watches.append(watch)
+        return watch
+
+    # -- hosts ---------------------------------------------------------------------------------
+    def register_host(self, host: Host) -> None:
+        interfaces = json.dumps([{"name": i.name, "ip_addresses": list(i.ip_addresses)}
+                                 for i in host.interfaces])
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO hosts (id, hostname, interfaces) VALUES (?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, "
+                "interfaces = excluded.interfaces", (host.id, host.hostname, interfaces))
+
+    def heartbeat(self, host_id: str) -> None:
+        with self._transaction() as conn:
+            conn.execute("UPDATE hosts SET heartbeat_at = ? WHERE id = ?", (time.time(), host_id))
+
+    def list_hosts(self) -> list[HostStatus]:
+        with self._transaction(immediate=False) as conn:
+            rows = conn.execute("SELECT id, hostname, interfaces, heartbeat_at FROM hosts "
+                                "ORDER BY id").fetchall()
+        now = time.time()
+        return [HostStatus(
+            host=Host(id=id_, hostname=hostname, interfaces=tuple(
+                Interface(i["name"], tuple(i["ip_addresses"])) for i in json.loads(ifaces))),
+            alive=beat is not None and now - beat < self.liveness_timeout,
+            heartbeat_at=None if beat is None else datetime.datetime.fromtimestamp(
+                beat, datetime.UTC))
+            for id_, hostname, ifaces, beat in rows]
+
+    def close(self) -> None:
+        for watch in self._watches:
+            watch.cancel()
+        with self._lock:
+            self._conn.close()
+
+
+def _position(conn: sqlite3.Connection) -> int | None:
+    return conn.execute("SELECT position FROM importer_position").fetchone()[0]
+
+
+def _zone(conn: sqlite3.Connection) -> TunnelZone | None:
+    row = conn.execute("SELECT id, name, type FROM tunnel_zone").fetchone()
+    return None if row is None else TunnelZone(*row)
+
+
+def _members(conn: sqlite3.Connection) -> dict[str, str]:
+    return dict(conn.execute("SELECT host_id, ip_address FROM tunnel_zone_members"))
+
+
+def _apply_op(conn: sqlite3.Connection, op: Op) -> None:
+    if isinstance(op, SetTunnelZone):
+        conn.execute("INSERT OR REPLACE INTO tunnel_zone (singleton, id, name, type) "
+                     "VALUES (1, ?, ?, ?)", (op.zone.id, op.zone.name, op.zone.type))
+    elif isinstance(op, AddMember):
+        conn.execute("INSERT OR REPLACE INTO tunnel_zone_members (host_id, ip_address) "
+                     "VALUES (?, ?)", (op.host_id, op.ip_address))
+    elif isinstance(op, RemoveMember):
+        conn.execute("DELETE FROM tunnel_zone_members WHERE host_id = ?", (op.host_id,))
+    else:
+        raise TypeError(f"unknown NSDB op {op!r}")
+
+
+class _SQLiteWatch(Watch):
+    """A thread that delivers a snapshot whenever the zone or its members change."""
+
+    def __init__(self, path: str, callback: ZoneCallback, interval: float) -> None:
+        self._callback = callback
+        self._interval = interval
+        self._cancelled = threading.Event()
+        self._conn = _open(path)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="nsdb-watch")
+        self._thread.start()
+
+    def _snapshot(self) -> tuple[TunnelZone | None, dict[str, str]]:
+        self._conn.execute("BEGIN")
+        try:
+            return _zone(self._conn), _members(self._conn)
+        finally:
+            self._conn.execute("COMMIT")
+
+    def _run(self) -> None:
+        last = None
+        version = None
+        try:
+            while not self._cancelled.is_set():
+                current = self._conn.execute("PRAGMA data_version").fetchone()[0]
+                if current != version:
+                    version = current
+                    snapshot = self._snapshot()
+                    if snapshot != last:
+                        last = snapshot
+                        try:
+                            self._callback(*snapshot)
+                        except Exception:  # a failing callback must not end the watch
+                            LOG.exception("tunnel zone watch callback failed")
+                self._cancelled.wait(self._interval)
+        finally:
+            self._conn.close()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)

@@ -1,0 +1,416 @@
+"""The production NSDB: ZooKeeper through kazoo.
+
+Layout under the root (default ``/midonet``)::
+
+    /tunnel_zone                       {"id", "name", "type"}   (after the first CONFIG)
+    /tunnel_zone_members               the last apply's delta (see below)
+    /tunnel_zone_members/<host>@<ip>   {"ip_address"}           one znode per member
+    /hosts                             (agents may create children)
+    /hosts/<host>                      {"id", "hostname", "interfaces"}
+    /hosts/<host>/alive                ephemeral, heartbeat time (ISO 8601, UTC)
+    /importer/position                 last applied task id (decimal; empty before any)
+
+A member's tunnel IP is part of its znode name so that a watcher learns the whole zone from
+one ``get_children``: a change costs O(1) writes and one read per watcher, never O(members)
+reads. Each apply also writes its net change (``previous``, ``position``, ``zone``, ``added``,
+``removed``) as the data of ``/tunnel_zone_members``, in the same multi-op, so a watcher
+follows the zone with one small read per apply.
+
+Security: with ``user:password@`` in the URL, every node this connection creates carries a
+digest ACL: its identity may do everything, the world may only read. The cluster
+(``role="cluster"``) creates the tree, so it alone writes the zone, the members and the
+position; ``/hosts`` also lets anyone create a child, and each agent (``role="agent"``, which
+never creates the tree) owns its own host record and liveness node. Without credentials
+nodes are open. ``role=None`` (a reader such as the API) creates the tree like the cluster
+if it is missing, owned by its own identity: give it the cluster's credentials.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import queue
+import threading
+import time
+import urllib.parse
+from collections.abc import Sequence
+
+from kazoo.client import KazooClient, KazooState, TransactionRequest
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
+
+from midonet_membership.nsdb.base import (
+    NSDB,
+    AddMember,
+    Host,
+    HostStatus,
+    Interface,
+    NSDBError,
+    Op,
+    PositionConflict,
+    RemoveMember,
+    SetTunnelZone,
+    TunnelZone,
+    Watch,
+    ZoneCallback,
+)
+
+LOG = logging.getLogger(__name__)
+ROLES = ("cluster", "agent", None)
+
+
+def member_node(host_id: str, ip_address: str) -> str:
+    return f"{host_id}@{ip_address}"
+
+
+def parse_members(children: list[str]) -> dict[str, str]:
+    return dict(child.split("@", 1) for child in children if "@" in child)
+
+
+class ZooKeeperNSDB(NSDB):
+    """Options: ``role`` ("cluster", "agent" or None: which ACLs to write), ``timeout``
+    (connect, seconds), ``liveness_timeout`` (the session timeout, seconds)."""
+
+    def __init__(self, url: str, role: str | None = None, timeout: float = 10.0,
+                 liveness_timeout: float = 10.0, **_ignored: object) -> None:
+        if role not in ROLES:
+            raise NSDBError(f"unknown NSDB role {role!r}: use 'cluster', 'agent' or none")
+        parts = urllib.parse.urlsplit(url)
+        hosts = parts.netloc.rpartition("@")[2]
+        self.root = parts.path.rstrip("/") or "/midonet"
+        self.role = role
+        self.timeout = timeout
+        user = urllib.parse.unquote(parts.username or "")
+        password = urllib.parse.unquote(parts.password or "")
+        auth = [("digest", f"{user}:{password}")] if user else None
+        # The session timeout is the liveness timeout: a dead agent's ephemeral liveness
+        # node disappears when its session expires. ``timeout`` bounds the connect.
+        self.client = KazooClient(hosts=hosts, timeout=liveness_timeout, auth_data=auth)
+        try:
+            self.client.start(timeout=timeout)
+        except KazooTimeoutError:
+            self.client.close()
+            raise NSDBError(f"cannot reach ZooKeeper at {hosts} within {timeout:g} s") from None
+        read = make_acl("world", "anyone", read=True)
+        self.secure = bool(user)
+        if user:  # secure by default: credentials always mean digest ACLs
+            self._own_acl = [make_digest_acl(user, password, all=True), read]
+            self._hosts_acl = [make_digest_acl(user, password, all=True),
+                               make_acl("world", "anyone", read=True, create=True)]
+        else:
+            self._own_acl = self._hosts_acl = OPEN_ACL_UNSAFE
+        self.zone_path = f"{self.root}/tunnel_zone"
+        self.members_path = f"{self.root}/tunnel_zone_members"
+        self.hosts_path = f"{self.root}/hosts"
+        self.position_path = f"{self.root}/importer/position"
+        self._watches: list[_ZooKeeperWatch] = []
+        if role != "agent":
+            self.ensure_layout()
+
+    def ensure_layout(self) -> None:
+        """Create the tree (idempotent); the cluster does it at connect, so it owns the tree.
+
+        An agent never calls it: with ACLs, the nodes it created would be its own.
+        """
+        for path in (self.root, self.members_path, f"{self.root}/importer"):
+            self.client.ensure_path(path, acl=self._own_acl)
+        self.client.ensure_path(self.hosts_path, acl=self._hosts_acl)
+        try:
+            self.client.create(self.position_path, b"", acl=self._own_acl)
+        except NodeExistsError:
+            pass
+
+    # -- position ------------------------------------------------------------------------------
+    def _read_position(self) -> tuple[int | None, int]:
+        data, stat = self.client.get(self.position_path)
+        return (int(data) if data else None), stat.version
+
+    def get_position(self) -> int | None:
+        try:
+            return self._read_position()[0]
+        except NoNodeError:
+            return None
+
+    def apply(self, ops: Sequence[Op], expected_position: int | None, new_position: int) -> None:
+        for attempt in range(2):  # a race on member nodes is re-read and retried once
+            position_reply = self.client.get_async(self.position_path)
+            children_reply = self.client.get_children_async(self.members_path)
+            zone_reply = self.client.get_async(self.zone_path)
+            data, stat = position_reply.get()
+            position = int(data) if data else None
+            if position != expected_position:
+                raise PositionConflict(f"position is {position}, expected {expected_position}")
+            members = parse_members(children_reply.get())
+            try:
+                zone: dict[str, str] | None = json.loads(zone_reply.get()[0])
+            except NoNodeError:
+                zone = None
+            tx = self.client.transaction()
+            tx.check(self.position_path, stat.version)
+            zone, added, removed = self._add_ops(tx, ops, zone, members)
+            tx.set_data(self.members_path, json.dumps({
+                "previous": expected_position, "position": new_position, "zone": zone,
+                "added": added, "removed": removed}).encode())
+            tx.set_data(self.position_path, str(new_position).encode())
+            results = tx.commit()
+            failure = next((r for r in results if isinstance(r, Exception)
+                            and type(r).__name__ != "RolledBackError"), None)
+            if failure is None:
+                return
+            if isinstance(failure, BadVersionError):
+                raise PositionConflict("the position changed while applying")
+            if not isinstance(failure, (NodeExistsError, NoNodeError)) or attempt:
+                raise failure
+            LOG.warning("NSDB transaction raced on a member node (%r); retrying", failure)
+
+    def _add_ops(self, tx: TransactionRequest, ops: Sequence[Op], zone: dict[str, str] | None,
+                 members: dict[str, str]) -> tuple[dict[str, str] | None, dict[str, str],
+                                                   list[str]]:
+        """Translate idempotent ops into create/set/delete against the current tree.
+
+        Returns the zone after the ops and the net change of the member set (added or
+        re-addressed, removed), which the same transaction publishes for watchers.
+        """
+        before = dict(members)
+        for op in ops:
+            if isinstance(op, SetTunnelZone):
+                data = dataclass_dict(op.zone)
+                if zone is None:
+                    tx.create(self.zone_path, json.dumps(data).encode(), acl=self._own_acl)
+                elif zone != data:
+                    tx.set_data(self.zone_path, json.dumps(data).encode())
+                zone = data
+            elif isinstance(op, AddMember):
+                if members.get(op.host_id) == op.ip_address:
+                    continue
+                if op.host_id in members:
+                    tx.delete(f"{self.members_path}/"
+                              f"{member_node(op.host_id, members[op.host_id])}")
+                tx.create(f"{self.members_path}/{member_node(op.host_id, op.ip_address)}",
+                          json.dumps({"ip_address": op.ip_address}).encode(),
+                          acl=self._own_acl)
+                members[op.host_id] = op.ip_address
+            elif isinstance(op, RemoveMember):
+                if op.host_id in members:
+                    tx.delete(f"{self.members_path}/"
+                              f"{member_node(op.host_id, members.pop(op.host_id))}")
+            else:
+                raise TypeError(f"unknown NSDB op {op!r}")
+        added = {h: ip for h, ip in members.items() if before.get(h) != ip}
+        return zone, added, sorted(set(before) - set(members))
+
+    # -- tunnel zone ---------------------------------------------------------------------------
+    def get_tunnel_zone(self) -> TunnelZone | None:
+        try:
+            data, _ = self.client.get(self.zone_path)
+        except NoNodeError:
+            return None
+        return TunnelZone(**json.loads(data))
+
+    def list_members(self) -> dict[str, str]:
+        try:
+            return parse_members(self.client.get_children(self.members_path))
+        except NoNodeError:
+            return {}
+
+    def watch_tunnel_zone(self, callback: ZoneCallback) -> Watch:
+        watch = _ZooKeeperWatch(self, callback)
+        self._watches.append(watch)
+        return watch
+
+    # -- hosts ---------------------------------------------------------------------------------
+    def register_host(self, host: Host) -> None:
+        data = json.dumps({"id": host.id, "hostname": host.hostname, "interfaces": [
+            {"name": i.name, "ip_addresses": list(i.ip_addresses)}
+            for i in host.interfaces]}).encode()
+        path = f"{self.hosts_path}/{host.id}"
+        # A secured agent must not create the tree (the nodes would be its own): it waits
+        # for the cluster to make ``/hosts``. Without credentials nothing is owned anyway.
+        owner_only = self.role == "agent" and self.secure
+        if owner_only:
+            self._wait_for(self.hosts_path)
+        try:
+            self.client.create(path, data, acl=self._own_acl, makepath=not owner_only)
+        except NodeExistsError:
+            self.client.set(path, data)
+
+    def _wait_for(self, path: str) -> None:
+        """Block up to ``timeout`` seconds until ``path`` exists (an agent started first)."""
+        appeared = threading.Event()
+        deadline = time.monotonic() + self.timeout
+        while not self.client.exists(path, watch=lambda _event: appeared.set()):
+            if not appeared.wait(max(0.0, deadline - time.monotonic())):
+                raise NSDBError(f"{path} does not exist after {self.timeout:g} s: start the "
+                                "cluster (it creates the NSDB tree) before secured agents")
+            appeared.clear()
+
+    def heartbeat(self, host_id: str) -> None:
+        path = f"{self.hosts_path}/{host_id}/alive"
+        now = datetime.datetime.now(datetime.UTC).isoformat().encode()
+        try:
+            self.client.set(path, now)
+        except NoNodeError:
+            self.client.create(path, now, acl=self._own_acl, ephemeral=True)
+
+    def list_hosts(self) -> list[HostStatus]:
+        try:
+            ids = sorted(self.client.get_children(self.hosts_path))
+        except NoNodeError:
+            return []
+        records = [self.client.get_async(f"{self.hosts_path}/{i}") for i in ids]
+        beats = [self.client.get_async(f"{self.hosts_path}/{i}/alive") for i in ids]
+        hosts = []
+        for record, beat in zip(records, beats, strict=True):
+            try:
+                data = json.loads(record.get()[0])
+            except NoNodeError:
+                continue
+            try:
+                beat_at = datetime.datetime.fromisoformat(beat.get()[0].decode())
+                alive = True
+            except NoNodeError:
+                beat_at, alive = None, False
+            hosts.append(HostStatus(Host(data["id"], data["hostname"], tuple(
+                Interface(i["name"], tuple(i["ip_addresses"])) for i in data["interfaces"])),
+                alive=alive, heartbeat_at=beat_at))
+        return hosts
+
+    def close(self) -> None:
+        for watch in list(self._watches):
+            watch.cancel()
+        self.client.stop()
+        self.client.close()
+
+
+def dataclass_dict(zone: TunnelZone) -> dict[str, str]:
+    return {"id": zone.id, "name": zone.name, "type": zone.type}
+
+
+class _ZooKeeperWatch(Watch):
+    """Follows the zone through one kazoo ``DataWatch`` and one snapshot thread.
+
+    Every apply publishes its net change as the data of the members node (``previous``,
+    ``position``, ``zone``, ``added``, ``removed``). A watcher whose last position is the
+    delta's ``previous`` applies it in O(change), zone and members together, so it never
+    pairs a new zone with old members; otherwise (first call, a coalesced burst, a
+    reconnect) it re-reads the tree. The recipe re-arms itself, also after a session
+    expiry, and every (re)connection forces a re-read for what was missed meanwhile.
+    Callbacks run on the snapshot thread only, so they are never concurrent.
+    """
+
+    def __init__(self, store: ZooKeeperNSDB, callback: ZoneCallback) -> None:
+        self.store = store
+        self.callback = callback
+        self._events: queue.Queue[bool] = queue.Queue()
+        self._cancelled = False
+        self._last: tuple[TunnelZone | None, dict[str, str]] | None = None
+        self._zone: TunnelZone | None = None
+        self._members: dict[str, str] = {}
+        self._position: object = _UNKNOWN
+        self._generation = 0  # bumped by every delta, so a slower re-read cannot undo it
+        self._lock = threading.Lock()
+        store.client.add_listener(self._on_state)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="zk-zone-watch")
+        self._thread.start()
+        self._events.put(True)
+        store.client.DataWatch(store.members_path, self._on_members)
+
+    def _on_members(self, data: bytes | None, _stat: object, _event: object = None
+                    ) -> bool | None:
+        if self._cancelled:
+            return False  # tells kazoo to drop the watch
+        try:
+            delta = json.loads(data) if data else None
+        except ValueError:
+            delta = None
+        with self._lock:
+            if (isinstance(delta, dict) and "zone" in delta
+                    and delta.get("previous") == self._position):
+                zone = delta["zone"]
+                self._zone = TunnelZone(**zone) if zone else None
+                self._members.update(delta["added"])
+                for host in delta["removed"]:
+                    self._members.pop(host, None)
+                self._position = delta["position"]
+                self._generation += 1
+                reread = False
+            else:
+                reread = True
+        self._events.put(reread)
+        return None
+
+    def _on_state(self, state: str) -> None:
+        if state == KazooState.CONNECTED and not self._cancelled:
+            self._events.put(True)  # re-read: events may have been missed meanwhile
+
+    def _reread(self) -> bool:
+        """Load the whole zone; False when a delta arrived meanwhile (read again)."""
+        with self._lock:
+            generation = self._generation
+        client = self.store.client
+        # One client's requests are served in order: children and zone are at least as new
+        # as the position read first, and replaying a later delta on top is idempotent.
+        data_reply = client.get_async(self.store.members_path)
+        children_reply = client.get_children_async(self.store.members_path)
+        zone_reply = client.get_async(self.store.zone_path)
+        try:
+            data, children = data_reply.get()[0], children_reply.get()
+        except NoNodeError:  # the cluster has not created the tree yet
+            data, children = b"", []
+        try:
+            zone: TunnelZone | None = TunnelZone(**json.loads(zone_reply.get()[0]))
+        except NoNodeError:
+            zone = None
+        try:
+            position = json.loads(data)["position"] if data else None
+        except (ValueError, KeyError, TypeError):
+            position = None
+        with self._lock:
+            if self._generation != generation:
+                return False
+            self._zone, self._members = zone, parse_members(children)
+            self._position = position
+            return True
+
+    def _run(self) -> None:
+        while True:
+            reread = self._events.get()
+            while not self._events.empty():  # coalesce a burst into one snapshot
+                reread = self._events.get_nowait() or reread
+            if self._cancelled:
+                return
+            if reread:
+                try:
+                    fresh = self._reread()
+                except Exception as exc:  # disconnected: the next CONNECTED retries
+                    LOG.debug("zone re-read failed: %s", exc)
+                    continue
+                if not fresh:
+                    self._events.put(True)
+                    continue
+            with self._lock:
+                snapshot = (self._zone, dict(self._members))
+            if snapshot != self._last:
+                self._last = snapshot
+                try:
+                    self.callback(*snapshot)
+                except Exception:  # a failing callback must not end the watch
+                    LOG.exception("tunnel zone watch callback failed")
+
+    def cancel(self) -> None:
+        if self._cancelled:
+            return
+        self._cancelled = True
+        self.store.client.remove_listener(self._on_state)
+        try:
+            self.store._watches.remove(self)
+        except ValueError:
+            pass
+        self._events.put(False)
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=5)
+
+
+_UNKNOWN = object()

@@ -1,0 +1,238 @@
+"""``midonet-membership``: the processes of the deployment, one subcommand each.
+
+``all-in-one`` is the README's first command: migrations, the CONFIG task, the API and
+(from the cluster issue on) the importer on embedded SQLite, in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+
+from kazoo.exceptions import KazooException
+from oslo_config import cfg
+
+from midonet_membership import conf as config
+from midonet_membership.agent.identity import HostIdError
+from midonet_membership.context import new_request_id
+from midonet_membership.db import engine as db_engine
+from midonet_membership.db import journal, migration
+from midonet_membership.nsdb.base import NSDBError
+
+LOG = logging.getLogger("midonet_membership")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="midonet-membership", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("all-in-one", "API + importer + embedded NSDB in one process"),
+                       ("api", "the API server (gunicorn workers)"),
+                       ("importer", "the cluster importer (one of several may lead)"),
+                       ("agent", "one MidoNet agent (dry-run data plane for now)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config-file", action="append", default=[],
+                       help="neutron.conf-style file (repeatable)")
+        p.add_argument("--state-dir", help="state directory (default ./var)")
+        if name in ("all-in-one", "api"):
+            p.add_argument("--bind", metavar="HOST:PORT", help="listen address (default "
+                           "127.0.0.1:9696)")
+        if name == "agent":
+            p.add_argument("--dry-run", action="store_true",
+                           help="record and log tunnel changes instead of building them")
+        if name == "all-in-one":
+            p.add_argument("--agents", type=int, default=0, metavar="N",
+                           help="also start N local agents (state in STATE_DIR/agents/N)")
+        if name == "api":
+            p.add_argument("--workers", type=int, help="worker processes")
+            p.add_argument("--threads", type=int, help="threads per worker")
+    return parser
+
+
+def _configure(args: argparse.Namespace) -> cfg.ConfigOpts:
+    conf = cfg.CONF
+    argv = [a for f in args.config_file for a in ("--config-file", f)]
+    config.load(argv, conf)
+    if args.state_dir:
+        conf.set_override("state_dir", args.state_dir)
+    if getattr(args, "bind", None):
+        host, _, port = args.bind.rpartition(":")
+        conf.set_override("bind_host", host or conf.bind_host)
+        conf.set_override("bind_port", int(port))
+    for option in ("workers", "threads"):
+        if getattr(args, option, None):
+            conf.set_override(f"api_{option}", getattr(args, option))
+    os.makedirs(conf.state_dir, exist_ok=True)
+    return conf
+
+
+def prepare_database(conf: cfg.ConfigOpts):
+    """Upgrade the schema, then write the CONFIG task if the protocol changed."""
+    url = config.database_url(conf)
+    migration.upgrade(url)
+    engine = db_engine.create_engine(url, pool_size=conf.api_threads)
+    if journal.record_config(engine, conf.MIDONET.tunnel_protocol, new_request_id()):
+        LOG.info("CONFIG task written: tunnel_protocol=%s", conf.MIDONET.tunnel_protocol)
+    return engine
+
+
+def all_in_one(conf: cfg.ConfigOpts, agent_count: int = 0) -> None:
+    from midonet_membership import nsdb
+    from midonet_membership.api import make_app
+    from midonet_membership.api.server import ThreadedServer
+
+    engine = prepare_database(conf)
+    api_nsdb = nsdb.connect(config.nsdb_url(conf), liveness_timeout=conf.agent.liveness_timeout)
+    app = make_app(conf, engine, api_nsdb)
+    server = ThreadedServer(app, conf.bind_host, conf.bind_port, conf.api_threads)
+    stop = threading.Event()
+    importer = _start_importer(conf, engine, stop, in_process=True)
+    url = f"http://{conf.bind_host}:{server.port}"
+    _write_endpoint(conf, url)
+    server.start()
+    print(f"midonet-membership all-in-one: API on {url}/v2.0/", flush=True)
+    if conf.auth_strategy == "token":
+        print(f"  admin token: {os.path.abspath(conf.admin_token_file)} "
+              f"(the neutron CLI reads it)", flush=True)
+    print(f"  Neutron DB: {_redacted(config.database_url(conf))}", flush=True)
+    print(f"  NSDB: {_redacted(config.nsdb_url(conf))}", flush=True)
+    agents = [_local_agent(conf, i) for i in range(agent_count)]
+    for a in agents:
+        print(f"  agent {a.host_id} ({a.host.hostname}): {a.state.status}", flush=True)
+    print("  Ctrl-C stops it.", flush=True)
+    _wait_for_signal()
+    for a in agents:
+        a.stop()
+    server.stop()
+    stop.set()
+    importer.join(timeout=10)
+    engine.dispose()
+    LOG.info("stopped")
+
+
+def _local_agent(conf: cfg.ConfigOpts, index: int):
+    import socket
+
+    from midonet_membership.agent import start_agent
+
+    state_dir = os.path.join(conf.state_dir, "agents", str(index))
+    return start_agent(conf, config.nsdb_url(conf), state_dir,
+                       hostname=f"{socket.gethostname()}-agent-{index}")
+
+
+def agent(conf: cfg.ConfigOpts, dry_run: bool = False) -> None:
+    from midonet_membership.agent import run_agent
+
+    run_agent(conf, conf.state_dir, dry_run)
+
+
+def importer(conf: cfg.ConfigOpts) -> None:
+    migration.upgrade(config.database_url(conf))
+    engine = db_engine.create_engine(config.database_url(conf), pool_size=2)
+    stop = threading.Event()
+    thread = _start_importer(conf, engine, stop, in_process=False)
+    print(f"midonet-membership importer: {_redacted(config.database_url(conf))} -> "
+          f"{_redacted(config.nsdb_url(conf))}", flush=True)
+    _wait_for_signal()
+    stop.set()
+    thread.join(timeout=10)
+
+
+def _start_importer(conf: cfg.ConfigOpts, engine, stop: threading.Event,
+                    in_process: bool) -> threading.Thread:
+    """The importer in a thread, woken by this process's commits or by LISTEN/poll."""
+    from midonet_membership import nsdb
+    from midonet_membership.cluster import importer as cluster
+    from midonet_membership.cluster.wakeup import Wakeup
+
+    url = config.nsdb_url(conf)
+    store = nsdb.connect(url, role="cluster")
+    wakeup = Wakeup(conf.cluster.poll_interval)
+    if in_process:
+        wakeup.listen_in_process()
+    wakeup.listen_postgresql(config.database_url(conf))
+
+    def run() -> None:
+        try:
+            cluster.run(engine, store, url, wakeup, stop, batch_size=conf.cluster.batch_size,
+                        gap_timeout=conf.cluster.gap_timeout)
+        finally:
+            wakeup.stop()
+            store.close()
+    thread = threading.Thread(target=run, name="importer", daemon=True)
+    thread.start()
+    return thread
+
+
+def api(conf: cfg.ConfigOpts) -> None:
+    from midonet_membership.api import make_app
+    from midonet_membership.api.server import serve_workers
+
+    prepare_database(conf).dispose()
+    if conf.auth_strategy == "token":  # before the port opens, so clients can read it
+        from midonet_membership.api.auth import ensure_admin_token
+        ensure_admin_token(conf.admin_token_file)
+    _write_endpoint(conf, f"http://{conf.bind_host}:{conf.bind_port}")
+
+    def app_factory():
+        from midonet_membership import nsdb
+
+        engine = db_engine.create_engine(config.database_url(conf), pool_size=conf.api_threads)
+        return make_app(conf, engine, nsdb.connect(
+            config.nsdb_url(conf), liveness_timeout=conf.agent.liveness_timeout))
+    serve_workers(app_factory, conf.bind_host, conf.bind_port, conf.api_workers,
+                  conf.api_threads)
+
+
+def _write_endpoint(conf: cfg.ConfigOpts, url: str) -> None:
+    """Tell a local CLI where the API is (it also reads the admin token from there)."""
+    with open(os.path.join(conf.state_dir, "api-url"), "w") as f:
+        f.write(url + "\n")
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password (ZooKeeper URLs name several hosts: no URL parser)."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        conf = _configure(args)
+        if args.command == "all-in-one":
+            all_in_one(conf, args.agents)
+        elif args.command == "agent":
+            agent(conf, args.dry_run)
+        else:
+            {"api": api, "importer": importer}[args.command](conf)
+    except config.ConfigError as exc:
+        print(f"midonet-membership: {exc}", file=sys.stderr)
+        return 2
+    except HostIdError as exc:
+        print(f"midonet-membership: {exc}", file=sys.stderr)
+        return 2
+    except (NSDBError, KazooException) as exc:
+        print(f"midonet-membership: the NSDB is unreachable or refused us: "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"midonet-membership: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""Shared test setup. Fixture modules live in tests/fixtures/ and are registered here."""
+
+pytest_plugins = [
+    "tests.fixtures.databases",
+    "tests.fixtures.servers",
+    "tests.fixtures.zookeeper",
+    "tests.fixtures.nsdb",
+]

@@ -1,0 +1,158 @@
+"""The agents API over HTTP: the all-in-one with local agents (``--agents 3``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.servers import ApiClient
+
+AGENTS = "/v2.0/agents"
+
+
+def _host_ids(server) -> list[str]:
+    ids = []
+    for path in sorted(Path(server.state_dir, "agents").glob("*/midonet_host_id.properties")):
+        ids.append(path.read_text().strip().removeprefix("host_uuid="))
+    return ids
+
+
+@pytest.fixture(scope="module")
+def server(request, make_database, tmp_path_factory):
+    from tests.fixtures.servers import Server
+    srv = Server(tmp_path_factory.mktemp("state"), make_database("sqlite"),
+                 {"agent": {"heartbeat_interval": "0.2", "liveness_timeout": "1"}},
+                 ["--agents", "3"]).start()
+    deadline = time.monotonic() + 20
+    while len(_host_ids(srv)) < 3 or len(srv.client().get(AGENTS).json["agents"]) < 3:
+        assert time.monotonic() < deadline, srv.output()
+        time.sleep(0.1)
+    yield srv
+    srv.stop()
+
+
+def test_agents_are_listed_with_neutron_agent_fields(server):
+    api = server.client()
+    agents = api.get(AGENTS).json["agents"]
+    assert sorted(a["id"] for a in agents) == sorted(_host_ids(server))
+    for agent in agents:
+        assert agent["agent_type"] == "Midonet agent" and agent["binary"] == "midolman"
+        assert agent["alive"] is True and agent["admin_state_up"] is True
+        assert agent["heartbeat_timestamp"] and agent["host"].endswith(
+            ("-agent-0", "-agent-1", "-agent-2"))
+        assert isinstance(agent["configurations"]["interfaces"], list)
+        assert agent["member"] is False and agent["tunnel_ip_address"] is None
+
+
+def test_membership_shows_on_the_agent_and_activates_it(server):
+    api = server.client()
+    host = _host_ids(server)[0]
+    created = api.post("/v2.0/agent-memberships", {"agent_membership": {
+        "id": host, "ip_address": "198.51.100.44"}})
+    assert created.status == 201
+    try:
+        agent = api.get(f"{AGENTS}/{host}").json["agent"]
+        assert agent["member"] is True and agent["tunnel_ip_address"] == "198.51.100.44"
+        state_file = Path(server.state_dir, "agents", "0", "agent-state.json")
+        deadline = time.monotonic() + 5
+        while '"active"' not in state_file.read_text():
+            assert time.monotonic() < deadline, state_file.read_text()
+            time.sleep(0.05)
+        assert f"host {host} active" in server.output()
+        members = api.get(f"{AGENTS}?member=true&fields=id").json["agents"]
+        assert members == [{"id": host}]
+    finally:
+        api.delete(f"/v2.0/agent-memberships/{host}")
+
+
+def test_paging_sorting_and_fields(server):
+    api = server.client()
+    ids = sorted(_host_ids(server))
+    first = api.get(f"{AGENTS}?limit=2").json
+    assert [a["id"] for a in first["agents"]] == ids[:2]
+    nxt = next(link["href"] for link in first["agents_links"] if link["rel"] == "next")
+    rest = api.get(nxt.removeprefix(server.url)).json["agents"]
+    assert [a["id"] for a in rest] == ids[2:]
+    hosts = [a["host"] for a in api.get(f"{AGENTS}?sort_key=host&sort_dir=desc"
+                                        "&fields=host").json["agents"]]
+    assert hosts == sorted(hosts, reverse=True)
+
+
+def test_only_the_description_can_change(server):
+    api = server.client()
+    host = _host_ids(server)[1]
+    updated = api.put(f"{AGENTS}/{host}", {"agent": {"description": "rack 4, slot 2"}})
+    assert updated.status == 200 and updated.json["agent"]["description"] == "rack 4, slot 2"
+    assert api.get(f"{AGENTS}/{host}").json["agent"]["description"] == "rack 4, slot 2"
+    admin_state = api.put(f"{AGENTS}/{host}", {"agent": {"admin_state_up": False}})
+    assert admin_state.status == 400
+    assert "admin_state_up cannot be changed" in admin_state.json["NeutronError"]["message"]
+    deleted = api.delete(f"{AGENTS}/{host}")
+    assert deleted.status == 405
+    assert "delete its agent membership" in deleted.json["NeutronError"]["message"]
+    assert api.post(AGENTS, {"agent": {}}).status == 405
+    too_long = api.put(f"{AGENTS}/{host}", {"agent": {"description": "x" * 256}})
+    assert too_long.status == 400
+    assert api.get(f"{AGENTS}/00000000-0000-4000-8000-000000000000").status == 404
+
+
+def test_agents_need_credentials(server):
+    anonymous = ApiClient(server.url)
+    assert anonymous.get(AGENTS).status == 401
+
+
+def test_show_with_fields_filters_and_previous_link(server):
+    api = server.client()
+    ids = sorted(_host_ids(server))
+    shown = api.get(f"{AGENTS}/{ids[0]}?fields=id&fields=alive&fields=configurations").json
+    assert shown["agent"].keys() == {"id", "alive", "configurations"}
+    assert [a["id"] for a in api.get(f"{AGENTS}?alive=true&fields=id").json["agents"]] == ids
+    assert api.get(f"{AGENTS}?alive=false").json["agents"] == []
+    assert api.get(f"{AGENTS}?binary=midolman&agent_type=Midonet%20agent&fields=id"
+                   ).json["agents"] == [{"id": i} for i in ids]
+    page = api.get(f"{AGENTS}?limit=1&marker={ids[1]}").json
+    assert [a["id"] for a in page["agents"]] == [ids[2]]
+    links = {link["rel"]: link["href"] for link in page["agents_links"]}
+    assert f"marker={ids[2]}" in links["previous"] and "page_reverse=True" in links["previous"]
+    assert api.get(f"{AGENTS}?limit=-1").status == 400
+    assert api.get(f"{AGENTS}?sort_key=configurations").status == 400
+    assert api.get(f"{AGENTS}?colour=red").status == 400
+    aliases = [e["alias"] for e in api.get("/v2.0/extensions").json["extensions"]]
+    assert "agent" in aliases and "agent-membership" in aliases
+
+
+@pytest.fixture(scope="module")
+def noauth_server(make_database, tmp_path_factory):
+    from tests.fixtures.servers import Server
+    srv = Server(tmp_path_factory.mktemp("state"), make_database("sqlite"),
+                 {"DEFAULT": {"auth_strategy": "noauth"}}, ["--agents", "1"]).start()
+    deadline = time.monotonic() + 20
+    while not _host_ids(srv):
+        assert time.monotonic() < deadline, srv.output()
+        time.sleep(0.1)
+    yield srv
+    srv.stop()
+
+
+def test_non_admins_learn_nothing_about_agents(noauth_server):
+    """Neutron's rules for admin-only resources: empty list, 404 on members, 403 on POST."""
+    def as_role(role: str) -> ApiClient:
+        return ApiClient(noauth_server.url, headers={"X-Roles": role, "X-Project-Id": "p1",
+                                                     "X-User-Id": "u1"})
+    admin, member = as_role("admin"), as_role("member")
+    [host] = _host_ids(noauth_server)
+    deadline = time.monotonic() + 10
+    while not admin.get(AGENTS).json["agents"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert member.get(AGENTS).json == {"agents": []}
+    assert member.get(f"{AGENTS}?limit=1").json["agents"] == []
+    for resp in (member.get(f"{AGENTS}/{host}"),
+                 member.put(f"{AGENTS}/{host}", {"agent": {"description": "mine"}})):
+        assert resp.status == 404, resp
+        assert resp.json["NeutronError"]["type"] == "AgentNotFound"
+    assert member.delete(f"{AGENTS}/{host}").status == 405  # refused for everyone
+    assert admin.get(f"{AGENTS}/{host}").json["agent"]["description"] is None
+    assert ApiClient(noauth_server.url).get(AGENTS).json == {"agents": []}
