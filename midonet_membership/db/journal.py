@@ -54,23 +54,34 @@ def record(conn: Connection, type_: str, data_type: str, resource_id: str, data:
     conn.info["wrote_task"] = True
 
 
-def record_with(conn: Connection, change: sa.CTE, type_: str, data_type: str, data: Any, *,
-                tenant_id: str | None, transaction_id: str) -> int:
-    """Run ``change`` (a data-modifying CTE returning ``id``) and its task as ONE statement.
+def statement_with_task(change: sa.CTE, type_: str, data_type: str,
+                        data: sa.ColumnElement) -> sa.Insert:
+    """``change`` (a data-modifying CTE returning ``id``) and its task as ONE statement.
 
     PostgreSQL executes a statement with data-modifying CTEs atomically, so the change and
     its task commit together even in autocommit: one round trip instead of four. ``data``
-    is a SQL expression (it may use the CTE's columns). Returns the number of tasks written
-    (0 when the change touched no row).
+    is a SQL expression (it may use the CTE's columns). Build it once and run it with
+    :func:`record_with`: building SQLAlchemy constructs per request costs more than the
+    round trip it saves. It takes the parameters ``tenant_id``, ``transaction_id`` and
+    ``created_at`` besides the change's own.
     """
-    stmt = sa.insert(tasks).from_select(
+    return sa.insert(tasks).from_select(
         ["type", "data_type", "resource_id", "data", "tenant_id", "transaction_id",
          "created_at"],
         sa.select(sa.literal(type_), sa.literal(data_type), change.c.id, data,
-                  sa.literal(tenant_id, sa.String), sa.literal(transaction_id),
-                  sa.literal(utcnow(), sa.DateTime)).select_from(change)
+                  sa.bindparam("tenant_id", type_=sa.String),
+                  sa.bindparam("transaction_id", type_=sa.String),
+                  sa.bindparam("created_at", type_=sa.DateTime)).select_from(change)
     ).returning(tasks.c.id)
-    written = len(conn.execute(stmt).all())
+
+
+def record_with(conn: Connection, statement: sa.Insert, params: dict[str, Any], *,
+                tenant_id: str | None, transaction_id: str) -> int:
+    """Run a :func:`statement_with_task`; returns the number of tasks written (0 when the
+    change touched no row)."""
+    written = len(conn.execute(statement, {
+        **params, "tenant_id": tenant_id, "transaction_id": transaction_id,
+        "created_at": utcnow()}).all())
     if written:
         conn.info["wrote_task"] = True
     return written

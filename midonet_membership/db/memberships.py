@@ -6,6 +6,7 @@ would race with a concurrent request, the constraint cannot.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -81,14 +82,7 @@ class AgentMemberships:
         """Delete the row and write its DELETE task (carrying the deleted data)."""
         if self._postgresql:
             with writer(self.engine, single_statement=True) as conn:
-                deleted = (sa.delete(memberships).where(memberships.c.id == id_)
-                           .returning(memberships.c.id, memberships.c.ip_address)
-                           .cte("deleted_membership"))
-                # jsonb renders keys sorted with ": " and ", ", as json.dumps(sort_keys=True)
-                data = sa.cast(sa.func.jsonb_build_object(
-                    "id", deleted.c.id, "ip_address", deleted.c.ip_address), sa.Text)
-                if not journal.record_with(conn, deleted, journal.DELETE,
-                                           journal.AGENTMEMBERSHIP, data,
+                if not journal.record_with(conn, _delete_with_task(), {"id": id_},
                                            tenant_id=context.project_id,
                                            transaction_id=context.request_id):
                     raise exceptions.AgentMembershipNotFound(id=id_)
@@ -105,10 +99,29 @@ class AgentMemberships:
 def _insert_in_one_statement(conn: sa.Connection, row: dict[str, str],
                              context: RequestContext) -> None:
     """PostgreSQL: the row and its task in one atomic statement (one round trip)."""
-    insert = sa.insert(memberships).values(row).returning(memberships.c.id).cte("new_membership")
-    journal.record_with(conn, insert, journal.CREATE, journal.AGENTMEMBERSHIP,
-                        sa.literal(json.dumps(row, sort_keys=True)),
+    journal.record_with(conn, _create_with_task(),
+                        {**row, "data": json.dumps(row, sort_keys=True)},
                         tenant_id=context.project_id, transaction_id=context.request_id)
+
+
+@functools.cache
+def _create_with_task() -> sa.Insert:
+    insert = (sa.insert(memberships)
+              .values(id=sa.bindparam("id"), ip_address=sa.bindparam("ip_address"))
+              .returning(memberships.c.id).cte("new_membership"))
+    return journal.statement_with_task(insert, journal.CREATE, journal.AGENTMEMBERSHIP,
+                                       sa.bindparam("data", type_=sa.Text))
+
+
+@functools.cache
+def _delete_with_task() -> sa.Insert:
+    deleted = (sa.delete(memberships).where(memberships.c.id == sa.bindparam("id"))
+               .returning(memberships.c.id, memberships.c.ip_address)
+               .cte("deleted_membership"))
+    # jsonb renders keys sorted with ": " and ", ", as json.dumps(sort_keys=True)
+    data = sa.cast(sa.func.jsonb_build_object(
+        "id", deleted.c.id, "ip_address", deleted.c.ip_address), sa.Text)
+    return journal.statement_with_task(deleted, journal.DELETE, journal.AGENTMEMBERSHIP, data)
 
 
 def _insert_each_with_its_task(conn: sa.Connection, rows: Sequence[dict[str, str]],
