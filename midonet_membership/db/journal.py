@@ -87,6 +87,19 @@ def record_with(conn: Connection, statement: sa.Insert, params: dict[str, Any], 
     return written
 
 
+def recorded_by(engine: Engine, resource_id: str, transaction_id: str) -> bool:
+    """Whether the request ``transaction_id`` already wrote a task for ``resource_id``.
+
+    A connection lost during COMMIT leaves the client unsure whether it committed, and the
+    whole operation is retried. Request ids are unique, so finding one's own task tells
+    "I did it already" apart from "someone else did".
+    """
+    with reader(engine) as conn:
+        return conn.execute(sa.select(tasks.c.id).where(
+            tasks.c.resource_id == resource_id,
+            tasks.c.transaction_id == transaction_id).limit(1)).first() is not None
+
+
 def record_config(engine: Engine, tunnel_protocol: str, transaction_id: str) -> bool:
     """Write a CONFIG task unless the newest CONFIG already says the same.
 

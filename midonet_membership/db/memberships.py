@@ -46,6 +46,8 @@ class AgentMemberships:
         except sa.exc.IntegrityError as exc:
             if not is_duplicate_error(exc):
                 raise
+            if journal.recorded_by(self.engine, rows[0]["id"], context.request_id):
+                return rows  # a retry of our own create, whose COMMIT had gone through
             raise self._conflict(rows) from None
         return rows
 
@@ -80,32 +82,36 @@ class AgentMemberships:
     @retry_transient
     def delete(self, context: RequestContext, id_: str) -> None:
         """Delete the row and write its DELETE task (carrying the deleted data)."""
+        if not self._delete_row(context, id_) and not journal.recorded_by(
+                self.engine, id_, context.request_id):  # not a retry of our own delete
+            raise exceptions.AgentMembershipNotFound(id=id_)
+
+    def _delete_row(self, context: RequestContext, id_: str) -> bool:
+        """Whether a row was there to delete."""
         if self._postgresql:
             with writer(self.engine, single_statement=True) as conn:
-                if not journal.record_with(conn, _delete_with_task(), {"id": id_},
-                                           tenant_id=context.project_id,
-                                           transaction_id=context.request_id):
-                    raise exceptions.AgentMembershipNotFound(id=id_)
-            return
+                return bool(journal.record_with(conn, _delete_statement(), {"id": id_},
+                                                tenant_id=context.project_id,
+                                                transaction_id=context.request_id))
         with writer(self.engine) as conn:
             row = _delete_returning(conn, id_)
-            if row is None:
-                raise exceptions.AgentMembershipNotFound(id=id_)
-            journal.record(conn, journal.DELETE, journal.AGENTMEMBERSHIP, id_,
-                           dict(row._mapping), tenant_id=context.project_id,
-                           transaction_id=context.request_id)
+            if row is not None:
+                journal.record(conn, journal.DELETE, journal.AGENTMEMBERSHIP, id_,
+                               dict(row._mapping), tenant_id=context.project_id,
+                               transaction_id=context.request_id)
+            return row is not None
 
 
 def _insert_in_one_statement(conn: sa.Connection, row: dict[str, str],
                              context: RequestContext) -> None:
     """PostgreSQL: the row and its task in one atomic statement (one round trip)."""
-    journal.record_with(conn, _create_with_task(),
+    journal.record_with(conn, _create_statement(),
                         {**row, "data": json.dumps(row, sort_keys=True)},
                         tenant_id=context.project_id, transaction_id=context.request_id)
 
 
 @functools.cache
-def _create_with_task() -> sa.Insert:
+def _create_statement() -> sa.Insert:
     insert = (sa.insert(memberships)
               .values(id=sa.bindparam("id"), ip_address=sa.bindparam("ip_address"))
               .returning(memberships.c.id).cte("new_membership"))
@@ -114,7 +120,7 @@ def _create_with_task() -> sa.Insert:
 
 
 @functools.cache
-def _delete_with_task() -> sa.Insert:
+def _delete_statement() -> sa.Insert:
     deleted = (sa.delete(memberships).where(memberships.c.id == sa.bindparam("id"))
                .returning(memberships.c.id, memberships.c.ip_address)
                .cte("deleted_membership"))

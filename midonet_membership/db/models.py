@@ -46,7 +46,7 @@ class Task(Base):
     type: Mapped[str] = mapped_column(String(36), nullable=False)
     data_type: Mapped[str] = mapped_column(String(255), nullable=False)
     data: Mapped[str | None] = mapped_column(Text)
-    resource_id: Mapped[str | None] = mapped_column(String(36))
+    resource_id: Mapped[str | None] = mapped_column(String(36), index=True)
     tenant_id: Mapped[str | None] = mapped_column(String(255))
     transaction_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime, nullable=False)

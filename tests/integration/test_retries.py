@@ -1,0 +1,131 @@
+"""A write whose COMMIT went through but whose answer was lost is retried, and succeeds.
+
+The database connection can die between the server committing and the client reading the
+result (a database restart, a network cut). The whole operation is then retried; the retry
+must recognise its own earlier commit instead of answering 409 (create) or 404 (delete),
+and the journal must hold the change's task exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from midonet_membership import exceptions
+from midonet_membership.context import RequestContext
+from midonet_membership.db import engine as db_engine
+from midonet_membership.db import migration
+from midonet_membership.db.memberships import AgentMemberships
+from midonet_membership.db.models import memberships, tasks
+
+
+def _tasks(engine, resource_id: str) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(
+            sa.select(tasks.c.type, tasks.c.transaction_id)
+            .where(tasks.c.resource_id == resource_id).order_by(tasks.c.id))]
+
+
+def _rows(engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(memberships.c.id, memberships.c.ip_address)).all())
+
+
+@pytest.fixture
+def plugin(database_url) -> Iterator[AgentMemberships]:
+    migration.upgrade(database_url)
+    engine = db_engine.create_engine(database_url)
+    yield AgentMemberships(engine)
+    engine.dispose()
+
+
+def test_a_repeated_request_finds_its_own_commit(plugin):
+    """What the retry does, on every backend: same request id, second attempt."""
+    host = str(uuid.uuid4())
+    context = RequestContext.admin()
+    item = {"id": host, "ip_address": "192.0.2.40"}
+    assert plugin.create(context, [item]) == [item]
+    assert plugin.create(context, [item]) == [item]
+    with pytest.raises(exceptions.AgentMembershipExists):  # another request: a conflict
+        plugin.create(RequestContext.admin(), [item])
+
+    deleting = RequestContext.admin()
+    plugin.delete(deleting, host)
+    plugin.delete(deleting, host)
+    with pytest.raises(exceptions.AgentMembershipNotFound):
+        plugin.delete(RequestContext.admin(), host)
+    assert _tasks(plugin.engine, host) == [("CREATE", context.request_id),
+                                           ("DELETE", deleting.request_id)]
+    assert _rows(plugin.engine) == {}
+
+
+class _LossyProxy:
+    """A TCP proxy to PostgreSQL that, when armed, cuts the connection instead of passing
+    on the server's answer to the next INSERT: the statement committed, the client never
+    hears so."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.armed = threading.Event()
+        self.cuts = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(self.target)
+                threading.Thread(target=self._pump, args=(client, server, False),
+                                 daemon=True).start()
+                threading.Thread(target=self._pump, args=(server, client, True),
+                                 daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, from_server: bool) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                if from_server and b"INSERT 0 1" in chunk and self.armed.is_set():
+                    self.armed.clear()
+                    self.cuts += 1
+                    break
+                sink.sendall(chunk)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_postgresql_answer_lost_after_commit(make_database):
+    url = sa.make_url(make_database("postgresql"))
+    migration.upgrade(url.render_as_string(hide_password=False))
+    proxy = _LossyProxy((url.host, url.port or 5432))
+    engine = db_engine.create_engine(url.set(host="127.0.0.1", port=proxy.port)
+                                     .render_as_string(hide_password=False))
+    plugin = AgentMemberships(engine)
+    try:
+        host = str(uuid.uuid4())
+        creating, deleting = RequestContext.admin(), RequestContext.admin()
+        item = {"id": host, "ip_address": "192.0.2.41"}
+
+        proxy.armed.set()
+        assert plugin.create(creating, [item]) == [item]
+        assert proxy.cuts == 1 and _rows(engine) == {host: "192.0.2.41"}
+
+        proxy.armed.set()
+        plugin.delete(deleting, host)
+        assert proxy.cuts == 2 and _rows(engine) == {}
+        assert _tasks(engine, host) == [("CREATE", creating.request_id),
+                                        ("DELETE", deleting.request_id)]
+    finally:
+        engine.dispose()
+        proxy.close()
