@@ -94,16 +94,18 @@ def all_in_one(conf: cfg.ConfigOpts, agent_count: int = 0) -> None:
     url = f"http://{conf.bind_host}:{server.port}"
     _write_endpoint(conf, url)
     server.start()
-    print(f"midonet-membership all-in-one: API on {url}/v2.0/", flush=True)
+    banner = [f"midonet-membership all-in-one: API on {url}/v2.0/"]
     if conf.auth_strategy == "token":
-        print(f"  admin token: {os.path.abspath(conf.admin_token_file)} "
-              f"(the neutron CLI reads it)", flush=True)
-    print(f"  Neutron DB: {_redacted(config.database_url(conf))}", flush=True)
-    print(f"  NSDB: {_redacted(config.nsdb_url(conf))}", flush=True)
+        banner.append(f"  admin token: {os.path.abspath(conf.admin_token_file)} "
+                      "(the neutron CLI reads it)")
+    banner.append(f"  Neutron DB: {_redacted(config.database_url(conf))}")
+    banner.append(f"  NSDB: {_redacted(config.nsdb_url(conf))}")
     agents = [_local_agent(conf, i) for i in range(agent_count)]
-    for a in agents:
-        print(f"  agent {a.host_id} ({a.host.hostname}): {a.state.status}", flush=True)
-    print("  Ctrl-C stops it.", flush=True)
+    banner += [f"  agent {a.host_id} ({a.host.hostname}): {a.state.status}" for a in agents]
+    banner.append("  Ctrl-C stops it.")
+    # One write, so the log lines of the threads already running cannot split a line.
+    sys.stdout.write("\n".join(banner) + "\n")
+    sys.stdout.flush()
     _wait_for_signal()
     for a in agents:
         a.stop()
