@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 
 import sqlalchemy as sa
@@ -17,6 +19,11 @@ from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
 
 _commit_listeners: list[Callable[[], None]] = []
+# SQLite writers of one process queue on a lock instead of in SQLite's busy handler, which
+# sleeps in growing steps (up to 100 ms) and turned 8 concurrent POSTs' p99 into 106 ms.
+_sqlite_write_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = (
+    weakref.WeakKeyDictionary())
+_NO_LOCK = contextlib.nullcontext()
 
 
 def create_engine(url: str, pool_size: int = 16) -> Engine:
@@ -50,6 +57,7 @@ def _sqlite_engine(url: sa.URL) -> Engine:
         immediate = conn.get_execution_options().get("writer", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
+    _sqlite_write_locks[engine] = threading.Lock()
     return engine
 
 
@@ -70,7 +78,7 @@ def writer(engine: Engine, single_statement: bool = False) -> Iterator[Connectio
     ``single_statement``: the caller runs exactly one statement, atomic by itself, so it
     runs in autocommit and spares the BEGIN and COMMIT round trips.
     """
-    with engine.connect() as conn:
+    with _sqlite_write_locks.get(engine, _NO_LOCK), engine.connect() as conn:
         if single_statement:
             conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
@@ -78,9 +86,10 @@ def writer(engine: Engine, single_statement: bool = False) -> Iterator[Connectio
             conn.execution_options(writer=True)
             with conn.begin():
                 yield conn
-        if conn.info.pop("wrote_task", False):
-            for listener in list(_commit_listeners):
-                listener()
+        wrote_task = conn.info.pop("wrote_task", False)
+    if wrote_task:
+        for listener in list(_commit_listeners):
+            listener()
 
 
 @contextlib.contextmanager
