@@ -18,6 +18,7 @@ import http.client
 import json
 import multiprocessing as mp
 import os
+import select
 import statistics
 import sys
 import tempfile
@@ -100,21 +101,46 @@ def postgresql_database() -> Iterator[str]:
 
 
 class _Reporter:
-    """A data plane that reports every state it is given to the parent process."""
+    """A data plane that reports every state it is given to the parent process.
 
-    def __init__(self, events) -> None:
-        self.events = events
+    One ``os.write`` of a short line on a pipe shared by all workers (atomic below
+    PIPE_BUF): a ``multiprocessing.Queue`` would add a pickling feeder thread to every agent
+    process, measurement overhead the agents would be charged for.
+    """
+
+    def __init__(self, events_fd: int) -> None:
+        self.events_fd = events_fd
 
     def apply(self, state) -> None:
         # Members only join during the run, so the peer count says who is up to date.
-        self.events.put((state.host_id, state.status, len(state.peers), time.time()))
+        os.write(self.events_fd, f"{state.host_id} {state.status} {len(state.peers)} "
+                                 f"{time.time()}\n".encode())
 
 
-def run_agents(zk_url: str, host_ids: list[str], events, ready, stop) -> None:
+class _Events:
+    """The parent's end of the reporters' pipe: one (host, status, peers, time) at a time."""
+
+    def __init__(self, read_fd: int) -> None:
+        self.read_fd = read_fd
+        self.buffer = b""
+
+    def get(self, timeout: float) -> tuple[str, str, int, float]:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.read_fd], [], [], remaining)[0]:
+                raise TimeoutError("no agent event")
+            self.buffer += os.read(self.read_fd, 1 << 16)
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        host, status, count, at = line.decode().split()
+        return host, status, int(count), float(at)
+
+
+def run_agents(zk_url: str, host_ids: list[str], events_fd: int, ready, stop) -> None:
     from midonet_membership import nsdb
     from midonet_membership.agent import Agent
 
-    agents = [Agent(h, nsdb.connect(zk_url, role="agent"), _Reporter(events),
+    agents = [Agent(h, nsdb.connect(zk_url, role="agent"), _Reporter(events_fd),
                     hostname=f"bench-{h[:8]}", heartbeat_interval=5.0).start()
               for h in host_ids]
     ready.set()
@@ -152,12 +178,13 @@ def ip_of(n: int) -> str:
 def measure(server: Server, zk_url: str, zk_pid: int, agents: int, activations: int,
             workers: int) -> dict:
     ctx = mp.get_context("fork")
-    events, stop = ctx.Queue(), ctx.Event()
+    read_fd, write_fd = os.pipe()
+    events, stop = _Events(read_fd), ctx.Event()
     hosts = [str(uuid.uuid4()) for _ in range(agents)]
     procs, readies = [], []
     for w in range(workers):
         ready = ctx.Event()
-        p = ctx.Process(target=run_agents, args=(zk_url, hosts[w::workers], events, ready,
+        p = ctx.Process(target=run_agents, args=(zk_url, hosts[w::workers], write_fd, ready,
                                                  stop), daemon=True)
         p.start()
         procs.append(p)

@@ -56,6 +56,7 @@ from midonet_membership.nsdb.base import (
     Watch,
     ZoneCallback,
 )
+from midonet_membership.nsdb.zookeeper_io import PollThreadingHandler
 
 LOG = logging.getLogger(__name__)
 ROLES = ("cluster", "agent", None)
@@ -87,7 +88,8 @@ class ZooKeeperNSDB(NSDB):
         auth = [("digest", f"{user}:{password}")] if user else None
         # The session timeout is the liveness timeout: a dead agent's ephemeral liveness
         # node disappears when its session expires. ``timeout`` bounds the connect.
-        self.client = KazooClient(hosts=hosts, timeout=liveness_timeout, auth_data=auth)
+        self.client = KazooClient(hosts=hosts, timeout=liveness_timeout, auth_data=auth,
+                                  handler=PollThreadingHandler())
         try:
             self.client.start(timeout=timeout)
         except KazooTimeoutError:
@@ -289,32 +291,35 @@ def dataclass_dict(zone: TunnelZone) -> dict[str, str]:
 
 
 class _ZooKeeperWatch(Watch):
-    """Follows the zone through one kazoo ``DataWatch`` and one snapshot thread.
+    """Follows the zone through one kazoo ``DataWatch`` and one re-read thread.
 
     Every apply publishes its net change as the data of the members node (``previous``,
     ``position``, ``zone``, ``added``, ``removed``). A watcher whose last position is the
     delta's ``previous`` applies it in O(change), zone and members together, so it never
-    pairs a new zone with old members; otherwise (first call, a coalesced burst, a
-    reconnect) it re-reads the tree. The recipe re-arms itself, also after a session
-    expiry, and every (re)connection forces a re-read for what was missed meanwhile.
-    Callbacks run on the snapshot thread only, so they are never concurrent.
+    pairs a new zone with old members, and delivers it at once on kazoo's callback thread:
+    with hundreds of agents woken by one change, every thread hand-off counts. Otherwise
+    (first call, a coalesced burst, a reconnect) the re-read thread loads the whole tree.
+    The recipe re-arms itself, also after a session expiry, and every (re)connection forces
+    a re-read for what was missed meanwhile. Deliveries hold one lock and always send the
+    newest state, so callbacks are never concurrent and never go back in time.
     """
 
     def __init__(self, store: ZooKeeperNSDB, callback: ZoneCallback) -> None:
         self.store = store
         self.callback = callback
-        self._events: queue.Queue[bool] = queue.Queue()
+        self._rereads: queue.Queue[bool] = queue.Queue()  # False: stop
         self._cancelled = False
         self._last: tuple[TunnelZone | None, dict[str, str]] | None = None
         self._zone: TunnelZone | None = None
         self._members: dict[str, str] = {}
         self._position: object = _UNKNOWN
         self._generation = 0  # bumped by every delta, so a slower re-read cannot undo it
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the state above
+        self._delivering = threading.Lock()  # one callback at a time
         store.client.add_listener(self._on_state)
-        self._thread = threading.Thread(target=self._run, daemon=True, name="zk-zone-watch")
+        self._thread = threading.Thread(target=self._run, daemon=True, name="zk-zone-reread")
         self._thread.start()
-        self._events.put(True)
+        self._rereads.put(True)
         store.client.DataWatch(store.members_path, self._on_members)
 
     def _on_members(self, data: bytes | None, _stat: object, _event: object = None
@@ -326,8 +331,9 @@ class _ZooKeeperWatch(Watch):
         except ValueError:
             delta = None
         with self._lock:
-            if (isinstance(delta, dict) and "zone" in delta
-                    and delta.get("previous") == self._position):
+            applies = (isinstance(delta, dict) and "zone" in delta
+                       and delta.get("previous") == self._position)
+            if applies:
                 zone = delta["zone"]
                 self._zone = TunnelZone(**zone) if zone else None
                 self._members.update(delta["added"])
@@ -335,15 +341,15 @@ class _ZooKeeperWatch(Watch):
                     self._members.pop(host, None)
                 self._position = delta["position"]
                 self._generation += 1
-                reread = False
-            else:
-                reread = True
-        self._events.put(reread)
+        if applies:
+            self._deliver()
+        else:
+            self._rereads.put(True)
         return None
 
     def _on_state(self, state: str) -> None:
         if state == KazooState.CONNECTED and not self._cancelled:
-            self._events.put(True)  # re-read: events may have been missed meanwhile
+            self._rereads.put(True)  # events may have been missed meanwhile
 
     def _reread(self) -> bool:
         """Load the whole zone; False when a delta arrived meanwhile (read again)."""
@@ -375,29 +381,36 @@ class _ZooKeeperWatch(Watch):
             return True
 
     def _run(self) -> None:
-        while True:
-            reread = self._events.get()
-            while not self._events.empty():  # coalesce a burst into one snapshot
-                reread = self._events.get_nowait() or reread
+        while self._rereads.get():
+            while not self._rereads.empty():  # coalesce a burst into one re-read
+                if not self._rereads.get_nowait():
+                    return
             if self._cancelled:
                 return
-            if reread:
-                try:
-                    fresh = self._reread()
-                except Exception as exc:  # disconnected: the next CONNECTED retries
-                    LOG.debug("zone re-read failed: %s", exc)
-                    continue
-                if not fresh:
-                    self._events.put(True)
-                    continue
+            try:
+                fresh = self._reread()
+            except Exception as exc:  # disconnected: the next CONNECTED retries
+                LOG.debug("zone re-read failed: %s", exc)
+                continue
+            if fresh:
+                self._deliver()
+            else:
+                self._rereads.put(True)
+
+    def _deliver(self) -> None:
+        """Hand the newest state to the callback unless it already has it."""
+        with self._delivering:
+            if self._cancelled:
+                return
             with self._lock:
                 snapshot = (self._zone, dict(self._members))
-            if snapshot != self._last:
-                self._last = snapshot
-                try:
-                    self.callback(*snapshot)
-                except Exception:  # a failing callback must not end the watch
-                    LOG.exception("tunnel zone watch callback failed")
+            if snapshot == self._last:
+                return
+            self._last = snapshot
+            try:
+                self.callback(*snapshot)
+            except Exception:  # a failing callback must not end the watch
+                LOG.exception("tunnel zone watch callback failed")
 
     def cancel(self) -> None:
         if self._cancelled:
@@ -408,7 +421,7 @@ class _ZooKeeperWatch(Watch):
             self.store._watches.remove(self)
         except ValueError:
             pass
-        self._events.put(False)
+        self._rereads.put(False)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
 
