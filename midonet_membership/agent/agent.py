@@ -46,6 +46,18 @@ class AgentState:
         return (f"host {self.host_id} active: {self.tunnel_type} tunnels from {self.local_ip} "
                 f"to {peers} (needs {self.requires})")
 
+    def describe_change(self, previous: AgentState) -> str:
+        """The whole state when the status or endpoint changed, otherwise the peers that did:
+        with hundreds of members, a log line per change must not list them all."""
+        if (self.status != ACTIVE or previous.status != ACTIVE
+                or (self.tunnel_type, self.local_ip) != (previous.tunnel_type, previous.local_ip)):
+            return self.describe()
+        now, before = set(self.peers), set(previous.peers)
+        changes = [f"+{ip}" for _, ip in sorted(now - before, key=lambda p: p[1])]
+        changes += [f"-{ip}" for _, ip in sorted(before - now, key=lambda p: p[1])]
+        return (f"host {self.host_id} active: tunnel peers {' '.join(changes)} "
+                f"({len(self.peers)} in all)")
+
     def as_dict(self) -> dict:
         return {"host_id": self.host_id, "status": self.status,
                 "tunnel_type": self.tunnel_type, "local_ip": self.local_ip,
@@ -146,7 +158,8 @@ class Agent:
             self._in_sync = True
             if desired == self.state:
                 return
-            LOG.info("%s", desired.describe())
+            if LOG.isEnabledFor(logging.INFO):
+                LOG.info("%s", desired.describe_change(self.state))
             with self._changed:
                 self.state = desired
                 self._changed.notify_all()
