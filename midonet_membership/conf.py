@@ -84,6 +84,10 @@ AGENT_OPTS = [
                       "On ZooKeeper it is the agent's session timeout, after which a killed "
                       "agent's ephemeral liveness node disappears (the server bounds it to "
                       "2-20 tickTimes)."),
+    cfg.FloatOpt("interface_scan_interval", default=10.0, min=0.05,
+                 help="Seconds between the agent's reads of its host's interfaces; a change "
+                      "(an address added for the tunnel endpoint) is registered at once, so "
+                      "the agents API shows it."),
 ]
 
 

@@ -54,8 +54,9 @@ def start_agent(conf: cfg.ConfigOpts, nsdb_url: str, state_dir: str,
     store = nsdb.connect(nsdb_url, role="agent", liveness_timeout=conf.agent.liveness_timeout)
     try:
         return Agent(host_id, store, dataplane or RecordingDataPlane(),
-                     interfaces=interfaces.discover(), hostname=hostname,
+                     discover=interfaces.discover, hostname=hostname,
                      heartbeat_interval=conf.agent.heartbeat_interval,
+                     interface_scan_interval=conf.agent.interface_scan_interval,
                      state_file=os.path.join(state_dir, "agent-state.json")).start()
     except BaseException:
         store.close()

@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from midonet_membership.agent.dataplane import DataPlane
@@ -88,11 +90,19 @@ class Agent:
 
     def __init__(self, host_id: str, nsdb: NSDB, dataplane: DataPlane,
                  interfaces: tuple[Interface, ...] = (), hostname: str | None = None,
-                 heartbeat_interval: float = 1.0, state_file: str | None = None) -> None:
+                 heartbeat_interval: float = 1.0, state_file: str | None = None,
+                 discover: Callable[[], tuple[Interface, ...]] | None = None,
+                 interface_scan_interval: float = 10.0) -> None:
+        """``discover``: reads the host's interfaces; given, it replaces ``interfaces`` and
+        runs again every ``interface_scan_interval`` seconds."""
+        self._discover = discover
+        if discover is not None:
+            interfaces = discover()
         self.host = Host(host_id, hostname or socket.gethostname(), interfaces)
         self.nsdb = nsdb
         self.dataplane = dataplane
         self.heartbeat_interval = heartbeat_interval
+        self.interface_scan_interval = interface_scan_interval
         self.state_file = state_file
         self.state = AgentState(host_id, PENDING)  # what the data plane was last given
         self._desired = self.state  # what the zone last said
@@ -166,13 +176,33 @@ class Agent:
             self._write_state()
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat_interval):
+        next_scan = (time.monotonic() + self.interface_scan_interval if self._discover
+                     else math.inf)
+        while not self._stop.wait(min(self.heartbeat_interval,
+                                      max(0.0, next_scan - time.monotonic()))):
+            if time.monotonic() >= next_scan:
+                self._rescan_interfaces()
+                next_scan = time.monotonic() + self.interface_scan_interval
             try:
                 self.nsdb.heartbeat(self.host_id)
             except Exception as exc:  # the NSDB may be briefly away; keep trying
                 LOG.warning("heartbeat failed: %s", exc)
             if not self._in_sync:
                 self._reconcile()
+
+    def _rescan_interfaces(self) -> None:
+        """Register the host again when its interfaces changed (an address was added)."""
+        try:
+            found = self._discover()
+            if found == self.host.interfaces:
+                return
+            self.nsdb.register_host(dataclasses.replace(self.host, interfaces=found))
+        except Exception as exc:  # netlink or the NSDB briefly away: the next scan retries
+            LOG.warning("interface scan failed: %s", exc)
+            return
+        self.host = dataclasses.replace(self.host, interfaces=found)
+        LOG.info("host %s interfaces changed: %s", self.host_id, ", ".join(
+            f"{i.name} {' '.join(i.ip_addresses) or '(no IPv4)'}" for i in found) or "none")
 
     def _write_state(self) -> None:
         """Leave the current state where an operator (or a test) can read it."""

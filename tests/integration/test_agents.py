@@ -379,6 +379,39 @@ def test_interface_discovery_skips_loopback_and_down_links():
         netns.remove(name)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating a network namespace needs root")
+def test_an_address_added_on_the_host_reaches_the_nsdb(deployment):
+    """An operator adds the tunnel endpoint's address after the agent started."""
+    from pyroute2 import NetNS, netns
+
+    from midonet_membership.nsdb.base import Interface
+
+    _, url = deployment
+    _remove_leftover_namespaces()
+    name = f"{NETNS_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    netns.create(name)
+    reader = nsdb.connect(url, liveness_timeout=LIVENESS)
+    agent = None
+    try:
+        with NetNS(name) as ns:
+            ns.link("add", ifname="mm-tun", kind="veth", peer="mm-tun-peer")  # peer stays down
+            index = ns.link_lookup(ifname="mm-tun")[0]
+            ns.link("set", index=index, state="up")
+            host_id = str(uuid.uuid4())
+            agent = Agent(host_id, nsdb.connect(url, role="agent"), RecordingDataPlane(),
+                          discover=lambda: host_interfaces.discover(name),
+                          heartbeat_interval=0.1, interface_scan_interval=0.1).start()
+            assert reader.get_host(host_id).host.interfaces == (Interface("mm-tun", ()),)
+            ns.addr("add", index=index, address="203.0.113.9", prefixlen=24)
+        _until(lambda: reader.get_host(host_id).host.interfaces == (
+            Interface("mm-tun", ("203.0.113.9",)),), WAIT, "the new address in the NSDB")
+    finally:
+        if agent is not None:
+            agent.stop()
+        reader.close()
+        netns.remove(name)
+
+
 def test_run_agent_serves_until_stopped(deployment, tmp_path, capsys):
     """``midonet-membership agent``'s body: start, report, stop on request."""
     from oslo_config import cfg
