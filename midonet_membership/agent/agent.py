@@ -124,7 +124,7 @@ class Agent:
         self.nsdb.heartbeat(self.host_id)
         self._heartbeat.start()
         self._reconcile()  # no tunnels until the zone says otherwise
-        self._watch = self.nsdb.watch_tunnel_zone(self._on_zone)
+        self._watch = self.nsdb.watch_tunnel_zone(self._on_zone, host_id=self.host_id)
         LOG.info("agent for host %s (%s) registered; waiting for membership", self.host_id,
                  self.host.hostname)
         return self

@@ -116,11 +116,15 @@ class NSDB(abc.ABC):
         """Members of the DEFAULT zone: host id -> tunnel IP."""
 
     @abc.abstractmethod
-    def watch_tunnel_zone(self, callback: ZoneCallback) -> Watch:
+    def watch_tunnel_zone(self, callback: ZoneCallback, host_id: str | None = None) -> Watch:
         """Call ``callback(zone, members)`` now and after every change.
 
         Calls are never concurrent for one watch and always carry a consistent, current
         snapshot; several quick changes may be coalesced into one call.
+
+        ``host_id`` scopes the watch to one host, as its agent needs it: while that host is
+        not a member, ``members`` is empty and changes among the other members need not be
+        reported (on ZooKeeper they are not, so pending agents cost nothing per change).
         """
 
     # -- hosts -----------------------------------------------------------------------------------

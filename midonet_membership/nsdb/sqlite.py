@@ -105,8 +105,8 @@ class SQLiteNSDB(NSDB):
         with self._transaction(immediate=False) as conn:
             return _members(conn)
 
-    def watch_tunnel_zone(self, callback: ZoneCallback) -> Watch:
-        watch = _SQLiteWatch(self.path, callback, self.watch_interval)
+    def watch_tunnel_zone(self, callback: ZoneCallback, host_id: str | None = None) -> Watch:
+        watch = _SQLiteWatch(self.path, callback, self.watch_interval, host_id)
         self._watches.append(watch)
         return watch
 
@@ -173,8 +173,10 @@ def _apply_op(conn: sqlite3.Connection, op: Op) -> None:
 class _SQLiteWatch(Watch):
     """A thread that delivers a snapshot whenever the zone or its members change."""
 
-    def __init__(self, path: str, callback: ZoneCallback, interval: float) -> None:
+    def __init__(self, path: str, callback: ZoneCallback, interval: float,
+                 host_id: str | None) -> None:
         self._callback = callback
+        self._host_id = host_id
         self._interval = interval
         self._cancelled = threading.Event()
         self._conn = _open(path)
@@ -184,7 +186,10 @@ class _SQLiteWatch(Watch):
     def _snapshot(self) -> tuple[TunnelZone | None, dict[str, str]]:
         self._conn.execute("BEGIN")
         try:
-            return _zone(self._conn), _members(self._conn)
+            members = _members(self._conn)
+            if self._host_id is not None and self._host_id not in members:
+                members = {}
+            return _zone(self._conn), members
         finally:
             self._conn.execute("COMMIT")
 

@@ -5,6 +5,7 @@ Layout under the root (default ``/midonet``)::
     /tunnel_zone                       {"id", "name", "type"}   (after the first CONFIG)
     /tunnel_zone_members               the last apply's delta (see below)
     /tunnel_zone_members/<host>@<ip>   {"ip_address"}           one znode per member
+    /tunnel_zone_member_hosts/<host>   (empty)                  exists while <host> is one
     /hosts                             (agents may create children)
     /hosts/<host>                      {"id", "hostname", "interfaces"}
     /hosts/<host>/alive                ephemeral, heartbeat time (ISO 8601, UTC)
@@ -14,7 +15,9 @@ A member's tunnel IP is part of its znode name so that a watcher learns the whol
 one ``get_children``: a change costs O(1) writes and one read per watcher, never O(members)
 reads. Each apply also writes its net change (``previous``, ``position``, ``zone``, ``added``,
 ``removed``) as the data of ``/tunnel_zone_members``, in the same multi-op, so a watcher
-follows the zone with one small read per apply.
+follows the zone with one small read per apply. An agent whose host is not a member watches
+only its own ``tunnel_zone_member_hosts`` node (and the zone) and is not woken by the changes
+among the others.
 
 Security: with ``user:password@`` in the URL, every node this connection creates carries a
 digest ACL: its identity may do everything, the world may only read. The cluster
@@ -105,6 +108,7 @@ class ZooKeeperNSDB(NSDB):
             self._own_acl = self._hosts_acl = OPEN_ACL_UNSAFE
         self.zone_path = f"{self.root}/tunnel_zone"
         self.members_path = f"{self.root}/tunnel_zone_members"
+        self.member_hosts_path = f"{self.root}/tunnel_zone_member_hosts"
         self.hosts_path = f"{self.root}/hosts"
         self.position_path = f"{self.root}/importer/position"
         self._watches: list[_ZooKeeperWatch] = []
@@ -116,13 +120,25 @@ class ZooKeeperNSDB(NSDB):
 
         An agent never calls it: with ACLs, the nodes it created would be its own.
         """
-        for path in (self.root, self.members_path, f"{self.root}/importer"):
+        for path in (self.root, self.members_path, self.member_hosts_path,
+                     f"{self.root}/importer"):
             self.client.ensure_path(path, acl=self._own_acl)
         self.client.ensure_path(self.hosts_path, acl=self._hosts_acl)
         try:
             self.client.create(self.position_path, b"", acl=self._own_acl)
         except NodeExistsError:
             pass
+        if self.role == "cluster":
+            self._add_missing_member_hosts()
+
+    def _add_missing_member_hosts(self) -> None:
+        """A tree written before member-host nodes existed gets them for its members."""
+        flagged = set(self.client.get_children(self.member_hosts_path))
+        for host in set(self.list_members()) - flagged:
+            try:
+                self.client.create(f"{self.member_hosts_path}/{host}", b"", acl=self._own_acl)
+            except NodeExistsError:
+                pass
 
     # -- position ------------------------------------------------------------------------------
     def _read_position(self) -> tuple[int | None, int]:
@@ -139,19 +155,21 @@ class ZooKeeperNSDB(NSDB):
         for attempt in range(2):  # a race on member nodes is re-read and retried once
             position_reply = self.client.get_async(self.position_path)
             children_reply = self.client.get_children_async(self.members_path)
+            member_hosts_reply = self.client.get_children_async(self.member_hosts_path)
             zone_reply = self.client.get_async(self.zone_path)
             data, stat = position_reply.get()
             position = int(data) if data else None
             if position != expected_position:
                 raise PositionConflict(f"position is {position}, expected {expected_position}")
             members = parse_members(children_reply.get())
+            member_hosts = set(member_hosts_reply.get())
             try:
                 zone: dict[str, str] | None = json.loads(zone_reply.get()[0])
             except NoNodeError:
                 zone = None
             tx = self.client.transaction()
             tx.check(self.position_path, stat.version)
-            zone, added, removed = self._add_ops(tx, ops, zone, members)
+            zone, added, removed = self._add_ops(tx, ops, zone, members, member_hosts)
             tx.set_data(self.members_path, json.dumps({
                 "previous": expected_position, "position": new_position, "zone": zone,
                 "added": added, "removed": removed}).encode())
@@ -168,9 +186,11 @@ class ZooKeeperNSDB(NSDB):
             LOG.warning("NSDB transaction raced on a member node (%r); retrying", failure)
 
     def _add_ops(self, tx: TransactionRequest, ops: Sequence[Op], zone: dict[str, str] | None,
-                 members: dict[str, str]) -> tuple[dict[str, str] | None, dict[str, str],
-                                                   list[str]]:
+                 members: dict[str, str], member_hosts: set[str]
+                 ) -> tuple[dict[str, str] | None, dict[str, str], list[str]]:
         """Translate idempotent ops into create/set/delete against the current tree.
+
+        ``member_hosts`` (the hosts' member nodes) is kept in step with ``members``.
 
         Returns the zone after the ops and the net change of the member set (added or
         re-addressed, removed), which the same transaction publishes for watchers.
@@ -190,6 +210,9 @@ class ZooKeeperNSDB(NSDB):
                 if op.host_id in members:
                     tx.delete(f"{self.members_path}/"
                               f"{member_node(op.host_id, members[op.host_id])}")
+                if op.host_id not in member_hosts:
+                    tx.create(f"{self.member_hosts_path}/{op.host_id}", acl=self._own_acl)
+                    member_hosts.add(op.host_id)
                 tx.create(f"{self.members_path}/{member_node(op.host_id, op.ip_address)}",
                           json.dumps({"ip_address": op.ip_address}).encode(),
                           acl=self._own_acl)
@@ -198,6 +221,9 @@ class ZooKeeperNSDB(NSDB):
                 if op.host_id in members:
                     tx.delete(f"{self.members_path}/"
                               f"{member_node(op.host_id, members.pop(op.host_id))}")
+                if op.host_id in member_hosts:
+                    tx.delete(f"{self.member_hosts_path}/{op.host_id}")
+                    member_hosts.discard(op.host_id)
             else:
                 raise TypeError(f"unknown NSDB op {op!r}")
         added = {h: ip for h, ip in members.items() if before.get(h) != ip}
@@ -217,8 +243,8 @@ class ZooKeeperNSDB(NSDB):
         except NoNodeError:
             return {}
 
-    def watch_tunnel_zone(self, callback: ZoneCallback) -> Watch:
-        watch = _ZooKeeperWatch(self, callback)
+    def watch_tunnel_zone(self, callback: ZoneCallback, host_id: str | None = None) -> Watch:
+        watch = _ZooKeeperWatch(self, callback, host_id)
         self._watches.append(watch)
         return watch
 
@@ -302,11 +328,16 @@ class _ZooKeeperWatch(Watch):
     The recipe re-arms itself, also after a session expiry, and every (re)connection forces
     a re-read for what was missed meanwhile. Deliveries hold one lock and always send the
     newest state, so callbacks are never concurrent and never go back in time.
+
+    Scoped to a host (an agent's watch), it starts with the zone node and the host's
+    member-host node only, and follows the members from the moment the host is one.
     """
 
-    def __init__(self, store: ZooKeeperNSDB, callback: ZoneCallback) -> None:
+    def __init__(self, store: ZooKeeperNSDB, callback: ZoneCallback,
+                 host_id: str | None = None) -> None:
         self.store = store
         self.callback = callback
+        self.host_id = host_id
         self._rereads: queue.Queue[bool] = queue.Queue()  # False: stop
         self._cancelled = False
         self._last: tuple[TunnelZone | None, dict[str, str]] | None = None
@@ -316,11 +347,48 @@ class _ZooKeeperWatch(Watch):
         self._generation = 0  # bumped by every delta, so a slower re-read cannot undo it
         self._lock = threading.Lock()  # the state above
         self._delivering = threading.Lock()  # one callback at a time
+        self._following = False  # whether the members node is watched
         store.client.add_listener(self._on_state)
         self._thread = threading.Thread(target=self._run, daemon=True, name="zk-zone-reread")
         self._thread.start()
-        self._rereads.put(True)
-        store.client.DataWatch(store.members_path, self._on_members)
+        if host_id is None:
+            self._follow_members()
+        else:
+            # Not following the members until the host is one: a pending agent sees the zone
+            # (rare changes) and its own member-host node, nothing of the other members.
+            store.client.DataWatch(store.zone_path, self._on_zone)
+            store.client.DataWatch(f"{store.member_hosts_path}/{host_id}", self._on_member_host)
+
+    def _follow_members(self) -> None:
+        """Once following, always following: a removed member may well come back."""
+        if not self._following:
+            self._following = True
+            self._rereads.put(True)
+            self.store.client.DataWatch(self.store.members_path, self._on_members)
+
+    def _on_member_host(self, data: bytes | None, stat: object, _event: object = None
+                        ) -> bool | None:
+        if self._cancelled or self._following:
+            return False
+        if stat is not None:
+            self._follow_members()
+            return False
+        self._deliver()  # the first call: pending, with the zone
+        return None
+
+    def _on_zone(self, data: bytes | None, _stat: object, _event: object = None
+                 ) -> bool | None:
+        if self._cancelled or self._following:
+            return False  # the members' deltas carry the zone from now on
+        try:
+            zone = TunnelZone(**json.loads(data)) if data else None
+        except (ValueError, TypeError):
+            zone = None
+        with self._lock:
+            self._zone = zone
+            self._generation += 1
+        self._deliver()
+        return None
 
     def _on_members(self, data: bytes | None, _stat: object, _event: object = None
                     ) -> bool | None:
@@ -348,7 +416,7 @@ class _ZooKeeperWatch(Watch):
         return None
 
     def _on_state(self, state: str) -> None:
-        if state == KazooState.CONNECTED and not self._cancelled:
+        if state == KazooState.CONNECTED and not self._cancelled and self._following:
             self._rereads.put(True)  # events may have been missed meanwhile
 
     def _reread(self) -> bool:
@@ -403,7 +471,10 @@ class _ZooKeeperWatch(Watch):
             if self._cancelled:
                 return
             with self._lock:
-                snapshot = (self._zone, dict(self._members))
+                members = self._members
+                if self.host_id is not None and self.host_id not in members:
+                    members = {}
+                snapshot = (self._zone, dict(members))
             if snapshot == self._last:
                 return
             self._last = snapshot

@@ -170,6 +170,28 @@ def test_watch_converges_after_a_burst(nsdb_url, store):
     watch.cancel()
 
 
+def test_a_host_scoped_watch_sees_members_only_while_the_host_is_one(nsdb_url, store):
+    """An agent's watch: pending means no members at all, then the whole zone, then none."""
+    recorder = Recorder()
+    with nsdb.connect(nsdb_url, role="agent") as agent:
+        watch = agent.watch_tunnel_zone(recorder, host_id="me")
+        recorder.wait_for(None, {})
+        store.apply([SetTunnelZone(ZONE), AddMember("h1", "198.51.100.1")], None, 1)
+        recorder.wait_for(ZONE, {})
+        store.apply([AddMember("h2", "198.51.100.2")], 1, 2)
+        store.apply([AddMember("me", "198.51.100.3")], 2, 3)
+        everyone = {"h1": "198.51.100.1", "h2": "198.51.100.2", "me": "198.51.100.3"}
+        recorder.wait_for(ZONE, everyone)
+        store.apply([AddMember("me", "198.51.100.4")], 3, 4)  # re-addressed
+        recorder.wait_for(ZONE, {**everyone, "me": "198.51.100.4"})
+        store.apply([RemoveMember("me")], 4, 5)
+        recorder.wait_for(ZONE, {})
+        store.apply([AddMember("me", "198.51.100.3")], 5, 6)
+        recorder.wait_for(ZONE, everyone)
+        watch.cancel()
+    assert all(members == {} or "me" in members for _, members in recorder.seen)
+
+
 def test_hosts_register_and_prove_liveness(nsdb_url, store):
     agent = nsdb.connect(nsdb_url, role="agent")
     agent.register_host(Host("h1", "compute-1", (Interface("eth0", ("192.0.2.5",)),)))
@@ -189,6 +211,21 @@ def test_hosts_register_and_prove_liveness(nsdb_url, store):
     assert not store.get_host("h1").alive
 
 
+def test_a_tree_from_before_member_host_nodes_gets_them_when_the_cluster_starts(
+        zookeeper_server):
+    """Upgrading the cluster: members written without member-host nodes still activate."""
+    hosts = f"127.0.0.1:{zookeeper_server.client_port}"
+    url = f"zookeeper://{hosts}/upgrade-{uuid.uuid4().hex[:12]}"
+    with nsdb.connect(url, role="cluster") as cluster:
+        cluster.apply([SetTunnelZone(ZONE), AddMember("h1", "198.51.100.1")], None, 1)
+        cluster.client.delete(cluster.member_hosts_path, recursive=True)
+    with nsdb.connect(url, role="cluster"), nsdb.connect(url, role="agent") as agent:
+        recorder = Recorder()
+        watch = agent.watch_tunnel_zone(recorder, host_id="h1")
+        recorder.wait_for(ZONE, {"h1": "198.51.100.1"})
+        watch.cancel()
+
+
 def test_agents_cannot_make_themselves_members(zookeeper_server):
     """ZooKeeper digest ACLs: only the cluster identity writes the zone."""
     hosts = f"127.0.0.1:{zookeeper_server.client_port}"
@@ -206,6 +243,8 @@ def test_agents_cannot_make_themselves_members(zookeeper_server):
         raw.start()
         with pytest.raises(NoAuthError):
             raw.create(f"{root}/tunnel_zone_members/rogue@198.51.100.66", b"{}")
+        with pytest.raises(NoAuthError):
+            raw.create(f"{root}/tunnel_zone_member_hosts/rogue", b"")
         with pytest.raises(NoAuthError):
             raw.set(f"{root}/importer/position", b"99")
         with pytest.raises(NoAuthError):
