@@ -107,12 +107,13 @@ def posted_ip(n: int) -> str:
 class Server:
     """The layout's processes, each the ``midonet-membership`` console script of this venv."""
 
-    def __init__(self, database_url: str, layout: str) -> None:
+    def __init__(self, database_url: str, layout: str, nsdb_url: str | None = None) -> None:
         self.layout = layout
         self.state = Path(tempfile.mkdtemp(prefix="mm-bench-state-"))
         self.port = free_port()
         self.config_file = self.state / "neutron.conf"
-        self.config_file.write_text(f"[database]\nconnection = {database_url}\n")
+        self.config_file.write_text(f"[database]\nconnection = {database_url}\n" + (
+            f"[nsdb]\nconnection = {nsdb_url}\n" if nsdb_url else ""))
         self.log_path = self.state / "server.log"
         self.commands = []
         for command in LAYOUTS[layout]:

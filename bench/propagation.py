@@ -93,7 +93,7 @@ def post_to_visible(server: Server, observer: Observer, posts: int) -> dict:
 
 def sqlite_case(posts: int) -> dict:
     state = Path(tempfile.mkdtemp(prefix="mm-prop-"))
-    server = Server(f"sqlite:///{state / 'neutron.sqlite'}", "all-in-one")
+    server = Server(f"sqlite:///{state / 'neutron.sqlite'}", "all-in-one").start()
     observer = Observer(f"sqlite:///{server.state / 'nsdb.sqlite'}")
     try:
         return post_to_visible(server, observer, posts)
@@ -104,7 +104,7 @@ def sqlite_case(posts: int) -> dict:
 
 def zookeeper_case(zk_url: str, posts: int) -> dict:
     def run(database_url: str) -> dict:
-        server = Server(database_url, "api+importer", nsdb_url=zk_url)
+        server = Server(database_url, "api-1x8+importer", nsdb_url=zk_url).start()
         observer = Observer(zk_url)
         try:
             return post_to_visible(server, observer, posts)
