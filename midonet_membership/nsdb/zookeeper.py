@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from kazoo.client import KazooClient, KazooState, TransactionRequest
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
+from kazoo.protocol.states import Callback, EventType, WatchedEvent
 from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 
 from midonet_membership.nsdb.base import (
@@ -63,6 +64,37 @@ from midonet_membership.nsdb.zookeeper_io import PollThreadingHandler
 
 LOG = logging.getLogger(__name__)
 ROLES = ("cluster", "agent", None)
+
+
+class _OnConnectionThread:
+    """A kazoo watch function that must not block: run where the event is read.
+
+    kazoo hands every watch event to its callback worker thread. For the members' watch all
+    the function does is re-arm the watch with an asynchronous read (a queue append and one
+    byte on the connection's wake-up socket), so it runs on the connection thread itself and
+    saves two thread hand-offs per event and agent (see :class:`_ZooKeeperWatch`).
+    """
+
+    __slots__ = ("func",)
+
+    def __init__(self, func) -> None:
+        self.func = func
+
+    def __call__(self, event: WatchedEvent) -> None:
+        self.func(event)
+
+
+class _Handler(PollThreadingHandler):
+    """``PollThreadingHandler`` that runs :class:`_OnConnectionThread` watches in place."""
+
+    def dispatch_callback(self, callback: Callback) -> None:
+        if isinstance(callback.func, _OnConnectionThread):
+            try:
+                callback.func(*callback.args)
+            except Exception:  # the connection thread must survive
+                LOG.exception("ZooKeeper watch function failed")
+        else:
+            super().dispatch_callback(callback)
 
 
 def member_node(host_id: str, ip_address: str) -> str:
@@ -92,7 +124,7 @@ class ZooKeeperNSDB(NSDB):
         # The session timeout is the liveness timeout: a dead agent's ephemeral liveness
         # node disappears when its session expires. ``timeout`` bounds the connect.
         self.client = KazooClient(hosts=hosts, timeout=liveness_timeout, auth_data=auth,
-                                  handler=PollThreadingHandler())
+                                  handler=_Handler())
         try:
             self.client.start(timeout=timeout)
         except KazooTimeoutError:
@@ -317,17 +349,23 @@ def dataclass_dict(zone: TunnelZone) -> dict[str, str]:
 
 
 class _ZooKeeperWatch(Watch):
-    """Follows the zone through one kazoo ``DataWatch`` and one re-read thread.
+    """Follows the zone through one watch on the members node and one re-read thread.
 
     Every apply publishes its net change as the data of the members node (``previous``,
     ``position``, ``zone``, ``added``, ``removed``). A watcher whose last position is the
     delta's ``previous`` applies it in O(change), zone and members together, so it never
-    pairs a new zone with old members, and delivers it at once on kazoo's callback thread:
-    with hundreds of agents woken by one change, every thread hand-off counts. Otherwise
-    (first call, a coalesced burst, a reconnect) the re-read thread loads the whole tree.
-    The recipe re-arms itself, also after a session expiry, and every (re)connection forces
-    a re-read for what was missed meanwhile. Deliveries hold one lock and always send the
-    newest state, so callbacks are never concurrent and never go back in time.
+    pairs a new zone with old members. Otherwise (first call, a coalesced burst, a
+    reconnect) the re-read thread loads the whole tree. Deliveries hold one lock and always
+    send the newest state, so callbacks are never concurrent and never go back in time.
+
+    With hundreds of agents woken by one change, every thread hand-off counts: kazoo's
+    ``DataWatch`` takes three per event (the event to the callback worker, whose synchronous
+    read goes to the connection thread and its reply back). Here the watch event re-arms
+    itself with an asynchronous read on the connection thread (:class:`_OnConnectionThread`)
+    and the reply is applied on kazoo's completion worker: one hand-off, and the data plane
+    never runs on the connection thread. Every (re)connection re-arms the watch (kazoo drops
+    watches on a connection loss) and forces a re-read for what was missed meanwhile; a
+    reply for a position already applied is ignored.
 
     Scoped to a host (an agent's watch), it starts with the zone node and the host's
     member-host node only, and follows the members from the moment the host is one.
@@ -348,6 +386,7 @@ class _ZooKeeperWatch(Watch):
         self._lock = threading.Lock()  # the state above
         self._delivering = threading.Lock()  # one callback at a time
         self._following = False  # whether the members node is watched
+        self._members_changed = _OnConnectionThread(self._on_members_event)  # one identity
         store.client.add_listener(self._on_state)
         self._thread = threading.Thread(target=self._run, daemon=True, name="zk-zone-reread")
         self._thread.start()
@@ -364,7 +403,41 @@ class _ZooKeeperWatch(Watch):
         if not self._following:
             self._following = True
             self._rereads.put(True)
-            self.store.client.DataWatch(self.store.members_path, self._on_members)
+            self._arm()
+
+    def _arm(self) -> None:
+        """Read the members' delta and leave a watch for the next one. Never blocks."""
+        if self._cancelled:
+            return
+        self.store.client.get_async(self.store.members_path, watch=self._members_changed
+                                    ).rawlink(self._on_members_reply)
+
+    def _on_members_event(self, event: WatchedEvent) -> None:
+        """On the connection thread: a change (or the node's creation) re-arms at once. A
+        connection loss (``NONE``) waits for the reconnection, which re-arms."""
+        if event.type != EventType.NONE and not self._cancelled:
+            self._arm()
+
+    def _on_members_reply(self, reply) -> None:
+        try:
+            data, _stat = reply.get(block=False)
+        except NoNodeError:  # before the cluster made the tree: wait for the node
+            self.store.client.exists_async(self.store.members_path, watch=self._members_changed
+                                           ).rawlink(self._on_members_exists)
+            return
+        except Exception as exc:  # connection lost or closed: the next CONNECTED re-arms
+            LOG.debug("members read failed: %s", exc)
+            return
+        self._on_members(data)
+
+    def _on_members_exists(self, reply) -> None:
+        try:
+            created = reply.get(block=False) is not None
+        except Exception as exc:
+            LOG.debug("members existence check failed: %s", exc)
+            return
+        if created:  # created between the read and the check: its watch may have been missed
+            self._arm()
 
     def _on_member_host(self, data: bytes | None, stat: object, _event: object = None
                         ) -> bool | None:
@@ -390,17 +463,18 @@ class _ZooKeeperWatch(Watch):
         self._deliver()
         return None
 
-    def _on_members(self, data: bytes | None, _stat: object, _event: object = None
-                    ) -> bool | None:
+    def _on_members(self, data: bytes | None) -> None:
         if self._cancelled:
-            return False  # tells kazoo to drop the watch
+            return
         try:
             delta = json.loads(data) if data else None
         except ValueError:
             delta = None
         with self._lock:
-            applies = (isinstance(delta, dict) and "zone" in delta
-                       and delta.get("previous") == self._position)
+            known = isinstance(delta, dict) and "zone" in delta
+            if known and delta.get("position") == self._position:
+                return  # a second reply for what was applied already (a re-armed watch)
+            applies = known and delta.get("previous") == self._position
             if applies:
                 zone = delta["zone"]
                 self._zone = TunnelZone(**zone) if zone else None
@@ -413,10 +487,11 @@ class _ZooKeeperWatch(Watch):
             self._deliver()
         else:
             self._rereads.put(True)
-        return None
 
     def _on_state(self, state: str) -> None:
+        """On the connection thread: kazoo dropped the watch with the connection."""
         if state == KazooState.CONNECTED and not self._cancelled and self._following:
+            self._arm()
             self._rereads.put(True)  # events may have been missed meanwhile
 
     def _reread(self) -> bool:
