@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from kazoo.client import KazooClient, KazooState, TransactionRequest
 from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
 from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.protocol.states import Callback, EventType, WatchedEvent
+from kazoo.protocol.states import EventType, WatchedEvent
 from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 
 from midonet_membership.nsdb.base import (
@@ -60,41 +60,10 @@ from midonet_membership.nsdb.base import (
     Watch,
     ZoneCallback,
 )
-from midonet_membership.nsdb.zookeeper_io import PollThreadingHandler
+from midonet_membership.nsdb.kazoo_handler import ConnectionThreadWatch, ZooKeeperHandler
 
 LOG = logging.getLogger(__name__)
 ROLES = ("cluster", "agent", None)
-
-
-class _OnConnectionThread:
-    """A kazoo watch function that must not block: run where the event is read.
-
-    kazoo hands every watch event to its callback worker thread. For the members' watch all
-    the function does is re-arm the watch with an asynchronous read (a queue append and one
-    byte on the connection's wake-up socket), so it runs on the connection thread itself and
-    saves two thread hand-offs per event and agent (see :class:`_ZooKeeperWatch`).
-    """
-
-    __slots__ = ("func",)
-
-    def __init__(self, func) -> None:
-        self.func = func
-
-    def __call__(self, event: WatchedEvent) -> None:
-        self.func(event)
-
-
-class _Handler(PollThreadingHandler):
-    """``PollThreadingHandler`` that runs :class:`_OnConnectionThread` watches in place."""
-
-    def dispatch_callback(self, callback: Callback) -> None:
-        if isinstance(callback.func, _OnConnectionThread):
-            try:
-                callback.func(*callback.args)
-            except Exception:  # the connection thread must survive
-                LOG.exception("ZooKeeper watch function failed")
-        else:
-            super().dispatch_callback(callback)
 
 
 def member_node(host_id: str, ip_address: str) -> str:
@@ -124,7 +93,7 @@ class ZooKeeperNSDB(NSDB):
         # The session timeout is the liveness timeout: a dead agent's ephemeral liveness
         # node disappears when its session expires. ``timeout`` bounds the connect.
         self.client = KazooClient(hosts=hosts, timeout=liveness_timeout, auth_data=auth,
-                                  handler=_Handler())
+                                  handler=ZooKeeperHandler())
         try:
             self.client.start(timeout=timeout)
         except KazooTimeoutError:
@@ -361,7 +330,7 @@ class _ZooKeeperWatch(Watch):
     With hundreds of agents woken by one change, every thread hand-off counts: kazoo's
     ``DataWatch`` takes three per event (the event to the callback worker, whose synchronous
     read goes to the connection thread and its reply back). Here the watch event re-arms
-    itself with an asynchronous read on the connection thread (:class:`_OnConnectionThread`)
+    itself with an asynchronous read on the connection thread (``ConnectionThreadWatch``)
     and the reply is applied on kazoo's completion worker: one hand-off, and the data plane
     never runs on the connection thread. Every (re)connection re-arms the watch (kazoo drops
     watches on a connection loss) and forces a re-read for what was missed meanwhile; a
@@ -386,7 +355,7 @@ class _ZooKeeperWatch(Watch):
         self._lock = threading.Lock()  # the state above
         self._delivering = threading.Lock()  # one callback at a time
         self._following = False  # whether the members node is watched
-        self._members_changed = _OnConnectionThread(self._on_members_event)  # one identity
+        self._members_changed = ConnectionThreadWatch(self._on_members_event)  # one identity
         store.client.add_listener(self._on_state)
         self._thread = threading.Thread(target=self._run, daemon=True, name="zk-zone-reread")
         self._thread.start()

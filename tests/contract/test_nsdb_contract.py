@@ -170,6 +170,26 @@ def test_watch_converges_after_a_burst(nsdb_url, store):
     watch.cancel()
 
 
+def test_a_watch_follows_changes_larger_than_one_socket_read(nsdb_url, store):
+    """1500 members in one apply (a ~100 kB delta): it and the re-read span many TCP reads."""
+    recorder = Recorder()
+    with nsdb.connect(nsdb_url) as reader:
+        watch = reader.watch_tunnel_zone(recorder)
+        recorder.wait_for(None, {})
+        store.apply([SetTunnelZone(ZONE), AddMember("h0", "198.51.100.1")], None, 1)
+        recorder.wait_for(ZONE, {"h0": "198.51.100.1"})
+        many = {f"host-{i:04d}-{uuid.uuid4()}": f"10.{i // 250}.{i % 250}.1" for i in range(1500)}
+        store.apply([AddMember(h, ip) for h, ip in many.items()], 1, 2)
+        recorder.wait_for(ZONE, {"h0": "198.51.100.1", **many}, timeout=20)
+        store.apply([RemoveMember("h0")], 2, 3)  # and small ones after it
+        recorder.wait_for(ZONE, many)
+        watch.cancel()
+    with nsdb.connect(nsdb_url) as late:  # a first read of it all
+        late_recorder = Recorder()
+        late.watch_tunnel_zone(late_recorder)
+        late_recorder.wait_for(ZONE, many, timeout=20)
+
+
 def test_a_host_scoped_watch_sees_members_only_while_the_host_is_one(nsdb_url, store):
     """An agent's watch: pending means no members at all, then the whole zone, then none."""
     recorder = Recorder()
