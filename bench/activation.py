@@ -1,12 +1,13 @@
 """Activation latency with 200 agents on ZooKeeper.
 
 200 agents run in 100 worker processes (2 each, every agent with its own ZooKeeper session,
-as separate hosts would have). Fewer, fuller processes cost more: each agent's kazoo client
-has its own threads, and a ZooKeeper event wakes all of them at once, so their GIL handoffs
-grow with the agents per process (measured here: ~0.5 ms CPU per agent and event at 2-5 per
-process, ~1.4 ms at 50). 100 are members already; then 100 more are activated one at a
-time through the API. For each POST we time until the new agent is active AND every other
-member's peer list includes it. Prints JSON with p50/p99.
+as separate hosts would have: the honest layout, not the cheapest). Since a members event
+costs an agent one thread hand-off (see nsdb/zookeeper.py), fuller processes are cheaper:
+waking a process costs more than waking a thread. Measured here: agent CPU per activation
+55-66 ms at 100 x 2 (~0.4 ms per member agent and event), 36 ms at 4 x 50 (--workers 4).
+100 are members already; then 100 more are activated one at a time through the API. For
+each POST we time until the new agent is active AND every other member's peer list includes
+it. Prints JSON with p50/p99.
 
     .venv/bin/python bench/activation.py [--agents 200] [--activations 100]
 """
@@ -257,7 +258,7 @@ def main() -> None:
     parser.add_argument("--agents", type=int, default=200)
     parser.add_argument("--activations", type=int, default=100)
     parser.add_argument("--workers", type=int, default=100,
-                        help="agent processes (GIL contention grows with agents per process)")
+                        help="agent processes (separate hosts are separate processes)")
     args = parser.parse_args()
     load_before = round(os.getloadavg()[0], 1)  # the machine is shared: say how busy
     zk = ZooKeeperNode(Path(tempfile.mkdtemp(prefix="mm-act-zk-")), _free_port()).start()
