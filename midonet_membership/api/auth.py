@@ -34,7 +34,7 @@ def ensure_admin_token(path: str) -> str:
     except FileNotFoundError:
         pass
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    token = secrets.token_urlsafe(32)
+    token = secrets.token_hex(32)  # never starts with "-", which a CLI would take for an option
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")

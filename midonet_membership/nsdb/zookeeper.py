@@ -60,7 +60,7 @@ from midonet_membership.nsdb.base import (
     Watch,
     ZoneCallback,
 )
-from midonet_membership.nsdb.kazoo_handler import ConnectionThreadWatch, ZooKeeperHandler
+from midonet_membership.nsdb.zookeeper_io import ConnectionThreadWatch, PollThreadingHandler
 
 LOG = logging.getLogger(__name__)
 ROLES = ("cluster", "agent", None)
@@ -93,7 +93,7 @@ class ZooKeeperNSDB(NSDB):
         # The session timeout is the liveness timeout: a dead agent's ephemeral liveness
         # node disappears when its session expires. ``timeout`` bounds the connect.
         self.client = KazooClient(hosts=hosts, timeout=liveness_timeout, auth_data=auth,
-                                  handler=ZooKeeperHandler())
+                                  handler=PollThreadingHandler())
         try:
             self.client.start(timeout=timeout)
         except KazooTimeoutError:
