@@ -76,6 +76,11 @@ Op = SetTunnelZone | AddMember | RemoveMember
 ZoneCallback = Callable[[TunnelZone | None, dict[str, str]], None]
 
 
+def members_seen_by(host_id: str | None, members: dict[str, str]) -> dict[str, str]:
+    """What a watch scoped to ``host_id`` reports: no members while the host is not one."""
+    return members if host_id is None or host_id in members else {}
+
+
 class NSDBError(Exception):
     """Base of every error an NSDB backend raises on purpose."""
 

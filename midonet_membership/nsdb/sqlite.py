@@ -30,6 +30,7 @@ from midonet_membership.nsdb.base import (
     TunnelZone,
     Watch,
     ZoneCallback,
+    members_seen_by,
 )
 
 LOG = logging.getLogger(__name__)
@@ -186,10 +187,7 @@ class _SQLiteWatch(Watch):
     def _snapshot(self) -> tuple[TunnelZone | None, dict[str, str]]:
         self._conn.execute("BEGIN")
         try:
-            members = _members(self._conn)
-            if self._host_id is not None and self._host_id not in members:
-                members = {}
-            return _zone(self._conn), members
+            return _zone(self._conn), members_seen_by(self._host_id, _members(self._conn))
         finally:
             self._conn.execute("COMMIT")
 

@@ -59,6 +59,7 @@ from midonet_membership.nsdb.base import (
     TunnelZone,
     Watch,
     ZoneCallback,
+    members_seen_by,
 )
 from midonet_membership.nsdb.zookeeper_io import ConnectionThreadWatch, PollThreadingHandler
 
@@ -515,10 +516,7 @@ class _ZooKeeperWatch(Watch):
             if self._cancelled:
                 return
             with self._lock:
-                members = self._members
-                if self.host_id is not None and self.host_id not in members:
-                    members = {}
-                snapshot = (self._zone, dict(members))
+                snapshot = (self._zone, dict(members_seen_by(self.host_id, self._members)))
             if snapshot == self._last:
                 return
             self._last = snapshot
