@@ -202,11 +202,12 @@ class Agent:
             found = self._discover()
             if found == self.host.interfaces:
                 return
-            self.nsdb.register_host(dataclasses.replace(self.host, interfaces=found))
+            host = dataclasses.replace(self.host, interfaces=found)
+            self.nsdb.register_host(host)
         except Exception as exc:  # netlink or the NSDB briefly away: the next scan retries
             LOG.warning("interface scan failed: %s", exc)
             return
-        self.host = dataclasses.replace(self.host, interfaces=found)
+        self.host = host
         LOG.info("host %s interfaces changed: %s", self.host_id, ", ".join(
             f"{i.name} {' '.join(i.ip_addresses) or '(no IPv4)'}" for i in found) or "none")
 
