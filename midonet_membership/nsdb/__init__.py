@@ -20,6 +20,7 @@ from midonet_membership.nsdb.base import (
     HostStatus,
     Interface,
     NSDBError,
+    ObservedState,
     Op,
     PositionConflict,
     RemoveMember,
@@ -35,8 +36,8 @@ BACKENDS = {
 _FLOAT_OPTIONS = ("liveness_timeout", "timeout", "watch_interval")
 
 __all__ = ["DEFAULT_TUNNEL_ZONE_NAME", "NSDB", "AddMember", "Host", "HostStatus", "Interface",
-           "NSDBError", "Op", "PositionConflict", "RemoveMember", "SetTunnelZone", "TunnelZone",
-           "Watch", "connect"]
+           "NSDBError", "ObservedState", "Op", "PositionConflict", "RemoveMember",
+           "SetTunnelZone", "TunnelZone", "Watch", "connect"]
 
 
 def connect(url: str, **options: object) -> NSDB:

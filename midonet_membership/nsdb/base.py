@@ -30,13 +30,61 @@ class Interface:
     ip_addresses: tuple[str, ...] = ()
 
 
+OBSERVED_STATES = ("pending", "active", "unsupported", "error")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObservedState:
+    """What an agent has actually built, as it reports it in its own host record.
+
+    ``member`` in the agents API is the admin's intent; this is the outcome, so an admin can
+    tell "activated, tunnels not built yet / cannot be built" from "active".
+    """
+
+    state: str  # one of OBSERVED_STATES
+    reason: str | None = None  # why not active (unsupported, error), in words
+    tunnel_type: str | None = None
+    tunnels: int = 0  # tunnel endpoints programmed (one per peer member)
+    peers: int = 0  # other members the zone names
+    zone_position: int | None = None  # the NSDB position when the agent last applied the zone
+    admission_drops: int = 0  # VXLAN packets from non-members dropped on this host
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> ObservedState | None:
+        if not data:
+            return None
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
+
+
 @dataclasses.dataclass(frozen=True)
 class Host:
-    """What an agent says about its host when it registers."""
+    """What an agent says about its host: it registers it at start and writes it again
+    whenever its interfaces or its observed state change (the record is the agent's own)."""
 
     id: str
     hostname: str
     interfaces: tuple[Interface, ...] = ()
+    vtep_mac: str | None = None  # the tunnel device's MAC, so peers can send unicast to it
+    observed: ObservedState | None = None  # None until the agent reports
+
+
+def host_record(host: Host) -> dict:
+    """The host as the JSON both backends store (one shape, so they cannot drift)."""
+    return {"id": host.id, "hostname": host.hostname,
+            "interfaces": [{"name": i.name, "ip_addresses": list(i.ip_addresses)}
+                           for i in host.interfaces],
+            "vtep_mac": host.vtep_mac,
+            "observed": host.observed.as_dict() if host.observed else None}
+
+
+def host_from_record(data: dict) -> Host:
+    """Records written before ``vtep_mac``/``observed`` existed read as not reported."""
+    return Host(data["id"], data["hostname"], tuple(
+        Interface(i["name"], tuple(i["ip_addresses"])) for i in data["interfaces"]),
+        vtep_mac=data.get("vtep_mac"), observed=ObservedState.from_dict(data.get("observed")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +183,8 @@ class NSDB(abc.ABC):
     # -- hosts -----------------------------------------------------------------------------------
     @abc.abstractmethod
     def register_host(self, host: Host) -> None:
-        """Create or replace the host's record (an agent calls it at start)."""
+        """Create or replace the host's record (an agent calls it at start, and again with
+        its interfaces, VTEP MAC or observed state changed: it only ever writes its own)."""
 
     @abc.abstractmethod
     def heartbeat(self, host_id: str) -> None:

@@ -22,7 +22,6 @@ from midonet_membership.nsdb.base import (
     AddMember,
     Host,
     HostStatus,
-    Interface,
     Op,
     PositionConflict,
     RemoveMember,
@@ -30,6 +29,8 @@ from midonet_membership.nsdb.base import (
     TunnelZone,
     Watch,
     ZoneCallback,
+    host_from_record,
+    host_record,
     members_seen_by,
 )
 
@@ -43,11 +44,13 @@ CREATE TABLE IF NOT EXISTS tunnel_zone_members (
     host_id TEXT PRIMARY KEY, ip_address TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS hosts (
     id TEXT PRIMARY KEY, hostname TEXT NOT NULL, interfaces TEXT NOT NULL,
-    heartbeat_at REAL);
+    heartbeat_at REAL, vtep_mac TEXT, observed TEXT);
 CREATE TABLE IF NOT EXISTS importer_position (
     singleton INTEGER PRIMARY KEY CHECK (singleton = 1), position INTEGER);
 INSERT OR IGNORE INTO importer_position (singleton, position) VALUES (1, NULL);
 """
+# Columns added after the first release: a file written before them gets them at connect.
+ADDED_HOST_COLUMNS = ("vtep_mac", "observed")
 
 
 def _open(path: str) -> sqlite3.Connection:
@@ -70,6 +73,11 @@ class SQLiteNSDB(NSDB):
         self._watches: list[_SQLiteWatch] = []
         with self._lock:
             self._conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+            with self._transaction() as conn:
+                present = {row[1] for row in conn.execute("PRAGMA table_info(hosts)")}
+                for column in ADDED_HOST_COLUMNS:
+                    if column not in present:
+                        conn.execute(f"ALTER TABLE hosts ADD COLUMN {column} TEXT")
 
     @contextlib.contextmanager
     def _transaction(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
@@ -113,30 +121,41 @@ class SQLiteNSDB(NSDB):
 
     # -- hosts ---------------------------------------------------------------------------------
     def register_host(self, host: Host) -> None:
-        interfaces = json.dumps([{"name": i.name, "ip_addresses": list(i.ip_addresses)}
-                                 for i in host.interfaces])
+        record = host_record(host)
         with self._transaction() as conn:
             conn.execute(
-                "INSERT INTO hosts (id, hostname, interfaces) VALUES (?, ?, ?) "
+                "INSERT INTO hosts (id, hostname, interfaces, vtep_mac, observed) "
+                "VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, "
-                "interfaces = excluded.interfaces", (host.id, host.hostname, interfaces))
+                "interfaces = excluded.interfaces, vtep_mac = excluded.vtep_mac, "
+                "observed = excluded.observed",
+                (host.id, host.hostname, json.dumps(record["interfaces"]), host.vtep_mac,
+                 json.dumps(record["observed"]) if host.observed else None))
 
     def heartbeat(self, host_id: str) -> None:
         with self._transaction() as conn:
             conn.execute("UPDATE hosts SET heartbeat_at = ? WHERE id = ?", (time.time(), host_id))
 
     def list_hosts(self) -> list[HostStatus]:
+        return self._hosts("ORDER BY id")
+
+    def get_host(self, host_id: str) -> HostStatus | None:
+        """One row, not the whole table: agents read their peers' VTEP MACs with it."""
+        return next(iter(self._hosts("WHERE id = ?", (host_id,))), None)
+
+    def _hosts(self, where: str, args: tuple = ()) -> list[HostStatus]:
         with self._transaction(immediate=False) as conn:
-            rows = conn.execute("SELECT id, hostname, interfaces, heartbeat_at FROM hosts "
-                                "ORDER BY id").fetchall()
+            rows = conn.execute("SELECT id, hostname, interfaces, heartbeat_at, vtep_mac, "
+                                f"observed FROM hosts {where}", args).fetchall()
         now = time.time()
         return [HostStatus(
-            host=Host(id=id_, hostname=hostname, interfaces=tuple(
-                Interface(i["name"], tuple(i["ip_addresses"])) for i in json.loads(ifaces))),
+            host=host_from_record({"id": id_, "hostname": hostname,
+                                   "interfaces": json.loads(ifaces), "vtep_mac": mac,
+                                   "observed": json.loads(observed) if observed else None}),
             alive=beat is not None and now - beat < self.liveness_timeout,
             heartbeat_at=None if beat is None else datetime.datetime.fromtimestamp(
                 beat, datetime.UTC))
-            for id_, hostname, ifaces, beat in rows]
+            for id_, hostname, ifaces, beat, mac, observed in rows]
 
     def close(self) -> None:
         for watch in self._watches:

@@ -50,7 +50,6 @@ from midonet_membership.nsdb.base import (
     AddMember,
     Host,
     HostStatus,
-    Interface,
     NSDBError,
     Op,
     PositionConflict,
@@ -59,6 +58,8 @@ from midonet_membership.nsdb.base import (
     TunnelZone,
     Watch,
     ZoneCallback,
+    host_from_record,
+    host_record,
     members_seen_by,
 )
 from midonet_membership.nsdb.zookeeper_io import ConnectionThreadWatch, PollThreadingHandler
@@ -252,9 +253,7 @@ class ZooKeeperNSDB(NSDB):
 
     # -- hosts ---------------------------------------------------------------------------------
     def register_host(self, host: Host) -> None:
-        data = json.dumps({"id": host.id, "hostname": host.hostname, "interfaces": [
-            {"name": i.name, "ip_addresses": list(i.ip_addresses)}
-            for i in host.interfaces]}).encode()
+        data = json.dumps(host_record(host)).encode()
         path = f"{self.hosts_path}/{host.id}"
         # A secured agent must not create the tree (the nodes would be its own): it waits
         # for the cluster to make ``/hosts``. Without credentials nothing is owned anyway.
@@ -289,6 +288,13 @@ class ZooKeeperNSDB(NSDB):
             ids = sorted(self.client.get_children(self.hosts_path))
         except NoNodeError:
             return []
+        return self._hosts(ids)
+
+    def get_host(self, host_id: str) -> HostStatus | None:
+        """Two reads, not the whole tree: agents read their peers' VTEP MACs with it."""
+        return next(iter(self._hosts([host_id])), None)
+
+    def _hosts(self, ids: list[str]) -> list[HostStatus]:
         records = [self.client.get_async(f"{self.hosts_path}/{i}") for i in ids]
         beats = [self.client.get_async(f"{self.hosts_path}/{i}/alive") for i in ids]
         hosts = []
@@ -302,9 +308,7 @@ class ZooKeeperNSDB(NSDB):
                 alive = True
             except NoNodeError:
                 beat_at, alive = None, False
-            hosts.append(HostStatus(Host(data["id"], data["hostname"], tuple(
-                Interface(i["name"], tuple(i["ip_addresses"])) for i in data["interfaces"])),
-                alive=alive, heartbeat_at=beat_at))
+            hosts.append(HostStatus(host_from_record(data), alive=alive, heartbeat_at=beat_at))
         return hosts
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from midonet_membership.nsdb import (
     AddMember,
     Host,
     Interface,
+    ObservedState,
     PositionConflict,
     RemoveMember,
     SetTunnelZone,
@@ -229,6 +230,43 @@ def test_hosts_register_and_prove_liveness(nsdb_url, store):
     while store.get_host("h1").alive and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not store.get_host("h1").alive
+
+
+def test_an_agent_reports_its_vtep_mac_and_observed_state_in_its_own_record(nsdb_url, store):
+    agent = nsdb.connect(nsdb_url, role="agent")
+    try:
+        interfaces = (Interface("eth0", ("198.51.100.5",)),)
+        agent.register_host(Host("h1", "compute-1", interfaces))
+        assert store.get_host("h1").host.observed is None  # not reported yet
+        observed = ObservedState("active", tunnel_type="vxlan", tunnels=2, peers=2,
+                                 zone_position=17, admission_drops=3)
+        agent.register_host(Host("h1", "compute-1", interfaces, "02:5e:00:00:00:01", observed))
+        assert store.get_host("h1").host == Host("h1", "compute-1", interfaces,
+                                                 "02:5e:00:00:00:01", observed)
+        assert store.list_hosts()[0].host.observed == observed
+        unsupported = ObservedState("unsupported", "gre tunnels are not available in this "
+                                    "kernel", tunnel_type="gre", peers=2)
+        agent.register_host(Host("h1", "compute-1", interfaces, None, unsupported))
+        assert store.get_host("h1").host.observed == unsupported
+        assert store.get_host("h1").host.vtep_mac is None
+        assert store.get_host("no-such-host") is None
+    finally:
+        agent.close()
+
+
+def test_a_sqlite_nsdb_from_before_observed_state_gains_its_columns(tmp_path):
+    import sqlite3
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.executescript("CREATE TABLE hosts (id TEXT PRIMARY KEY, hostname TEXT NOT NULL, "
+                      "interfaces TEXT NOT NULL, heartbeat_at REAL);"
+                      "INSERT INTO hosts VALUES ('h1', 'compute-1', '[]', NULL);")
+    old.close()
+    with nsdb.connect(f"sqlite:///{path}") as store:
+        assert store.get_host("h1").host == Host("h1", "compute-1")
+        store.register_host(Host("h1", "compute-1", (), "02:00:00:00:00:01",
+                                 ObservedState("pending")))
+        assert store.get_host("h1").host.observed == ObservedState("pending")
 
 
 def test_a_tree_from_before_member_host_nodes_gets_them_when_the_cluster_starts(
