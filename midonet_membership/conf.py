@@ -27,8 +27,10 @@ DEFAULT_OPTS = [
         ("noauth", "trust X-Roles/X-Project-Id headers; loopback binds only"),
     ], help="How API requests are authenticated."),
     cfg.StrOpt("admin_token_file", default="$state_dir/admin-token",
-               help="The generated admin token of auth_strategy=token (created 0600 when "
-                    "missing; the CLI reads it)."),
+               help="The generated admin token of auth_strategy=token. Created 0600 with "
+                    "O_EXCL|O_NOFOLLOW when missing; a symlink, a file another user owns "
+                    "or one others may read stops start-up. The neutron CLI reads it "
+                    "(--admin-token-file, or this option through --config-file)."),
     cfg.IntOpt("api_workers", default=1, min=1,
                help="API worker processes (gunicorn) for `midonet-membership api`."),
     cfg.IntOpt("api_threads", default=16, min=1, help="Request threads per API worker."),

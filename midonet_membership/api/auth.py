@@ -8,10 +8,12 @@
 
 from __future__ import annotations
 
+import errno
 import hmac
 import ipaddress
 import os
 import secrets
+import stat
 from collections.abc import Callable
 
 import webob
@@ -24,22 +26,66 @@ from midonet_membership.context import RequestContext
 Authenticator = Callable[[webob.Request, str], RequestContext]
 
 
+class AdminTokenError(ConfigError):
+    """The admin token file exists but cannot be trusted; the message says why."""
+
+
 def ensure_admin_token(path: str) -> str:
-    """Read the admin token, creating it (32 random bytes, mode 0600) on first start."""
-    try:
-        with open(path) as f:
-            token = f.read().strip()
-        if token:
-            return token
-    except FileNotFoundError:
-        pass
+    """Read the admin token, creating it (32 random bytes, mode 0600) on first start.
+
+    The file is the key to every membership: one that another user owns or may read, or a
+    symlink (a planted link could make us write our token where others read it, or read
+    theirs), is refused rather than repaired, so the operator learns of it. It is created
+    with ``O_EXCL | O_NOFOLLOW``: a file or link planted between the check and the creation
+    makes the creation fail instead of being followed or truncated.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    token = secrets.token_hex(32)  # never starts with "-", which a CLI would take for an option
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return _create_admin_token(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise AdminTokenError(f"admin token file {path} is a symbolic link; refusing "
+                                  "to follow it (remove it and restart)") from None
+        raise AdminTokenError(f"cannot open admin token file {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "r+") as f:
+        _check_private(path, os.fstat(fd))
+        token = f.read().strip()
+        if not token:  # created, then the process died before the write
+            token = _new_token()
+            f.write(token + "\n")
+        return token
+
+
+def _check_private(path: str, st: os.stat_result) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise AdminTokenError(f"admin token file {path} is not a regular file")
+    if st.st_uid != os.geteuid():
+        raise AdminTokenError(f"admin token file {path} is owned by uid {st.st_uid}, not by "
+                              f"this user (uid {os.geteuid()}); refusing a token another "
+                              "user could have chosen or read")
+    if st.st_mode & 0o077:
+        raise AdminTokenError(f"admin token file {path} has mode "
+                              f"{stat.S_IMODE(st.st_mode):04o}; other users may read or change "
+                              f"it. Make it private (chmod 600 {path}) or remove it to "
+                              "generate a new token")
+
+
+def _create_admin_token(path: str) -> str:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:  # another process created it meanwhile: read and check theirs
+        return ensure_admin_token(path)
+    token = _new_token()
     with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)  # the umask could only have narrowed it; keep it exact
         f.write(token + "\n")
-    os.chmod(path, 0o600)
     return token
+
+
+def _new_token() -> str:
+    return secrets.token_hex(32)  # never starts with "-", which a CLI would take for an option
 
 
 def token_authenticator(admin_token: str) -> Authenticator:

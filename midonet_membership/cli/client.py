@@ -184,6 +184,7 @@ def _keystone_error(exc: ks_exceptions.ClientException, auth_url: str | None) ->
 
 # -- choosing the endpoint and credentials ---------------------------------------------------
 def make_client(*, os_url: str | None, os_token: str | None, state_dir: str | None,
+                admin_token_file: str | None = None,
                 keystone: Mapping[str, str | None] | None = None, interface: str = "public",
                 region_name: str | None = None, timeout: float | None = None,
                 verify: bool | str = True) -> Client:
@@ -201,16 +202,22 @@ def make_client(*, os_url: str | None, os_token: str | None, state_dir: str | No
             endpoint_filter["region_name"] = region_name
         return Client(session.Session(auth=auth, timeout=timeout, verify=verify), os_url,
                       endpoint_filter, keystone["auth_url"])
-    url, token = local_all_in_one(state_dir, need_token=not os_token)
+    url, token = local_all_in_one(state_dir, need_token=not os_token,
+                                  token_file=admin_token_file)
     auth = token_endpoint.Token(os_url or url, os_token or token)
     return Client(session.Session(auth=auth, timeout=timeout, verify=verify), os_url or url)
 
 
-def local_all_in_one(state_dir: str | None, need_token: bool = True) -> tuple[str, str | None]:
-    """The URL and admin token the all-in-one wrote into its state directory."""
+def local_all_in_one(state_dir: str | None, need_token: bool = True,
+                     token_file: str | None = None) -> tuple[str, str | None]:
+    """The URL the all-in-one wrote into its state directory and its admin token.
+
+    The token is read from ``token_file`` (the server's ``admin_token_file``) when given,
+    else from ``<state_dir>/admin-token``, the server's default.
+    """
     state_dir = os.path.abspath(state_dir or os.environ.get("MIDONET_STATE_DIR") or "var")
     url = _read(os.path.join(state_dir, "api-url")) or DEFAULT_URL
-    token_file = os.path.join(state_dir, "admin-token")
+    token_file = os.path.abspath(token_file or os.path.join(state_dir, "admin-token"))
     token = _read(token_file) if need_token else None
     if need_token and not token:
         raise ApiError(0, f"No credentials: {token_file} does not exist. Give --os-url and "

@@ -17,7 +17,9 @@ from typing import Any
 from cliff.command import Command
 from cliff.lister import Lister
 from cliff.show import ShowOne
+from oslo_config import cfg
 
+from midonet_membership import conf as config
 from midonet_membership.cli.app import BaseApp, CommandError, column
 from midonet_membership.cli.client import (
     KEYSTONE_OPTIONS,
@@ -219,7 +221,29 @@ class NeutronApp(BaseApp):
         parser.add_argument("--state-dir", default=None,
                             help="The local all-in-one's state directory, used when no "
                                  "endpoint is given (default $MIDONET_STATE_DIR or ./var)")
+        parser.add_argument("--config-file", action="append", default=[],
+                            help="The server's neutron.conf-style file (repeatable): its "
+                                 "state_dir and admin_token_file locate the local server "
+                                 "and its admin token")
+        parser.add_argument("--admin-token-file", default=env("MIDONET_ADMIN_TOKEN_FILE"),
+                            help="The server's admin token file (env "
+                                 "MIDONET_ADMIN_TOKEN_FILE; default: the config file's "
+                                 "admin_token_file, else STATE_DIR/admin-token)")
         return parser
+
+    def _local_server(self) -> tuple[str | None, str | None]:
+        """State dir and token file, from the options or the server's own config file."""
+        o = self.options
+        if not o.config_file:
+            return o.state_dir, o.admin_token_file
+        conf = cfg.ConfigOpts()
+        try:
+            config.load([a for f in o.config_file for a in ("--config-file", f)], conf)
+        except (config.ConfigError, cfg.Error) as exc:
+            raise CommandError(str(exc)) from None
+        if o.state_dir:
+            conf.set_override("state_dir", o.state_dir)
+        return conf.state_dir, o.admin_token_file or conf.admin_token_file
 
     def configure_logging(self) -> None:
         super().configure_logging()
@@ -232,8 +256,10 @@ class NeutronApp(BaseApp):
         """Built at the first command that needs it, so ``help`` works with no server."""
         if self._client is None:
             o = self.options
+            state_dir, token_file = self._local_server()
             self._client = make_client(
-                os_url=o.os_url, os_token=o.os_token, state_dir=o.state_dir,
+                os_url=o.os_url, os_token=o.os_token, state_dir=state_dir,
+                admin_token_file=token_file,
                 keystone={name: getattr(o, f"os_{name}") for name in KEYSTONE_OPTIONS},
                 interface=o.os_interface, region_name=o.os_region_name,
                 timeout=o.http_timeout,
