@@ -35,8 +35,11 @@ test: venv-test
 lint: venv-test
 	$(BIN)/ruff check .
 
+## The API against its floors (bench/api.py): the table on the terminal, the JSON in var/.
 bench: venv-test
-	$(BIN)/python bench/api.py
+	mkdir -p var
+	$(BIN)/python bench/api.py $(BENCH_ARGS) > var/bench-api.json
+	@echo "all figures: var/bench-api.json"
 
 ## Regenerate the checked-in samples under etc/ (a test fails when they are stale).
 sample-config: venv

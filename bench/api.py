@@ -1,11 +1,20 @@
 """API throughput and latency, with the server started the way the README starts it.
 
-For each backend (SQLite, PostgreSQL) the real ``midonet-membership all-in-one`` runs as a
+On SQLite the real ``midonet-membership all-in-one`` (``make run``'s server) runs as a
 subprocess (a generated neutron.conf with ``[database] connection``, a temporary state dir, a
-free port, token auth with ``<state>/admin-token``). On PostgreSQL the production layout of
+free port, token auth with ``<state>/admin-token``); on PostgreSQL the production layout of
 the reference measurement (``midonet-membership api --workers 1 --threads 8``, gunicorn, with
-``midonet-membership importer`` beside it) is measured as well. PostgreSQL runs on a fresh
-``mm_bench_<random>`` database, dropped at the end.
+``midonet-membership importer`` beside it); ``--layouts all-in-one`` measures the all-in-one
+on PostgreSQL too. PostgreSQL runs on a fresh ``mm_bench_<random>`` database, dropped at the
+end.
+
+Beside ours, in the same run and in alternating rounds (ours, database floor, HTTP floor),
+the floors of bench/floors.py: the HTTP floor (a trivial WSGI app answering bodies of ours'
+sizes, served by the same server functions with the same settings) and each operation's
+database floor (its minimal SQL through the same driver, no HTTP). An operation's floor adds
+the two's times per request; ``vs_floor`` gives ours as a fraction of it and
+``verdict_vs_floor`` checks the issue's targets (>= 0.7 in the production layout, >= 0.6 in
+the all-in-one). The table of them goes to stderr at the end (``make bench``).
 
 The memberships table is first seeded with ``--rows`` rows (bulk INSERT straight into the
 database, then ANALYZE as autovacuum would), then, at concurrency 1 and 8 (keep-alive
@@ -48,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from floors import FLOOR_SERVING, DatabaseFloor
 
 BIN = Path(sys.executable).parent
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -80,6 +90,12 @@ LAYOUTS = {
     "api-1x8+importer": [["api", "--workers", "1", "--threads", "8"], ["importer"]],
 }
 LAYOUTS_OF = {"sqlite": ["all-in-one"], "postgresql": ["all-in-one", "api-1x8+importer"]}
+# Measured unless --layouts says otherwise: `make run`'s server and the production layout.
+DEFAULT_LAYOUTS_OF = {"sqlite": ["all-in-one"], "postgresql": ["api-1x8+importer"]}
+
+# Ours as a fraction of each operation's floor (issue 12), at every concurrency.
+FLOOR_TARGETS = {"api-1x8+importer": 0.7, "all-in-one": 0.6}
+FLOOR_TARGET_OPERATIONS = ("create", "show", "delete", "list_first_page")
 
 
 def log(message: str) -> None:
@@ -123,6 +139,8 @@ class Server:
         self.procs: list[subprocess.Popen] = []
         self.token = ""
 
+    needs_token = True
+
     def start(self, timeout: float = 60) -> Server:
         self.log = open(self.log_path, "ab")
         for command in self.commands:
@@ -141,6 +159,8 @@ class Server:
             except OSError:
                 time.sleep(0.05)
                 continue
+            if not self.needs_token:
+                return self
             if token_file.exists() and token_file.read_text().strip():
                 self.token = token_file.read_text().strip()
                 return self
@@ -195,6 +215,23 @@ class Server:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.state, ignore_errors=True)
+
+
+class FloorServer(Server):
+    """The HTTP floor: bench/floors.py's trivial app, served as ``layout`` serves ours."""
+
+    needs_token = False
+
+    def __init__(self, layout: str, responses: dict[str, tuple[int, int]]) -> None:
+        self.layout = layout
+        self.state = Path(tempfile.mkdtemp(prefix="mm-bench-floor-"))
+        self.port = free_port()
+        self.log_path = self.state / "floor.log"
+        self.commands = [[sys.executable, str(Path(__file__).with_name("floors.py")),
+                          "--layout", layout, "--port", str(self.port),
+                          "--responses", json.dumps(responses)]]
+        self.procs = []
+        self.token = ""
 
 
 def _proc_stat(pid: int) -> list[str]:
@@ -335,6 +372,72 @@ def measure(server: Server, concurrency: int, requests: list[Request], seconds: 
     return run, sorted(i for part in succeeded for i in part)
 
 
+class NoServer:
+    """The database floor has no server process: only the client and PostgreSQL count."""
+
+    @staticmethod
+    def cpu_seconds() -> float:
+        return 0.0
+
+
+def measure_db(floor: DatabaseFloor, op: str, concurrency: int, items: list[Any],
+               seconds: float, warmup: int = 20) -> tuple[Run, list[int]]:
+    """``op``'s minimal SQL for each of ``items`` over ``concurrency`` connections of the
+    same driver, no HTTP (bench/floors.py); timed like :func:`measure`."""
+    run_op = floor.operation(op)
+    warm = floor.operation("show")
+    chunks = [list(range(i, len(items), concurrency)) for i in range(concurrency)]
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    succeeded: list[list[int]] = [[] for _ in range(concurrency)]
+    errors = [0] * concurrency
+    barrier = threading.Barrier(concurrency + 1)
+    stop_at = [math.inf]
+
+    def worker(w: int) -> None:
+        conn = floor.connect()
+        try:
+            for _ in range(warmup):
+                warm(conn, (str(uuid.uuid4()), ""))
+            barrier.wait()
+            mine = latencies[w]
+            for i in chunks[w]:
+                start = time.perf_counter()
+                if start > stop_at[0]:
+                    break
+                try:
+                    run_op(conn, items[i])
+                except Exception as exc:  # counted as an error, like a non-2xx answer
+                    log(f"database floor {op}: {exc}")
+                    errors[w] += 1
+                    continue
+                finally:
+                    mine.append(time.perf_counter() - start)
+                succeeded[w].append(i)
+        finally:
+            conn.close()
+
+    wait_until_quiet()
+    meter = CpuMeter(NoServer())
+    threads = [threading.Thread(target=worker, args=(w,), daemon=True)
+               for w in range(concurrency)]
+    for t in threads:
+        t.start()
+    before = meter.read()
+    barrier.wait()
+    started = time.perf_counter()
+    stop_at[0] = started + seconds
+    for t in threads:
+        t.join()
+    run = Run()
+    run.elapsed = time.perf_counter() - started
+    after = meter.read()
+    run.cpu = {k: after[k] - before[k] for k in after}
+    run.latencies = [x for part in latencies for x in part]
+    ok = sorted(i for part in succeeded for i in part)
+    run.statuses = Counter({200: len(ok), 0: sum(errors)} if sum(errors) else {200: len(ok)})
+    return run, ok
+
+
 def summarize(runs: list[Run]) -> dict:
     """req/s of the median run (and every run's), latency percentiles over all runs pooled,
     errors over all runs, CPU per request of each party and the share of the machine used
@@ -448,9 +551,11 @@ class Fresh:
 
 
 def bench_layout(database_url: str, layout: str, args: argparse.Namespace) -> dict:
+    """Ours, its HTTP floor and its database floor, in alternating rounds of the same run."""
     server = Server(database_url, layout)
     log(f"{layout} on {sa.make_url(database_url).get_backend_name()}: starting")
     server.start()
+    floor_server: FloorServer | None = None
     result: dict[str, Any] = {"command": " ".join(
         ["midonet-membership", *LAYOUTS[layout][0], "--config-file F --state-dir D --bind "
          f"127.0.0.1:{server.port}"] + ([" + midonet-membership importer"]
@@ -464,46 +569,126 @@ def bench_layout(database_url: str, layout: str, args: argparse.Namespace) -> di
         deep_marker = ids[deep_index]
         result["deep_page"] = _check_pages(server, ids, deep_index)
         posted = Fresh()
-        first = [("GET", f"{BASE}?limit=100", None)] * args.list_requests
-        deep = [("GET", f"{BASE}?limit=100&marker={deep_marker}", None)] * args.list_requests
+        responses = _response_sizes(server, posted, deep_marker)
+        floor_server = FloorServer(layout, responses).start()
+        db_floor = DatabaseFloor(database_url)
+        result["floors"] = {
+            "http": {"app": "bench/floors.py trivial_app: reads the body, answers ours' "
+                            "status with a canned body of ours' size",
+                     "responses_status_bytes": responses, **FLOOR_SERVING[layout]},
+            "database": db_floor.setting(),
+            "floor": "1 / (1/http_floor_req_per_s + 1/db_floor_req_per_s): the two "
+                     "floors' times per request added"}
         for c in CONCURRENCY:
-            runs: dict[str, list[Run]] = {op: [] for op in OPERATIONS}
+            kinds = ("ours", "db_floor", "http_floor")
+            runs: dict[str, dict[str, list[Run]]] = {
+                kind: {op: [] for op in OPERATIONS} for kind in kinds}
             ratios = []
-            for _ in range(args.repeats):
-                memberships = posted.take(args.requests)
-                creates = [("POST", BASE, json.dumps({"agent_membership": {
-                    "id": id_, "ip_address": ip}}).encode()) for id_, ip in memberships]
-                run, ok = measure(server, c, creates, args.seconds)
-                runs["create"].append(run)
-                created = [memberships[i][0] for i in ok]
-                run, _ = measure(server, c, [("GET", f"{BASE}/{id_}", None) for id_ in created],
-                                 args.seconds)
-                runs["show"].append(run)
-                # Every created membership goes: the table is back to --rows for the lists.
-                run, _ = measure(server, c, [("DELETE", f"{BASE}/{id_}", None)
-                                             for id_ in created], math.inf)
-                runs["delete"].append(run)
-                # First and deep pages back to back, so both see the same machine load.
-                run_first, _ = measure(server, c, first, args.seconds)
-                run_deep, _ = measure(server, c, deep, args.seconds)
-                runs["list_first_page"].append(run_first)
-                runs["list_deep_page"].append(run_deep)
-                ratios.append(statistics.median(run_deep.latencies)
-                              / statistics.median(run_first.latencies))
-            figures = {op: summarize(op_runs) for op, op_runs in runs.items()}
+            for _ in range(args.repeats):  # alternating: ours, database floor, HTTP floor
+                ratios.append(_http_round(server, c, posted, deep_marker, args, runs["ours"]))
+                _db_round(db_floor, c, posted, deep_marker, args, runs["db_floor"])
+                _http_round(floor_server, c, posted, deep_marker, args, runs["http_floor"])
+            figures = {op: summarize(op_runs) for op, op_runs in runs["ours"].items()}
             figures["list_deep_page"]["p50_ratio_to_first_page"] = round(
                 statistics.median(ratios), 2)
             result[f"c{c}"] = figures
-            log(f"  c={c}: " + ", ".join(f"{op} {f['req_per_s']}/s p50 {f['p50_ms']} ms"
-                                         + (f" ERRORS {f['errors']}" if f["errors"] else "")
-                                         for op, f in figures.items()))
+            http = {op: summarize(op_runs) for op, op_runs in runs["http_floor"].items()}
+            db = {op: summarize(op_runs) for op, op_runs in runs["db_floor"].items()}
+            result.setdefault("floor_figures", {})[f"c{c}"] = {"http": http, "database": db}
+            result.setdefault("vs_floor", {})[f"c{c}"] = vs_floor(figures, http, db)
+            log(f"  c={c}: " + ", ".join(
+                f"{op} {f['req_per_s']}/s = {result['vs_floor'][f'c{c}'][op]['fraction']} "
+                "of floor" + (f" ERRORS {f['errors']}" if f["errors"] else "")
+                for op, f in figures.items()))
         result["rows_at_end"] = count_rows(database_url)
         if not server.alive():
             raise RuntimeError("the server died during the run:\n" + server.output())
     finally:
-        server.stop()
-        server.cleanup()
+        for s in (server, floor_server):
+            if s is not None:
+                s.stop()
+                s.cleanup()
     return result
+
+
+def _http_round(server: Server, c: int, posted: Fresh, deep_marker: str,
+                args: argparse.Namespace, runs: dict[str, list[Run]]) -> float:
+    """One round of the five operations over HTTP; returns the deep/first page p50 ratio."""
+    memberships = posted.take(args.requests)
+    creates = [("POST", BASE, json.dumps({"agent_membership": {
+        "id": id_, "ip_address": ip}}).encode()) for id_, ip in memberships]
+    run, ok = measure(server, c, creates, args.seconds)
+    runs["create"].append(run)
+    created = [memberships[i][0] for i in ok]
+    run, _ = measure(server, c, [("GET", f"{BASE}/{id_}", None) for id_ in created],
+                     args.seconds)
+    runs["show"].append(run)
+    # Every created membership goes: the table is back to --rows for the lists.
+    run, _ = measure(server, c, [("DELETE", f"{BASE}/{id_}", None) for id_ in created],
+                     math.inf)
+    runs["delete"].append(run)
+    # First and deep pages back to back, so both see the same machine load.
+    first = [("GET", f"{BASE}?limit=100", None)] * args.list_requests
+    deep = [("GET", f"{BASE}?limit=100&marker={deep_marker}", None)] * args.list_requests
+    run_first, _ = measure(server, c, first, args.seconds)
+    run_deep, _ = measure(server, c, deep, args.seconds)
+    runs["list_first_page"].append(run_first)
+    runs["list_deep_page"].append(run_deep)
+    return statistics.median(run_deep.latencies) / statistics.median(run_first.latencies)
+
+
+def _db_round(floor: DatabaseFloor, c: int, posted: Fresh, deep_marker: str,
+              args: argparse.Namespace, runs: dict[str, list[Run]]) -> None:
+    """The same round as the database floor: the operations' SQL, no HTTP."""
+    memberships = posted.take(args.requests)
+    run, ok = measure_db(floor, "create", c, memberships, args.seconds)
+    runs["create"].append(run)
+    created = [memberships[i] for i in ok]
+    runs["show"].append(measure_db(floor, "show", c, created, args.seconds)[0])
+    runs["delete"].append(measure_db(floor, "delete", c, created, math.inf)[0])
+    for op, marker in (("list_first_page", None), ("list_deep_page", deep_marker)):
+        runs[op].append(measure_db(floor, op, c, [marker] * args.list_requests,
+                                   args.seconds)[0])
+
+
+def _response_sizes(server: Server, posted: Fresh,
+                    deep_marker: str) -> dict[str, tuple[int, int]]:
+    """Ours' status and body size per operation: what the HTTP floor answers."""
+    (id_, ip), = posted.take(1)
+    body = json.dumps({"agent_membership": {"id": id_, "ip_address": ip}}).encode()
+    sizes = {}
+    for op, method, path, data in (
+            ("create", "POST", BASE, body), ("show", "GET", f"{BASE}/{id_}", None),
+            ("delete", "DELETE", f"{BASE}/{id_}", None),
+            ("list_first_page", "GET", f"{BASE}?limit=100", None),
+            ("list_deep_page", "GET", f"{BASE}?limit=100&marker={deep_marker}", None)):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        try:
+            conn.request(method, path, body=data, headers={
+                "X-Auth-Token": server.token, "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            sizes[op] = (resp.status, len(resp.read()))
+        finally:
+            conn.close()
+        if not 200 <= sizes[op][0] < 300:
+            raise RuntimeError(f"{op} answered {sizes[op][0]} while sizing the HTTP floor")
+    return sizes
+
+
+def vs_floor(ours: dict, http: dict, db: dict) -> dict:
+    """Each operation's floor (the HTTP floor's and the database floor's times per request
+    added) and ours as a fraction of it (median runs' req/s)."""
+    out = {}
+    for op in OPERATIONS:
+        h, d, o = http[op]["req_per_s"], db[op]["req_per_s"], ours[op]["req_per_s"]
+        floor = 1 / (1 / h + 1 / d) if h and d else 0.0
+        out[op] = {"http_floor_req_per_s": h, "db_floor_req_per_s": d,
+                   "floor_req_per_s": round(floor, 1), "ours_req_per_s": o,
+                   "fraction": round(o / floor, 2) if floor else None,
+                   "http_floor_p50_ms": http[op]["p50_ms"], "db_floor_p50_ms": db[op]["p50_ms"],
+                   "ours_p50_ms": ours[op]["p50_ms"],
+                   "floor_errors": http[op]["errors"] + db[op]["errors"]}
+    return out
 
 
 def _check_pages(server: Server, ids: list[str], deep_index: int) -> dict:
@@ -561,6 +746,42 @@ def _machine_busy_share(seconds: float) -> float:
     time.sleep(seconds)
     busy2, total2 = sample()
     return (busy2 - busy) / max(1, total2 - total)
+
+
+def floor_verdict(layout: str, figures: dict) -> dict:
+    """Ours >= the layout's target fraction of the floor, per operation and concurrency."""
+    target = FLOOR_TARGETS[layout]
+    checks = {f"c{c}_{op}": {"fraction": figures["vs_floor"][f"c{c}"][op]["fraction"],
+                             "target": target,
+                             "pass": (figures["vs_floor"][f"c{c}"][op]["fraction"] or 0)
+                             >= target and figures[f"c{c}"][op]["errors"] == 0}
+              for c in CONCURRENCY for op in FLOOR_TARGET_OPERATIONS}
+    checks["all_pass"] = all(c["pass"] for c in checks.values())
+    return checks
+
+
+def table(out: dict) -> str:
+    """The issue's table: per layout, concurrency and operation, the floors and ours."""
+    lines = ["| backend | layout | c | operation | HTTP floor | DB floor | floor | ours | "
+             "ours/floor | target | other load |", "|" + "---|" * 11]
+    for backend, layouts in out["results"].items():
+        for layout, figures in layouts.items():
+            if "failed" in figures:
+                lines.append(f"| {backend} | {layout} | | FAILED | | | | | | | |")
+                continue
+            for c in CONCURRENCY:
+                for op in OPERATIONS:
+                    v = figures["vs_floor"][f"c{c}"][op]
+                    target = (f">= {FLOOR_TARGETS[layout]}"
+                              if op in FLOOR_TARGET_OPERATIONS else "")
+                    lines.append(
+                        f"| {backend} | {layout} | {c} | {op} | {v['http_floor_req_per_s']} | "
+                        f"{v['db_floor_req_per_s']} | {v['floor_req_per_s']} | "
+                        f"{v['ours_req_per_s']} | {v['fraction']} | {target} | "
+                        f"{figures[f'c{c}'][op]['other_load']} |")
+    return "\n".join(lines) + (
+        "\n(req/s of the median of three alternating rounds; floor = 1/(1/HTTP + 1/DB); "
+        "other load = share of the machine other users' processes took during ours)")
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -623,7 +844,8 @@ def main() -> int:
     }
     failed = False
     for backend in backends:
-        layouts = [x for x in LAYOUTS_OF[backend] if not chosen or x in chosen]
+        layouts = [x for x in LAYOUTS_OF[backend] if x in chosen] if chosen else (
+            DEFAULT_LAYOUTS_OF[backend])
         runner = with_postgresql if backend == "postgresql" else with_sqlite
         out["results"][backend] = {}
         for layout in layouts:
@@ -635,13 +857,17 @@ def main() -> int:
                 failed = True
                 continue
             out["results"][backend][layout] = figures
+            out.setdefault("verdict_vs_floor", {}).setdefault(backend, {})[layout] = (
+                floor_verdict(layout, figures))
             if backend == "postgresql":
                 out["verdict_postgresql_c1"][layout] = verdict(figures)
-            failed |= any(figures[f"c{c}"][op]["errors"] for c in CONCURRENCY
-                          for op in OPERATIONS)
+            failed |= any(figures[f"c{c}"][op]["errors"]
+                          or figures["vs_floor"][f"c{c}"][op]["floor_errors"]
+                          for c in CONCURRENCY for op in OPERATIONS)
     out["total_seconds"] = round(time.perf_counter() - began, 1)
     out["seconds_waiting_for_quiet"] = round(QUIET["waited"], 1)
     print(json.dumps(out, indent=2))
+    print(table(out), file=sys.stderr, flush=True)
     return 1 if failed else 0
 
 

@@ -1,0 +1,249 @@
+"""The floors bench/api.py measures our API against, in the same run.
+
+*HTTP floor*: a trivial WSGI app that answers each operation with a canned body of the size
+ours answers it with, served by the very functions that serve ours
+(``midonet_membership.api.server``) with the layout's settings: whatever it costs is the
+server's and the client's, not ours. Started as its own process::
+
+    python bench/floors.py --layout api-1x8+importer --port P --responses JSON
+
+*Database floor*: each operation's SQL through the same driver (psycopg 3, sqlite3) with no
+HTTP and no SQLAlchemy: the least a correct implementation must send. A create and a delete
+write the membership and its task atomically (PostgreSQL: one statement with a data-modifying
+CTE in autocommit, as ours; SQLite: BEGIN IMMEDIATE, two statements, COMMIT, writers of one
+process queued on a lock, as ours); a show is one primary-key SELECT; a list page one
+``ORDER BY id LIMIT 100`` (the deep page ``WHERE id > marker``), in autocommit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sqlite3
+import sys
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+
+# -- the HTTP floor ----------------------------------------------------------------------------
+
+# How the floor server of each layout is served: the same server functions and settings as
+# the layout's own command (service.py): the all-in-one serves api_threads (16) cheroot
+# threads; ``api --workers 1 --threads 8`` one gunicorn gthread worker with 8 threads.
+FLOOR_SERVING = {
+    "all-in-one": {"server": "ThreadedServer (cheroot)", "threads": 16},
+    "api-1x8+importer": {"server": "serve_workers (gunicorn gthread)", "workers": 1,
+                         "threads": 8},
+}
+
+
+def operation_of(method: str, path: str, query: str) -> str:
+    """Which of the bench's operations a request is (the floor app's only routing)."""
+    if method == "POST":
+        return "create"
+    if method == "DELETE":
+        return "delete"
+    if "limit=" in query:
+        return "list_deep_page" if "marker=" in query else "list_first_page"
+    if path.rstrip("/").count("/") >= 3:
+        return "show"
+    return "list_first_page"
+
+
+def trivial_app(responses: dict[str, tuple[int, int]]) -> Callable:
+    """A WSGI app answering each operation with ``(status, body size)``: reads the request
+    body (ours must), returns canned bytes of the same length as ours."""
+    reasons = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
+    canned = {op: (reasons[status], b"x" * size) for op, (status, size) in responses.items()}
+
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        if length:
+            environ["wsgi.input"].read(length)
+        status, body = canned[operation_of(environ["REQUEST_METHOD"],
+                                           environ.get("PATH_INFO", ""),
+                                           environ.get("QUERY_STRING", ""))]
+        headers = [("Content-Length", str(len(body)))]
+        if body:
+            headers.append(("Content-Type", "application/json"))
+        start_response(status, headers)
+        return [body]
+    return app
+
+
+def serve_floor(layout: str, port: int, responses: dict[str, tuple[int, int]]) -> None:
+    """Serve the trivial app as the layout serves ours, until SIGTERM."""
+    from midonet_membership.api import server
+    from midonet_membership.service import _wait_for_signal
+
+    app = trivial_app(responses)
+    serving = FLOOR_SERVING[layout]
+    if "workers" in serving:
+        server.serve_workers(lambda: app, "127.0.0.1", port, serving["workers"],
+                             serving["threads"])
+        return
+    threaded = server.ThreadedServer(app, "127.0.0.1", port, serving["threads"])
+    threaded.start()
+    _wait_for_signal()
+    threaded.stop()
+
+
+# -- the database floor ------------------------------------------------------------------------
+
+PG_SQL = {
+    "create": (
+        "WITH new_membership AS (INSERT INTO midonet_agent_memberships (id, ip_address) "
+        "VALUES (%(id)s, %(ip_address)s) RETURNING id) "
+        "INSERT INTO midonet_tasks (type, data_type, resource_id, data, tenant_id, "
+        "transaction_id, created_at) SELECT 'CREATE', 'AGENTMEMBERSHIP', new_membership.id, "
+        "%(data)s, %(tenant_id)s, %(transaction_id)s, %(created_at)s FROM new_membership "
+        "RETURNING midonet_tasks.id"),
+    "show": "SELECT id, ip_address FROM midonet_agent_memberships WHERE id = %(id)s",
+    "delete": (
+        "WITH deleted_membership AS (DELETE FROM midonet_agent_memberships WHERE id = %(id)s "
+        "RETURNING id, ip_address) "
+        "INSERT INTO midonet_tasks (type, data_type, resource_id, data, tenant_id, "
+        "transaction_id, created_at) SELECT 'DELETE', 'AGENTMEMBERSHIP', "
+        "deleted_membership.id, CAST(jsonb_build_object('id', deleted_membership.id, "
+        "'ip_address', deleted_membership.ip_address) AS TEXT), %(tenant_id)s, "
+        "%(transaction_id)s, %(created_at)s FROM deleted_membership RETURNING midonet_tasks.id"),
+    "list_first_page": ("SELECT id, ip_address FROM midonet_agent_memberships "
+                        "ORDER BY id LIMIT 100"),
+    "list_deep_page": ("SELECT id, ip_address FROM midonet_agent_memberships "
+                       "WHERE id > %(marker)s ORDER BY id LIMIT 100"),
+}
+
+SQLITE_TASK = ("INSERT INTO midonet_tasks (type, data_type, resource_id, data, tenant_id, "
+               "transaction_id, created_at) VALUES (?, 'AGENTMEMBERSHIP', ?, ?, ?, ?, ?)")
+SQLITE_SQL = {
+    "create": ["BEGIN IMMEDIATE",
+               "INSERT INTO midonet_agent_memberships (id, ip_address) VALUES (?, ?)",
+               SQLITE_TASK, "COMMIT"],
+    "show": "SELECT id, ip_address FROM midonet_agent_memberships WHERE id = ?",
+    "delete": ["BEGIN IMMEDIATE",
+               "DELETE FROM midonet_agent_memberships WHERE id = ? RETURNING id, ip_address",
+               SQLITE_TASK, "COMMIT"],
+    "list_first_page": "SELECT id, ip_address FROM midonet_agent_memberships "
+                       "ORDER BY id LIMIT 100",
+    "list_deep_page": "SELECT id, ip_address FROM midonet_agent_memberships "
+                      "WHERE id > ? ORDER BY id LIMIT 100",
+}
+
+# One database floor operation: (connection, item) -> None; an item is (id, ip) for
+# create/show/delete and the marker for the lists.
+DbOperation = Callable[[Any, Any], None]
+
+
+def _created_at() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
+
+
+def _sqlite_created_at() -> str:
+    """As SQLAlchemy stores a DateTime in SQLite."""
+    return _created_at().strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+class DatabaseFloor:
+    """Connections and the operations' minimal SQL for one database URL."""
+
+    def __init__(self, database_url: str) -> None:
+        url = sa.make_url(database_url)
+        self.backend = url.get_backend_name()
+        if self.backend == "postgresql":
+            self.conninfo = url.set(drivername="postgresql").render_as_string(False)
+        elif self.backend == "sqlite":
+            self.path = url.database
+            self.write_lock = threading.Lock()  # as db.engine's per-process SQLite lock
+        else:
+            raise ValueError(f"no database floor for {self.backend}")
+
+    def setting(self) -> str:
+        if self.backend == "postgresql":
+            return ("psycopg 3, autocommit, one connection per client thread; create/delete: "
+                    "one statement (data-modifying CTE + task INSERT)")
+        return ("sqlite3, WAL, synchronous=NORMAL, one connection per client thread; "
+                "create/delete: BEGIN IMMEDIATE + 2 statements + COMMIT under a process lock")
+
+    def connect(self) -> Any:
+        if self.backend == "postgresql":
+            import psycopg
+
+            return psycopg.connect(self.conninfo, autocommit=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                               timeout=30)
+        for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"):
+            conn.execute(f"PRAGMA {pragma}")
+        return conn
+
+    def operation(self, op: str) -> DbOperation:
+        return (self._pg if self.backend == "postgresql" else self._sqlite)(op)
+
+    @staticmethod
+    def _pg(op: str) -> DbOperation:
+        sql = PG_SQL[op]
+
+        def write(conn: Any, item: tuple[str, str]) -> None:
+            id_, ip = item
+            conn.execute(sql, {"id": id_, "ip_address": ip, "tenant_id": "admin",
+                               "data": json.dumps({"id": id_, "ip_address": ip},
+                                                  sort_keys=True),
+                               "transaction_id": f"req-{uuid.uuid4()}",
+                               "created_at": _created_at()}).fetchall()
+
+        def show(conn: Any, item: tuple[str, str]) -> None:
+            conn.execute(sql, {"id": item[0]}).fetchall()
+
+        def page(conn: Any, marker: str | None) -> None:
+            conn.execute(sql, {"marker": marker} if marker else None).fetchall()
+        return {"create": write, "delete": write, "show": show}.get(op, page)
+
+    def _sqlite(self, op: str) -> DbOperation:
+        sql = SQLITE_SQL[op]
+        lock = self.write_lock
+
+        def create(conn: sqlite3.Connection, item: tuple[str, str]) -> None:
+            id_, ip = item
+            data = json.dumps({"id": id_, "ip_address": ip}, sort_keys=True)
+            with lock:
+                conn.execute(sql[0])
+                conn.execute(sql[1], (id_, ip))
+                conn.execute(sql[2], ("CREATE", id_, data, "admin", f"req-{uuid.uuid4()}",
+                                      _sqlite_created_at()))
+                conn.execute(sql[3])
+
+        def delete(conn: sqlite3.Connection, item: tuple[str, str]) -> None:
+            with lock:
+                conn.execute(sql[0])
+                row = conn.execute(sql[1], (item[0],)).fetchone()
+                if row is not None:
+                    conn.execute(sql[2], ("DELETE", row[0], json.dumps(
+                        {"id": row[0], "ip_address": row[1]}, sort_keys=True), "admin",
+                        f"req-{uuid.uuid4()}", _sqlite_created_at()))
+                conn.execute(sql[3])
+
+        def show(conn: sqlite3.Connection, item: tuple[str, str]) -> None:
+            conn.execute(sql, (item[0],)).fetchall()
+
+        def page(conn: sqlite3.Connection, marker: str | None) -> None:
+            conn.execute(sql, (marker,) if marker else ()).fetchall()
+        return {"create": create, "delete": delete, "show": show}.get(op, page)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="Serve the HTTP floor's trivial app.")
+    parser.add_argument("--layout", required=True, choices=sorted(FLOOR_SERVING))
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--responses", required=True,
+                        help='JSON: {"create": [201, bytes], "show": [200, bytes], ...}')
+    args = parser.parse_args()
+    responses = {op: tuple(v) for op, v in json.loads(args.responses).items()}
+    serve_floor(args.layout, args.port, responses)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
