@@ -93,6 +93,24 @@ AGENT_OPTS = [
 ]
 
 
+AUDIT_MAP_FILE = os.path.join(os.path.dirname(__file__), "api", "api_audit_map.conf")
+
+AUDIT_OPTS = [
+    cfg.BoolOpt("enabled", default=False,
+                help="Emit a CADF event for each API request through keystonemiddleware's "
+                     "audit middleware (auth_strategy = keystone only: the event's "
+                     "initiator comes from the validated token). Events go to oslo.messaging "
+                     "when it is installed and [audit_middleware_notifications] "
+                     "use_oslo_messaging is set, else to the log (logger "
+                     "midonet_membership.audit)."),
+    cfg.StrOpt("audit_map_file", default=AUDIT_MAP_FILE,
+               help="keystonemiddleware's audit map (path keywords, service type); the "
+                    "default is the one shipped for this API."),
+    cfg.StrOpt("ignore_req_list", default="GET,HEAD",
+               help="HTTP methods not audited (comma-separated); empty audits reads too."),
+]
+
+
 def register_opts(conf: cfg.ConfigOpts = cfg.CONF) -> None:
     conf.register_opts(DEFAULT_OPTS)
     conf.register_opts(MIDONET_OPTS, group="MIDONET")
@@ -100,6 +118,7 @@ def register_opts(conf: cfg.ConfigOpts = cfg.CONF) -> None:
     conf.register_opts(NSDB_OPTS, group="nsdb")
     conf.register_opts(CLUSTER_OPTS, group="cluster")
     conf.register_opts(AGENT_OPTS, group="agent")
+    conf.register_opts(AUDIT_OPTS, group="audit")
 
 
 def list_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
@@ -110,6 +129,7 @@ def list_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
         ("nsdb", NSDB_OPTS),
         ("cluster", CLUSTER_OPTS),
         ("agent", AGENT_OPTS),
+        ("audit", AUDIT_OPTS),
     ]
 
 

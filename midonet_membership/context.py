@@ -16,6 +16,13 @@ class RequestContext:
     user_id: str | None = None
     project_id: str | None = None
     roles: tuple[str, ...] = ()
+    remote_address: str | None = None  # the peer of the HTTP connection (audit trail)
+
+    @property
+    def requested_by(self) -> str | None:
+        """Who the journal names as the author: the token's user (the admin token's is
+        "admin-token"); the project goes to the task's ``tenant_id``."""
+        return self.user_id
 
     @classmethod
     def admin(cls, request_id: str | None = None) -> RequestContext:

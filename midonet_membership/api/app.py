@@ -36,7 +36,8 @@ class Application:
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         req = webob.Request(environ)
-        request_id = new_request_id()
+        # set by the Keystone pipeline, so that its CADF events carry the same id
+        request_id = environ.get("openstack.request_id") or new_request_id()
         try:
             _check_url(req)
             _check_length(req)

@@ -21,9 +21,10 @@ from oslo_config import cfg
 
 from midonet_membership import exceptions
 from midonet_membership.conf import ConfigError
-from midonet_membership.context import RequestContext
+from midonet_membership.context import RequestContext, new_request_id
 
 Authenticator = Callable[[webob.Request, str], RequestContext]
+ADMIN_TOKEN_USER = "admin-token"  # who the journal names for the generated admin token
 
 
 class AdminTokenError(ConfigError):
@@ -95,8 +96,9 @@ def token_authenticator(admin_token: str) -> Authenticator:
         given = req.headers.get("X-Auth-Token", "").encode()
         if not given or not hmac.compare_digest(given, expected):
             raise exceptions.NotAuthenticated()
-        return RequestContext(request_id=request_id, user_id="admin", project_id="admin",
-                              roles=("admin",))
+        return RequestContext(request_id=request_id, user_id=ADMIN_TOKEN_USER,
+                              project_id="admin", roles=("admin",),
+                              remote_address=req.remote_addr)
     return authenticate
 
 
@@ -107,7 +109,8 @@ def _roles(header: str | None) -> tuple[str, ...]:
 def noauth_authenticator(req: webob.Request, request_id: str) -> RequestContext:
     return RequestContext(request_id=request_id, user_id=req.headers.get("X-User-Id"),
                           project_id=req.headers.get("X-Project-Id"),
-                          roles=_roles(req.headers.get("X-Roles")))
+                          roles=_roles(req.headers.get("X-Roles")),
+                          remote_address=req.remote_addr)
 
 
 def keystone_authenticator(req: webob.Request, request_id: str) -> RequestContext:
@@ -116,7 +119,8 @@ def keystone_authenticator(req: webob.Request, request_id: str) -> RequestContex
         raise exceptions.NotAuthenticated()
     return RequestContext(request_id=request_id, user_id=req.headers.get("X-User-Id"),
                           project_id=req.headers.get("X-Project-Id"),
-                          roles=_roles(req.headers.get("X-Roles")))
+                          roles=_roles(req.headers.get("X-Roles")),
+                          remote_address=req.remote_addr)
 
 
 def check_noauth_bind(bind_host: str) -> None:
@@ -133,6 +137,9 @@ def check_noauth_bind(bind_host: str) -> None:
 def build(conf: cfg.ConfigOpts) -> tuple[Authenticator, Callable]:
     """The authenticator for ``conf.auth_strategy`` and the WSGI wrapper it needs."""
     strategy = conf.auth_strategy
+    if conf.audit.enabled and strategy != "keystone":
+        raise ConfigError(f"[audit] enabled needs auth_strategy = keystone (not {strategy!r}): "
+                          "a CADF event names the user of a validated Keystone token")
     if strategy == "token":
         return token_authenticator(ensure_admin_token(conf.admin_token_file)), _no_wrap
     if strategy == "noauth":
@@ -141,10 +148,33 @@ def build(conf: cfg.ConfigOpts) -> tuple[Authenticator, Callable]:
     from keystonemiddleware import auth_token
 
     def wrap(app: Callable) -> Callable:
+        if conf.audit.enabled:
+            app = _audited(app, conf)
         # delay_auth_decision: we answer 401 ourselves, in Neutron's error format.
-        return auth_token.AuthProtocol(app, {"delay_auth_decision": True,
-                                             "oslo_config_config": conf})
+        return _with_request_id(auth_token.AuthProtocol(app, {
+            "delay_auth_decision": True, "oslo_config_config": conf}))
     return keystone_authenticator, wrap
+
+
+def _audited(app: Callable, conf: cfg.ConfigOpts) -> Callable:
+    """keystonemiddleware's CADF audit, inside auth_token so that the initiator it reports
+    comes from the validated token (auth_token strips client-sent X-User-Id headers)."""
+    from keystonemiddleware import audit
+
+    return audit.AuditMiddleware(app, audit_map_file=conf.audit.audit_map_file,
+                                 ignore_req_list=conf.audit.ignore_req_list,
+                                 log_name="midonet_membership.audit",
+                                 service_name="midonet-membership",
+                                 oslo_config_config=conf)
+
+
+def _with_request_id(app: Callable) -> Callable:
+    """Choose the request id before the middleware runs, so a CADF event and the journal's
+    tasks name the same ``req-...`` (the app reuses ``openstack.request_id``)."""
+    def call(environ: dict, start_response: Callable):
+        environ.setdefault("openstack.request_id", new_request_id())
+        return app(environ, start_response)
+    return call
 
 
 def _no_wrap(app: Callable) -> Callable:

@@ -29,7 +29,7 @@ from midonet_membership.db import engine as db_engine
 from midonet_membership.db import journal, migration
 
 TASK_COLUMNS = ("id", "type", "data_type", "resource_id", "transaction_id", "created_at",
-                "processed", "failed", "data")
+                "requested_by", "project", "requested_from", "processed", "failed", "data")
 
 
 def _decoded(text: str | None) -> Any:
@@ -100,7 +100,8 @@ class Current(_DbCommand, ShowOne):
 
 
 class TaskList(_DbCommand, Lister):
-    """List the journal's tasks, with whether the cluster has processed them."""
+    """List the journal's tasks: who asked (user, project, client address), when, and
+    whether the cluster has processed them."""
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
@@ -113,7 +114,8 @@ class TaskList(_DbCommand, Lister):
         tasks, last = journal.list_tasks(engine, unprocessed=parsed.unprocessed)
         failures = journal.list_failures(engine)
         rows = [(t.id, t.type, t.data_type, t.resource_id, t.transaction_id,
-                 t.created_at.isoformat(sep=" "),
+                 t.created_at.isoformat(sep=" "), t.requested_by, t.tenant_id,
+                 t.requested_from,
                  "yes" if last is not None and t.id <= last else "no",
                  failures.get(t.id, ""), _decoded(t.data)) for t in tasks]
         return TASK_COLUMNS, rows

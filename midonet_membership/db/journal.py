@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import socket
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,6 +34,8 @@ class Task:
     tenant_id: str | None
     transaction_id: str | None
     created_at: datetime.datetime
+    requested_by: str | None = None
+    requested_from: str | None = None
 
     def payload(self) -> Any:
         """The decoded ``data``; raises ValueError when it is not JSON."""
@@ -44,14 +47,21 @@ def utcnow() -> datetime.datetime:
 
 
 def record(conn: Connection, type_: str, data_type: str, resource_id: str, data: Any, *,
-           tenant_id: str | None, transaction_id: str) -> None:
+           tenant_id: str | None, transaction_id: str, requested_by: str | None = None,
+           requested_from: str | None = None) -> None:
     """Append one task inside the caller's transaction."""
     conn.execute(sa.insert(tasks).values(
         type=type_, data_type=data_type, resource_id=resource_id,
         data=None if data is None else json.dumps(data, sort_keys=True),
-        tenant_id=tenant_id, transaction_id=transaction_id, created_at=utcnow()))
+        tenant_id=tenant_id, transaction_id=transaction_id, created_at=utcnow(),
+        requested_by=_clip(requested_by, 255), requested_from=_clip(requested_from, 64)))
     # On PostgreSQL a trigger (migration 0003) NOTIFYs the importer at commit.
     conn.info["wrote_task"] = True
+
+
+def _clip(value: str | None, length: int) -> str | None:
+    """Header-supplied values must fit their column rather than fail the write."""
+    return value if value is None else value[:length]
 
 
 def statement_with_task(change: sa.CTE, type_: str, data_type: str,
@@ -62,26 +72,30 @@ def statement_with_task(change: sa.CTE, type_: str, data_type: str,
     its task commit together even in autocommit: one round trip instead of four. ``data``
     is a SQL expression (it may use the CTE's columns). Build it once and run it with
     :func:`record_with`: building SQLAlchemy constructs per request costs more than the
-    round trip it saves. It takes the parameters ``tenant_id``, ``transaction_id`` and
-    ``created_at`` besides the change's own.
+    round trip it saves. It takes the parameters ``tenant_id``, ``transaction_id``,
+    ``created_at``, ``requested_by`` and ``requested_from`` besides the change's own.
     """
     return sa.insert(tasks).from_select(
         ["type", "data_type", "resource_id", "data", "tenant_id", "transaction_id",
-         "created_at"],
+         "created_at", "requested_by", "requested_from"],
         sa.select(sa.literal(type_), sa.literal(data_type), change.c.id, data,
                   sa.bindparam("tenant_id", type_=sa.String),
                   sa.bindparam("transaction_id", type_=sa.String),
-                  sa.bindparam("created_at", type_=sa.DateTime)).select_from(change)
+                  sa.bindparam("created_at", type_=sa.DateTime),
+                  sa.bindparam("requested_by", type_=sa.String),
+                  sa.bindparam("requested_from", type_=sa.String)).select_from(change)
     ).returning(tasks.c.id)
 
 
 def record_with(conn: Connection, statement: sa.Insert, params: dict[str, Any], *,
-                tenant_id: str | None, transaction_id: str) -> int:
+                tenant_id: str | None, transaction_id: str, requested_by: str | None = None,
+                requested_from: str | None = None) -> int:
     """Run a :func:`statement_with_task`; returns the number of tasks written (0 when the
     change touched no row)."""
     written = len(conn.execute(statement, {
         **params, "tenant_id": tenant_id, "transaction_id": transaction_id,
-        "created_at": utcnow()}).all())
+        "created_at": utcnow(), "requested_by": _clip(requested_by, 255),
+        "requested_from": _clip(requested_from, 64)}).all())
     if written:
         conn.info["wrote_task"] = True
     return written
@@ -115,7 +129,8 @@ def record_config(engine: Engine, tunnel_protocol: str, transaction_id: str) -> 
         if latest is not None and _json_or_none(latest) == data:
             return False
         record(conn, CREATE if latest is None else UPDATE, CONFIG, CONFIG_RESOURCE_ID, data,
-               tenant_id=None, transaction_id=transaction_id)
+               tenant_id=None, transaction_id=transaction_id,
+               requested_by="neutron.conf", requested_from=socket.gethostname())
     return True
 
 

@@ -91,14 +91,12 @@ class AgentMemberships:
         if self._postgresql:
             with writer(self.engine, single_statement=True) as conn:
                 return bool(journal.record_with(conn, _delete_statement(), {"id": id_},
-                                                tenant_id=context.project_id,
-                                                transaction_id=context.request_id))
+                                                **_audit(context)))
         with writer(self.engine) as conn:
             row = _delete_returning(conn, id_)
             if row is not None:
                 journal.record(conn, journal.DELETE, journal.AGENTMEMBERSHIP, id_,
-                               dict(row._mapping), tenant_id=context.project_id,
-                               transaction_id=context.request_id)
+                               dict(row._mapping), **_audit(context))
             return row is not None
 
 
@@ -107,7 +105,13 @@ def _insert_in_one_statement(conn: sa.Connection, row: dict[str, str],
     """PostgreSQL: the row and its task in one atomic statement (one round trip)."""
     journal.record_with(conn, _create_statement(),
                         {**row, "data": json.dumps(row, sort_keys=True)},
-                        tenant_id=context.project_id, transaction_id=context.request_id)
+                        **_audit(context))
+
+
+def _audit(context: RequestContext) -> dict[str, str | None]:
+    """What every task of a request records about it: project, request id, who, where."""
+    return {"tenant_id": context.project_id, "transaction_id": context.request_id,
+            "requested_by": context.requested_by, "requested_from": context.remote_address}
 
 
 @functools.cache
@@ -135,7 +139,7 @@ def _insert_each_with_its_task(conn: sa.Connection, rows: Sequence[dict[str, str
     conn.execute(sa.insert(memberships), rows)
     for row in rows:
         journal.record(conn, journal.CREATE, journal.AGENTMEMBERSHIP, row["id"], row,
-                       tenant_id=context.project_id, transaction_id=context.request_id)
+                       **_audit(context))
 
 
 def _delete_returning(conn: sa.Connection, id_: str) -> sa.Row | None:

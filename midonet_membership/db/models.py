@@ -50,6 +50,10 @@ class Task(Base):
     tenant_id: Mapped[str | None] = mapped_column(String(255))
     transaction_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime.datetime] = mapped_column(DateTime, nullable=False)
+    # The audit trail (migration 0006): who asked (the token's user id, or "admin-token")
+    # and from which address; the project is ``tenant_id``, the time ``created_at``.
+    requested_by: Mapped[str | None] = mapped_column(String(255))
+    requested_from: Mapped[str | None] = mapped_column(String(64))
 
 
 class TaskState(Base):
