@@ -29,6 +29,7 @@ run: venv
 ## Run the whole suite against real PostgreSQL, MariaDB, ZooKeeper and network namespaces.
 test: venv-test
 	tools/ensure-zookeeper
+	tools/ensure-netns-tools
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

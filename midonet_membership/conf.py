@@ -90,6 +90,30 @@ AGENT_OPTS = [
                  help="Seconds between the agent's reads of its host's interfaces; a change "
                       "(an address added for the tunnel endpoint) is registered at once, so "
                       "the agents API shows it."),
+    cfg.FloatOpt("reconcile_interval", default=2.0, min=0.05,
+                 help="Seconds between the agent's periodic reconciles: the data plane is "
+                      "compared with the zone and repaired (a device, FDB entry or nftables "
+                      "table removed by hand comes back) and the admission drop counter is "
+                      "read and reported."),
+    cfg.StrOpt("netns", default="",
+               help="Network namespace (a name under /run/netns) the kernel data plane "
+                    "builds in, while the agent keeps its NSDB connection where it runs. "
+                    "Empty: the agent's own namespace."),
+    cfg.BoolOpt("allow_root_namespace", default=False,
+                help="Let the kernel data plane build in the machine's root network "
+                     "namespace. Off, it refuses to start there, so a test or a demo can "
+                     "never add a VXLAN device, FDB entry or nftables table to the real "
+                     "network; turn it on for a real hypervisor."),
+    cfg.IntOpt("vni", default=1, min=1, max=16777215,
+               help="VXLAN network identifier of the tunnel device."),
+    cfg.IntOpt("tunnel_mtu", min=68, max=65535,
+               help="MTU of the tunnel device; unset, the kernel derives it from the "
+                    "underlay device (its MTU minus the 50 bytes of VXLAN headers)."),
+    cfg.StrOpt("tunnel_device", default="mm-vxlan0",
+               help="Name of the tunnel device the kernel data plane owns."),
+    cfg.StrOpt("overlay_address",
+               help="Address/prefix put on the tunnel device (e.g. 192.0.2.1/24), so the "
+                    "overlay can be pinged; the test hosts and the demo set it."),
 ]
 
 

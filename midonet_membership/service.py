@@ -14,7 +14,6 @@ import signal
 import sys
 import threading
 
-from kazoo.exceptions import KazooException
 from oslo_config import cfg
 
 from midonet_membership import conf as config
@@ -208,6 +207,13 @@ def _wait_for_signal() -> None:
     stop.wait()
 
 
+def _nsdb_errors() -> tuple[type[BaseException], ...]:
+    """The NSDB's errors, kazoo's only if it was loaded: a process on the SQLite NSDB (the
+    all-in-one, an API worker) never imports kazoo, so none of its errors can occur."""
+    kazoo = sys.modules.get("kazoo.exceptions")
+    return (NSDBError, kazoo.KazooException) if kazoo else (NSDBError,)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -226,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     except HostIdError as exc:
         print(f"midonet-membership: {exc}", file=sys.stderr)
         return 2
-    except (NSDBError, KazooException) as exc:
+    except _nsdb_errors() as exc:
         print(f"midonet-membership: the NSDB is unreachable or refused us: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -15,12 +15,13 @@ from oslo_config import cfg
 
 from midonet_membership import conf as config
 from midonet_membership import nsdb
-from midonet_membership.agent import identity, interfaces
-from midonet_membership.agent.agent import ACTIVE, PENDING, Agent, AgentState
-from midonet_membership.agent.dataplane import DataPlane, RecordingDataPlane
+from midonet_membership.agent import identity
+from midonet_membership.agent.agent import ERROR, Agent
+from midonet_membership.agent.dataplane import UNSUPPORTED, Built, DataPlane, RecordingDataPlane
+from midonet_membership.agent.state import ACTIVE, PENDING, AgentState
 
-__all__ = ["ACTIVE", "PENDING", "Agent", "AgentState", "DataPlane", "RecordingDataPlane",
-           "make_dataplane", "run_agent", "start_agent"]
+__all__ = ["ACTIVE", "ERROR", "PENDING", "UNSUPPORTED", "Agent", "AgentState", "Built",
+           "DataPlane", "RecordingDataPlane", "make_dataplane", "run_agent", "start_agent"]
 
 LOG = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ def start_agent(conf: cfg.ConfigOpts, nsdb_url: str, state_dir: str,
     The host id file follows ``state_dir`` unless ``[agent] host_id_file`` was set
     explicitly, so several local agents of one all-in-one keep distinct identities.
     """
+    from midonet_membership.agent import interfaces  # pyroute2: only where an agent runs
+
     os.makedirs(state_dir, exist_ok=True)
     host_id_file = conf.agent.host_id_file
     if host_id_file == os.path.join(conf.state_dir, "midonet_host_id.properties"):
@@ -57,6 +60,7 @@ def start_agent(conf: cfg.ConfigOpts, nsdb_url: str, state_dir: str,
                      discover=interfaces.discover, hostname=hostname,
                      heartbeat_interval=conf.agent.heartbeat_interval,
                      interface_scan_interval=conf.agent.interface_scan_interval,
+                     reconcile_interval=conf.agent.reconcile_interval,
                      state_file=os.path.join(state_dir, "agent-state.json")).start()
     except BaseException:
         store.close()

@@ -16,69 +16,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from operator import itemgetter
 
-from midonet_membership.agent.dataplane import DataPlane
-from midonet_membership.nsdb.base import NSDB, Host, Interface, TunnelZone, Watch
+from midonet_membership.agent.dataplane import UNSUPPORTED, Built, DataPlane
+from midonet_membership.agent.state import ACTIVE, PENDING, AgentState, state_from_zone
+from midonet_membership.nsdb.base import NSDB, Host, Interface, ObservedState, TunnelZone, Watch
+
+__all__ = ["ACTIVE", "ERROR", "PENDING", "UNSUPPORTED", "Agent", "AgentState"]
+ERROR = "error"
 
 LOG = logging.getLogger(__name__)
-
-PENDING, ACTIVE = "pending", "active"
-REQUIREMENTS = {
-    "vxlan": "the vxlan kernel module and UDP port 4789 open between tunnel endpoints",
-    "gre": "the ip_gre kernel module and IP protocol 47 allowed between tunnel endpoints",
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class AgentState:
-    host_id: str
-    status: str  # PENDING or ACTIVE
-    tunnel_type: str | None = None
-    local_ip: str | None = None
-    peers: tuple[tuple[str, str], ...] = ()  # (host id, tunnel ip), sorted
-
-    @property
-    def requires(self) -> str | None:
-        return REQUIREMENTS.get(self.tunnel_type or "") if self.status == ACTIVE else None
-
-    def describe(self) -> str:
-        if self.status == PENDING:
-            return f"host {self.host_id} pending: not a member of the DEFAULT tunnel zone"
-        peers = ", ".join(ip for _, ip in self.peers) or "no peers yet"
-        return (f"host {self.host_id} active: {self.tunnel_type} tunnels from {self.local_ip} "
-                f"to {peers} (needs {self.requires})")
-
-    def describe_change(self, previous: AgentState) -> str:
-        """The whole state when the status or endpoint changed, otherwise the peers that did:
-        with hundreds of members, a log line per change must not list them all."""
-        if (self.status != ACTIVE or previous.status != ACTIVE
-                or (self.tunnel_type, self.local_ip) != (previous.tunnel_type, previous.local_ip)):
-            return self.describe()
-        now, before = set(self.peers), set(previous.peers)
-        changes = [f"+{ip}" for _, ip in sorted(now - before, key=lambda p: p[1])]
-        changes += [f"-{ip}" for _, ip in sorted(before - now, key=lambda p: p[1])]
-        return (f"host {self.host_id} active: tunnel peers {' '.join(changes)} "
-                f"({len(self.peers)} in all)")
-
-    def as_dict(self) -> dict:
-        return {"host_id": self.host_id, "status": self.status,
-                "tunnel_type": self.tunnel_type, "local_ip": self.local_ip,
-                "peers": [{"host_id": h, "ip_address": ip} for h, ip in self.peers],
-                "requires": self.requires}
-
-
-def state_from_zone(host_id: str, zone: TunnelZone | None,
-                    members: dict[str, str]) -> AgentState:
-    if zone is None or host_id not in members:
-        return AgentState(host_id, PENDING)
-    # Every member's agent runs this on every change: copying the dict and sorting on the
-    # (unique) host id alone stays in C, 8-11 us with 150-200 members instead of 22-30 us
-    # for filtering in a generator and comparing (host, ip) tuples.
-    others = dict(members)
-    local_ip = others.pop(host_id)
-    return AgentState(host_id, ACTIVE, zone.type, local_ip,
-                      tuple(sorted(others.items(), key=itemgetter(0))))
 
 
 class Agent:
@@ -90,35 +36,50 @@ class Agent:
         agent.wait_for(lambda s: s.status == ACTIVE, timeout=5)
         agent.stop()
 
-    ``state`` is what the data plane was last given successfully; it changes only on a zone
-    event (a watch, never a poll) or on a retry after a data plane failure.
+    ``state`` is what the data plane was last given successfully; it changes on a zone event
+    (a watch, never a poll) or on a retry after a data plane failure. ``observed`` is what the
+    data plane says it built; the agent writes it into its own host record for the admin.
+    Every ``reconcile_interval`` seconds the data plane converges again to the desired state,
+    so a device or an entry removed behind the agent's back comes back.
     """
 
     def __init__(self, host_id: str, nsdb: NSDB, dataplane: DataPlane,
                  interfaces: tuple[Interface, ...] = (), hostname: str | None = None,
                  heartbeat_interval: float = 1.0, state_file: str | None = None,
                  discover: Callable[[], tuple[Interface, ...]] | None = None,
-                 interface_scan_interval: float = 10.0) -> None:
+                 interface_scan_interval: float = 10.0,
+                 reconcile_interval: float = 2.0) -> None:
         """``discover``: reads the host's interfaces; given, it replaces ``interfaces`` and
         runs again every ``interface_scan_interval`` seconds."""
         self._discover = discover
         if discover is not None:
             interfaces = discover()
-        self.host = Host(host_id, hostname or socket.gethostname(), interfaces)
+        self.host = Host(host_id, hostname or socket.gethostname(), interfaces,
+                         vtep_mac=dataplane.vtep_mac(host_id))
         self.nsdb = nsdb
         self.dataplane = dataplane
         self.heartbeat_interval = heartbeat_interval
         self.interface_scan_interval = interface_scan_interval
+        self.reconcile_interval = reconcile_interval
         self.state_file = state_file
         self.state = AgentState(host_id, PENDING)  # what the data plane was last given
+        self.observed = ObservedState(PENDING)  # what it said it built (or why it could not)
         self._desired = self.state  # what the zone last said
+        self._zone_members: tuple[TunnelZone | None, dict[str, str]] = (None, {})
+        self._peer_macs: dict[str, str] = {}  # VTEP MACs read from the peers' host records
         self._in_sync = False
+        self._closed = False
+        self._reported: ObservedState | None = None  # the last observed state written
         self._reconciling = threading.Lock()
+        self._host_lock = threading.Lock()  # one writer of our host record at a time
         self._changed = threading.Condition()
         self._stop = threading.Event()
+        self._report_wanted = threading.Event()
         self._watch: Watch | None = None
         self._heartbeat = threading.Thread(target=self._beat, daemon=True,
                                            name=f"heartbeat-{host_id[:8]}")
+        self._reporter = threading.Thread(target=self._report_loop, daemon=True,
+                                          name=f"report-{host_id[:8]}")
 
     @property
     def host_id(self) -> str:
@@ -126,9 +87,11 @@ class Agent:
 
     def start(self) -> Agent:
         self._write_state()  # an operator sees "pending" from the moment the host is listed
+        self.host = dataclasses.replace(self.host, observed=self.observed)
         self.nsdb.register_host(self.host)
         self.nsdb.heartbeat(self.host_id)
         self._heartbeat.start()
+        self._reporter.start()
         self._reconcile()  # no tunnels until the zone says otherwise
         self._watch = self.nsdb.watch_tunnel_zone(self._on_zone, host_id=self.host_id)
         LOG.info("agent for host %s (%s) registered; waiting for membership", self.host_id,
@@ -136,11 +99,17 @@ class Agent:
         return self
 
     def stop(self) -> None:
+        """Stop following the zone; what the data plane built stays for the next start."""
         self._stop.set()
+        self._report_wanted.set()
         if self._watch is not None:
             self._watch.cancel()
-        if self._heartbeat.is_alive():
-            self._heartbeat.join(timeout=5)
+        for thread in (self._heartbeat, self._reporter):
+            if thread.is_alive():
+                thread.join(timeout=5)
+        with self._reconciling:
+            self._closed = True
+            self.dataplane.close()
         self.nsdb.close()  # ends ZooKeeper liveness at once
 
     def wait_for(self, predicate: Callable[[AgentState], bool], timeout: float) -> AgentState:
@@ -150,28 +119,64 @@ class Agent:
                 raise TimeoutError(f"agent {self.host_id}: state is {self.state}")
             return self.state
 
+    def wait_for_observed(self, predicate: Callable[[ObservedState], bool],
+                          timeout: float) -> ObservedState:
+        """Block until what the data plane built satisfies ``predicate``."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: predicate(self.observed), timeout):
+                raise TimeoutError(f"agent {self.host_id}: observed {self.observed}")
+            return self.observed
+
     def _on_zone(self, zone: TunnelZone | None, members: dict[str, str]) -> None:
-        self._desired = state_from_zone(self.host_id, zone, members)
+        self._zone_members = (zone, members)
+        self._desired = self._with_peer_macs(state_from_zone(self.host_id, zone, members))
         self._reconcile()
 
-    def _reconcile(self) -> None:
+    def _with_peer_macs(self, state: AgentState) -> AgentState:
+        """Add the VTEP MACs the peers published (one host read per new peer, cached).
+
+        A data plane that builds nothing has no MAC of its own and needs none: no reads.
+        """
+        if self.host.vtep_mac is None or not state.peers:
+            return state
+        peers = dict(state.peers)
+        for host_id in set(self._peer_macs) - set(peers):
+            del self._peer_macs[host_id]
+        for host_id in peers.keys() - self._peer_macs.keys():
+            try:
+                status = self.nsdb.get_host(host_id)
+            except Exception as exc:  # the NSDB briefly away: the periodic pass retries
+                LOG.debug("cannot read host %s: %s", host_id, exc)
+                continue
+            if status is not None and status.host.vtep_mac:
+                self._peer_macs[host_id] = status.host.vtep_mac
+        return dataclasses.replace(state, peer_macs=tuple(sorted(self._peer_macs.items())))
+
+    def _reconcile(self, periodic: bool = False) -> None:
         """Give the data plane the state the zone asks for, unless it already has it.
 
+        ``periodic``: converge even when nothing changed here, to heal what changed in the
+        kernel (a deleted device, entry or table) and to read the admission counter.
+
         Never raises: it runs on the NSDB watch's thread, which must survive a data plane
-        failure. A failed apply leaves ``state`` as it was and is retried by the heartbeat
-        loop until it succeeds.
+        failure. A failed apply leaves ``state`` as it was, is reported as ``error`` and is
+        retried by the heartbeat loop until it succeeds.
         """
         with self._reconciling:
+            if self._closed:  # a late zone event after stop(): the data plane is closed
+                return
             desired = self._desired
-            if self._in_sync and desired == self.state:
+            if not periodic and self._in_sync and desired == self.state:
                 return
             try:
-                self.dataplane.apply(desired)
-            except Exception:
+                built = self.dataplane.apply(desired)
+            except Exception as exc:
                 self._in_sync = False
                 LOG.exception("data plane could not apply (%s); will retry", desired.describe())
+                self._observe(desired, Built(ERROR, f"{type(exc).__name__}: {exc}"))
                 return
             self._in_sync = True
+            self._observe(desired, built)
             if desired == self.state:
                 return
             if LOG.isEnabledFor(logging.INFO):
@@ -179,13 +184,55 @@ class Agent:
             with self._changed:
                 self.state = desired
                 self._changed.notify_all()
+            self._report_wanted.set()  # the zone position moved with it
             self._write_state()
 
+    def _observe(self, desired: AgentState, built: Built) -> None:
+        """Record what was built; the reporter thread writes it (off the activation path)."""
+        if desired.status != ACTIVE and built.state != ERROR:
+            observed = ObservedState(PENDING, "not a member of the DEFAULT tunnel zone",
+                                     admission_drops=built.admission_drops)
+        else:
+            observed = ObservedState(
+                built.state, built.reason, desired.tunnel_type, built.tunnels,
+                len(desired.peers), None, built.admission_drops)
+        if observed == self.observed:
+            return
+        with self._changed:
+            self.observed = observed
+            self._changed.notify_all()
+        self._report_wanted.set()
+
+    def _report_loop(self) -> None:
+        """Write the observed state into our own host record whenever it changes.
+
+        ``zone_position`` is the importer's position read after the apply: every change up
+        to it is applied unless a newer zone event is still on its way (then another report
+        follows it).
+        """
+        while True:
+            self._report_wanted.wait()
+            self._report_wanted.clear()
+            if self._stop.is_set():
+                return
+            base = self.observed
+            try:
+                observed = dataclasses.replace(base, zone_position=self.nsdb.get_position())
+                if observed != self.host.observed:
+                    with self._host_lock:
+                        self.host = dataclasses.replace(self.host, observed=observed)
+                        self.nsdb.register_host(self.host)
+                self._reported = base
+            except Exception as exc:  # the NSDB briefly away: the next change or beat retries
+                LOG.warning("cannot report the observed state: %s", exc)
+
     def _beat(self) -> None:
-        next_scan = (time.monotonic() + self.interface_scan_interval if self._discover
-                     else math.inf)
+        now = time.monotonic()
+        next_scan = now + self.interface_scan_interval if self._discover else math.inf
+        next_reconcile = now + self.reconcile_interval
         while not self._stop.wait(min(self.heartbeat_interval,
-                                      max(0.0, next_scan - time.monotonic()))):
+                                      max(0.0, next_scan - time.monotonic()),
+                                      max(0.0, next_reconcile - time.monotonic()))):
             if time.monotonic() >= next_scan:
                 self._rescan_interfaces()
                 next_scan = time.monotonic() + self.interface_scan_interval
@@ -193,7 +240,15 @@ class Agent:
                 self.nsdb.heartbeat(self.host_id)
             except Exception as exc:  # the NSDB may be briefly away; keep trying
                 LOG.warning("heartbeat failed: %s", exc)
-            if not self._in_sync:
+            if time.monotonic() >= next_reconcile:
+                next_reconcile = time.monotonic() + self.reconcile_interval
+                if self._desired.peers and len(self._desired.peer_macs) < len(
+                        self._desired.peers):  # a peer published its MAC after we looked
+                    self._desired = self._with_peer_macs(self._desired)
+                self._reconcile(periodic=True)
+                if self._reported != self.observed:  # a failed report: try again
+                    self._report_wanted.set()
+            elif not self._in_sync:
                 self._reconcile()
 
     def _rescan_interfaces(self) -> None:
@@ -202,12 +257,13 @@ class Agent:
             found = self._discover()
             if found == self.host.interfaces:
                 return
-            host = dataclasses.replace(self.host, interfaces=found)
-            self.nsdb.register_host(host)
+            with self._host_lock:
+                host = dataclasses.replace(self.host, interfaces=found)
+                self.nsdb.register_host(host)
+                self.host = host
         except Exception as exc:  # netlink or the NSDB briefly away: the next scan retries
             LOG.warning("interface scan failed: %s", exc)
             return
-        self.host = host
         LOG.info("host %s interfaces changed: %s", self.host_id, ", ".join(
             f"{i.name} {' '.join(i.ip_addresses) or '(no IPv4)'}" for i in found) or "none")
 

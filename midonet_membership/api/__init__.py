@@ -10,10 +10,10 @@ from sqlalchemy.engine import Engine
 
 from midonet_membership import exceptions
 from midonet_membership.api import auth, policies
+from midonet_membership.api.agents import Agents
 from midonet_membership.api.app import Application
 from midonet_membership.api.definitions import agent, agent_membership
 from midonet_membership.api.resource import Controller, Plugin, Resource
-from midonet_membership.db.agents import Agents
 from midonet_membership.db.memberships import AgentMemberships
 from midonet_membership.nsdb.base import NSDB
 

@@ -33,7 +33,8 @@ MEMBERSHIPS = Resource("agent-memberships", "agent_membership", "agent_membershi
 AGENTS = Resource("agents", "agent", "agents")
 MEMBERSHIP_COLUMNS = ("id", "ip_address")
 AGENT_COLUMNS = ("id", "agent_type", "binary", "host", "alive", "heartbeat_timestamp",
-                 "description", "member", "tunnel_ip_address")
+                 "description", "member", "tunnel_ip_address", "state", "tunnels",
+                 "admission_drops")
 
 
 def _show(item: dict[str, Any]) -> tuple[tuple[str, ...], tuple[Any, ...]]:

@@ -44,6 +44,9 @@ def test_agents_are_listed_with_neutron_agent_fields(server):
             ("-agent-0", "-agent-1", "-agent-2"))
         assert isinstance(agent["configurations"]["interfaces"], list)
         assert agent["member"] is False and agent["tunnel_ip_address"] is None
+        assert agent["state"] == "pending" and agent["tunnels"] == 0
+        assert agent["state_reason"] == "not a member of the DEFAULT tunnel zone"
+        assert agent["vtep_mac"] is None  # the all-in-one's agents build nothing
 
 
 def test_membership_shows_on_the_agent_and_activates_it(server):
@@ -61,6 +64,10 @@ def test_membership_shows_on_the_agent_and_activates_it(server):
             assert time.monotonic() < deadline, state_file.read_text()
             time.sleep(0.05)
         assert f"host {host} active" in server.output()
+        while api.get(f"{AGENTS}/{host}").json["agent"]["state"] != "active":
+            assert time.monotonic() < deadline + 5, api.get(f"{AGENTS}/{host}").json
+            time.sleep(0.05)
+        assert api.get(f"{AGENTS}?state=active&fields=id").json["agents"] == [{"id": host}]
         members = api.get(f"{AGENTS}?member=true&fields=id").json["agents"]
         assert members == [{"id": host}]
     finally:

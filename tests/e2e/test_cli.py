@@ -170,13 +170,20 @@ def test_agent_commands(server, neutron):
     assert agent["alive"] is True and agent["member"] is False
     assert list(agent) == ["id", "agent_type", "binary", "host", "alive",
                            "heartbeat_timestamp", "description", "member",
-                           "tunnel_ip_address"]
+                           "tunnel_ip_address", "state", "tunnels", "admission_drops"]
     ok(neutron("agent-membership-create", "-a", agent["id"], "--ip-address", "198.51.100.60"))
     updated = ok(neutron("agent-update", agent["id"], "--description", "rack 7"))
     assert updated.stdout == f"Updated agent: {agent['id']}\n"
     shown = json.loads(ok(neutron("agent-show", agent["id"], "-f", "json")).stdout)
     assert shown["description"] == "rack 7" and shown["member"] is True
     assert shown["tunnel_ip_address"] == "198.51.100.60"
+    deadline = time.monotonic() + 15
+    while shown["state"] != "active":  # the agent reports what it built (dry run: nothing)
+        assert time.monotonic() < deadline, shown
+        time.sleep(0.1)
+        shown = json.loads(ok(neutron("agent-show", agent["id"], "-f", "json")).stdout)
+    assert shown["tunnels"] == shown["peers"] and shown["admission_drops"] == 0
+    assert shown["state_reason"] == "dry run: nothing is built"
     assert isinstance(shown["configurations"]["interfaces"], list)  # a structure, not text
     table = ok(neutron("agent-show", agent["id"])).stdout
     assert '| configurations      | {"interfaces": [' in table

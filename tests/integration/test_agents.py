@@ -20,14 +20,22 @@ from kazoo.exceptions import NoAuthError
 from sqlalchemy.engine import Engine
 
 from midonet_membership import nsdb
-from midonet_membership.agent import ACTIVE, PENDING, Agent, RecordingDataPlane, identity
+from midonet_membership.agent import (
+    ACTIVE,
+    PENDING,
+    Agent,
+    AgentState,
+    Built,
+    RecordingDataPlane,
+    identity,
+)
 from midonet_membership.agent import interfaces as host_interfaces
+from midonet_membership.api.agents import Agents
 from midonet_membership.cluster import importer as cluster
 from midonet_membership.cluster.wakeup import Wakeup
 from midonet_membership.context import RequestContext
 from midonet_membership.db import engine as db_engine
 from midonet_membership.db import journal, migration
-from midonet_membership.db.agents import Agents
 from midonet_membership.db.memberships import AgentMemberships
 from midonet_membership.nsdb.base import AddMember, HostStatus, SetTunnelZone, TunnelZone
 from midonet_membership.paging import ListQuery
@@ -66,8 +74,20 @@ def deployment(make_database, nsdb_url):
         yield engine, nsdb_url
 
 
+class HistoryDataPlane(RecordingDataPlane):
+    """Keeps every state it was given, so a test can say what never happened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.states: list[AgentState] = []
+
+    def apply(self, state: AgentState) -> Built:
+        self.states.append(state)
+        return super().apply(state)
+
+
 def _agent(nsdb_url: str, host_id: str) -> Agent:
-    return Agent(host_id, nsdb.connect(nsdb_url, role="agent"), RecordingDataPlane(),
+    return Agent(host_id, nsdb.connect(nsdb_url, role="agent"), HistoryDataPlane(),
                  hostname=f"host-{host_id[:4]}", heartbeat_interval=0.1).start()
 
 
@@ -123,7 +143,7 @@ def test_a_tunnel_type_change_reaches_the_active_agents(deployment):
             state = a.wait_for(lambda s: s.tunnel_type == "gre", WAIT)
             assert state.status == ACTIVE and len(state.peers) == 1
             assert "ip_gre" in state.requires
-            assert a.dataplane.states[-1] == state
+            assert a.dataplane.state == state
     finally:
         for a in agents:
             a.stop()
@@ -441,4 +461,43 @@ def test_run_agent_serves_until_stopped(deployment, tmp_path, capsys):
         assert f"host {host_id} pending" in capsys.readouterr().out
     finally:
         stop.set()
+        reader.close()
+
+
+class FlakyDataPlane(HistoryDataPlane):
+    """Fails while ``broken`` is set, as a kernel that refuses a change would."""
+
+    broken = True
+
+    def apply(self, state: AgentState) -> Built:
+        if self.broken and state.status == ACTIVE:
+            raise OSError("netlink said no")
+        return super().apply(state)
+
+
+def test_the_agent_reports_what_it_built_in_its_own_host_record(deployment):
+    """``member`` is the admin's intent; the record says pending, error (and why), active."""
+    engine, url = deployment
+    reader = nsdb.connect(url)
+    host_id = str(uuid.uuid4())
+    agent = Agent(host_id, nsdb.connect(url, role="agent"), FlakyDataPlane(),
+                  heartbeat_interval=0.05, reconcile_interval=0.1).start()
+    try:
+        _until(lambda: reader.get_host(host_id).host.observed.state == PENDING, WAIT,
+               "pending reported")
+        AgentMemberships(engine).create(RequestContext.admin(), [
+            {"id": host_id, "ip_address": "198.51.100.9"}])
+        _until(lambda: reader.get_host(host_id).host.observed.state == "error", WAIT,
+               "the failure reported")
+        observed = reader.get_host(host_id).host.observed
+        assert observed.reason == "OSError: netlink said no" and observed.tunnels == 0
+        assert agent.state.status == PENDING  # not pretending it applied
+        agent.dataplane.broken = False  # the periodic reconcile retries and succeeds
+        _until(lambda: reader.get_host(host_id).host.observed.state == ACTIVE, WAIT,
+               "active reported")
+        observed = reader.get_host(host_id).host.observed
+        assert (observed.tunnel_type, observed.peers) == ("vxlan", 0)
+        assert observed.zone_position == reader.get_position()
+    finally:
+        agent.stop()
         reader.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from midonet_membership.agent.agent import ACTIVE, PENDING, AgentState
+from midonet_membership.agent.state import ACTIVE, PENDING, AgentState
 
 HOST = "6c76de52-73d2-4412-86d3-6a1710171c7d"
 

@@ -8,7 +8,8 @@ from midonet_membership.api import validators
 
 NAME = "agent"
 ALIAS = "agent"
-DESCRIPTION = "The MidoNet agents: liveness, interfaces and whether each is a member."
+DESCRIPTION = ("The MidoNet agents: liveness, interfaces, whether each is a member and what "
+               "each has built.")
 UPDATED_TIMESTAMP = "2013-02-03T10:00:00-00:00"
 
 RESOURCE_NAME = "agent"
@@ -45,5 +46,14 @@ RESOURCE_ATTRIBUTE_MAP = {
         "member": {**_READ_ONLY, "convert_to": validators.convert_to_boolean,
                    "is_filter": True, "is_sort_key": True},
         "tunnel_ip_address": {**_READ_ONLY, "is_filter": True, "is_sort_key": True},
+        # What the agent reports it built, next to ``member`` (the admin's intent):
+        # pending | active | unsupported | error, and why when not active.
+        "state": {**_READ_ONLY, "is_filter": True, "is_sort_key": True},
+        "state_reason": {**_READ_ONLY},
+        "tunnels": {**_READ_ONLY, "is_sort_key": True},
+        "peers": {**_READ_ONLY, "is_sort_key": True},
+        "zone_position": {**_READ_ONLY, "is_sort_key": True},
+        "admission_drops": {**_READ_ONLY, "is_sort_key": True},
+        "vtep_mac": {**_READ_ONLY, "is_filter": True},
     },
 }

@@ -1,5 +1,9 @@
-"""The agents resource: hosts and liveness from the NSDB, membership and description from
-the Neutron DB, shaped like Neutron's agent extension."""
+"""The agents resource: hosts, liveness and what each agent built from the NSDB, membership
+and description from the Neutron DB, shaped like Neutron's agent extension.
+
+It joins both stores, so it lives with the API rather than in ``db/`` (which never reads the
+NSDB).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from midonet_membership import exceptions
 from midonet_membership.context import RequestContext
 from midonet_membership.db.engine import reader, retry_transient, writer
 from midonet_membership.db.models import agent_descriptions, memberships
-from midonet_membership.nsdb.base import NSDB, HostStatus
+from midonet_membership.nsdb.base import NSDB, HostStatus, ObservedState
 from midonet_membership.paging import ListQuery, apply_in_memory
 
 AGENT_TYPE = "Midonet agent"
@@ -70,4 +74,17 @@ def _agent(status: HostStatus, tunnel_ip: str | None, description: str | None) -
         "configurations": {"interfaces": [
             {"name": i.name, "ip_addresses": list(i.ip_addresses)} for i in host.interfaces]},
         "member": tunnel_ip is not None, "tunnel_ip_address": tunnel_ip,
+        **_observed(host.observed), "vtep_mac": host.vtep_mac,
     }
+
+
+def _observed(observed: ObservedState | None) -> dict[str, Any]:
+    """``member`` is the admin's intent; these are what the agent says it built. An agent
+    that has not reported (not started since this field existed) shows ``state`` None."""
+    if observed is None:
+        return {"state": None, "state_reason": None, "tunnels": None, "peers": None,
+                "zone_position": None, "admission_drops": None}
+    return {"state": observed.state, "state_reason": observed.reason,
+            "tunnels": observed.tunnels, "peers": observed.peers,
+            "zone_position": observed.zone_position,
+            "admission_drops": observed.admission_drops}
