@@ -68,9 +68,11 @@ CLUSTER_OPTS = [
                  help="Seconds between journal polls when no notification arrives "
                       "(PostgreSQL LISTEN/NOTIFY and the all-in-one wake the importer "
                       "at once)."),
-    cfg.FloatOpt("gap_timeout", default=5.0, min=0,
-                 help="Seconds to wait for a missing task id (a transaction that took its "
-                      "id but has not committed yet) before treating it as rolled back."),
+    cfg.FloatOpt("gap_timeout", default=5.0, min=0, deprecated_for_removal=True,
+                 deprecated_reason="The importer no longer waits for a missing task id, "
+                                   "and never gives one up on a timeout: the database "
+                                   "tells it when an id gap is final.",
+                 help="Ignored."),
     cfg.IntOpt("batch_size", default=500, min=1,
                help="Most tasks applied to the NSDB in one atomic transaction."),
 ]

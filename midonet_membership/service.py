@@ -159,8 +159,7 @@ def _start_importer(conf: cfg.ConfigOpts, engine, stop: threading.Event,
 
     def run() -> None:
         try:
-            cluster.run(engine, store, url, wakeup, stop, batch_size=conf.cluster.batch_size,
-                        gap_timeout=conf.cluster.gap_timeout)
+            cluster.run(engine, store, url, wakeup, stop, batch_size=conf.cluster.batch_size)
         finally:
             wakeup.stop()
             store.close()

@@ -107,12 +107,17 @@ class TaskList(_DbCommand, Lister):
         parser = super().get_parser(prog_name)
         parser.add_argument("-u", "--unprocessed", action="store_true",
                             help="only the tasks the cluster has not processed yet")
+        parser.add_argument("--failed", action="store_true",
+                            help="only the tasks the cluster could not apply and skipped "
+                                 "(the failed column says why)")
         return parser
 
     def take_action(self, parsed: argparse.Namespace) -> tuple[tuple, list[tuple]]:
         engine = self.app.engine
         tasks, last = journal.list_tasks(engine, unprocessed=parsed.unprocessed)
         failures = journal.list_failures(engine)
+        if parsed.failed:
+            tasks = [t for t in tasks if t.id in failures]
         rows = [(t.id, t.type, t.data_type, t.resource_id, t.transaction_id,
                  t.created_at.isoformat(sep=" "), t.requested_by, t.tenant_id,
                  t.requested_from,
@@ -175,9 +180,77 @@ class TunnelZoneShow(ShowOne):
                 (zone.id, zone.name, zone.type, MembersColumn(dict(sorted(members.items())))))
 
 
+class Resync(_DbCommand, Lister):
+    """Rebuild the DEFAULT zone from the memberships table and the newest CONFIG; list what
+    changed (nothing when the NSDB already matched).
+
+    For a zone that drifted (an NSDB restored from an old backup, a task recorded as failed
+    after a manual fix). It applies through the importer's compare-and-set on the position,
+    so a running importer is not undone: if it applies meanwhile, resync reads again.
+    """
+
+    def take_action(self, parsed: argparse.Namespace) -> tuple[tuple, list[tuple]]:
+        from midonet_membership import nsdb
+
+        url = config.nsdb_url(self.app.conf)
+        try:
+            with nsdb.connect(url, role="cluster") as store:
+                changes = resync(self.app.engine, store)
+        except nsdb.NSDBError as exc:
+            raise CommandError(f"NSDB {redacted(url)}: {exc}") from None
+        if not changes:
+            print("the NSDB already matches the memberships table: nothing changed",
+                  file=sys.stderr)
+        return ("change", "id", "tunnel_ip_or_type"), changes
+
+
+def resync(engine: Engine, store) -> list[tuple[str, str, str]]:
+    """Make ``store``'s zone equal the memberships table; returns the changes made."""
+    from midonet_membership.db.models import memberships
+    from midonet_membership.nsdb.base import (
+        AddMember,
+        PositionConflict,
+        RemoveMember,
+        SetTunnelZone,
+        TunnelZone,
+    )
+
+    for _ in range(20):
+        position = store.get_import_position()
+        zone, members = store.get_tunnel_zone(), store.list_members()
+        with db_engine.reader(engine) as conn:
+            wanted = dict(conn.execute(sa.select(memberships.c.id,
+                                                 memberships.c.ip_address)).all())
+        config_data = journal.resource_state(engine).get(journal.CONFIG, {}).get(
+            journal.CONFIG_RESOURCE_ID)
+        ops: list = []
+        changes: list[tuple[str, str, str]] = []
+        if isinstance(config_data, dict) and (zone is None
+                                              or zone.type != config_data["tunnel_protocol"]):
+            ops.append(SetTunnelZone(TunnelZone(journal.CONFIG_RESOURCE_ID, "DEFAULT",
+                                                config_data["tunnel_protocol"])))
+            changes.append(("zone", journal.CONFIG_RESOURCE_ID,
+                            config_data["tunnel_protocol"]))
+        for host, ip in sorted(wanted.items()):
+            if members.get(host) != ip:
+                ops.append(AddMember(host, ip))
+                changes.append(("added" if host not in members else "readdressed", host, ip))
+        for host in sorted(set(members) - set(wanted)):
+            ops.append(RemoveMember(host))
+            changes.append(("removed", host, members[host]))
+        if not ops:
+            return []
+        try:
+            store.apply(ops, position, position)
+        except PositionConflict:
+            continue  # the importer applied meanwhile: look again
+        return changes
+    raise CommandError("the importer kept applying while resync compared; try again")
+
+
 COMMANDS: dict[str, type[Command]] = {
     "upgrade": Upgrade, "current": Current, "task-list": TaskList, "task-clean": TaskClean,
-    "task-resource": TaskResource, "tunnel-zone-show": TunnelZoneShow,
+    "task-resource": TaskResource, "tunnel-zone-show": TunnelZoneShow, "resync": Resync,
 }
 
 

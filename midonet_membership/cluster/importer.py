@@ -1,48 +1,128 @@
-"""The importer: replays the task journal into the NSDB, in id order, exactly once.
+"""The importer: replays the task journal into the NSDB, every committed task exactly once.
 
-One step reads the committed tasks after the NSDB's position, keeps the prefix that is safe to
-apply (no unresolved id gap before it, no transaction cut in half), translates it and applies
-it to the NSDB in one atomic transaction that also moves the position. Only then is the
-position copied to the Neutron DB's ``midonet_task_state``, which therefore lags, never leads.
+The reader
+----------
+Task ids come from an auto-increment column, and ids are *taken* in one order but *commit*
+in another: with concurrent writers id N can commit after N+1, a rolled-back transaction
+leaves an id that never fills (every 409 burns one), and on MariaDB Galera
+``auto_increment_increment`` is the cluster size, so most ids never exist at all. The reader
+therefore never waits for an id and never skips one:
+
+- It applies every committed task it has not applied yet, at once, whatever lies before
+  it. A task behind a missing id propagates with its usual latency.
+- What it has applied is not one integer but an :class:`~midonet_membership.nsdb.base.
+  ImportPosition`: ``high``, the highest id applied; ``gaps``, the ranges of ids below
+  ``high`` never seen committed (each with when it was first seen and the database's
+  evidence of what was in flight then); and ``config_id``, the CONFIG task the zone
+  reflects. The NSDB stores it in the same atomic step as the ops, compared-and-set as a
+  whole, so a crash, a restart or a deposed leader can neither skip nor repeat a task.
+- Each step reads, in ONE statement (one snapshot), the tasks with ``id > high`` or inside
+  an open gap. A task that commits late, however late, lies in a gap and is read by the
+  first step after its commit.
+- A gap is tracked until the database says it is final, never by a timeout: the first
+  sight records which transactions were in flight (:mod:`.inflight`: PostgreSQL's
+  snapshot xmax, InnoDB's ``innodb_trx``, on Galera every node's); once all of those
+  ended, a read still missing the ids means they rolled back and the gap is dropped. A
+  transaction held open for an hour keeps its gap for an hour, and only that: the tasks
+  behind it are not held. A task cannot commit into a gap already dropped, because its
+  writer would have been in flight when the gap was seen. Were the evidence ever wrong
+  (a writer that took its id before it had a transaction id, which our write paths never
+  do: they write the membership row first), the task is still in the journal, and
+  ``midonet-db-manage resync`` puts the zone back in line with the memberships table.
+
+Why applying a late task after later ones is safe
+-------------------------------------------------
+Ops on different members commute, so only tasks of one member can disagree about order.
+Two writes to one membership are serialised by the database: the primary key (and the
+unique ``ip_address``) make a second INSERT wait for, then fail against, the first; a
+DELETE locks the row. Each writer writes the row before it takes its task id, so the
+later writer takes its id after the earlier one committed: for one member, id order *is*
+commit order, and a step that sees the later task sees the earlier one (it committed
+first) and applies both in id order. Different transactions in one apply are ordered by
+their first id. CONFIG is the exception (one row, no lock between two API servers
+starting): a CONFIG older than ``config_id`` that commits late is recorded as applied and
+changes nothing, so "the latest CONFIG wins" holds whatever the commit order.
+
+Whole and bounded transactions
+------------------------------
+A transaction's tasks commit together, so one statement sees all of them or none. When a
+read was cut short (the batch limit, or more gaps than one query names), the transactions
+it saw are completed by their ``transaction_id`` before anything is applied: interleaved
+transactions (T1 = ids 1, 3 and T2 = 2, 4) are each applied in one NSDB apply. Several
+whole transactions share an apply up to the backend's size limit
+(:meth:`NSDB.max_ops_per_apply`, ZooKeeper's ``jute.maxbuffer``); the API refuses a bulk
+request larger than that, so one transaction always fits. A transaction from another
+writer that is still larger (written past the API) is applied in pieces rather than never,
+with an error logged: losing it or blocking every later change would be worse.
+
+Poison and outages
+------------------
+A task the translators refuse (bad id, bad IP, unknown type) is recorded in
+``midonet_task_failures`` with its reason, its whole transaction with it, and the position
+moves past them: never retried forever. Anything else failing (the Neutron DB, the NSDB) is
+an outage: the step is retried with a growing backoff, logged once when it starts and once
+when it ends.
 """
 
 from __future__ import annotations
 
-import itertools
+import bisect
+import dataclasses
 import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from midonet_membership.cluster import election
+from midonet_membership.cluster import election, inflight
 from midonet_membership.cluster.translators import PoisonTask, translate
 from midonet_membership.cluster.wakeup import Wakeup
 from midonet_membership.db import journal
 from midonet_membership.db.engine import reader
-from midonet_membership.db.models import tasks as tasks_table
-from midonet_membership.nsdb.base import NSDB, Op, PositionConflict
+from midonet_membership.nsdb.base import (
+    NSDB,
+    Gap,
+    ImportPosition,
+    Op,
+    PositionConflict,
+    SetTunnelZone,
+)
 
 LOG = logging.getLogger(__name__)
+MAX_GAPS_PER_READ = 200  # gap ranges named in one read; more are read in later steps
+
+
+@dataclasses.dataclass
+class _Plan:
+    """One step's outcome: the ops to apply and where the position goes with them."""
+
+    ops: list[Op]
+    position: ImportPosition
+    consumed: int  # tasks applied or recorded as failed
 
 
 class Importer:
     def __init__(self, engine: Engine, nsdb: NSDB, batch_size: int = 500,
-                 gap_timeout: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.time,
+                 observe: Callable[[Connection], str | None] = inflight.observe,
+                 settled: Callable[[Connection, set], set] = inflight.settled,
+                 **_retired: object) -> None:
+        """``observe``/``settled`` are the in-flight evidence (see :mod:`.inflight`); a
+        test may replace them. ``gap_timeout`` (retired with the timeout) is ignored."""
         self.engine = engine
         self.nsdb = nsdb
         self.batch_size = batch_size
-        self.gap_timeout = gap_timeout
         self.clock = clock
-        self.position: int | None = None
-        self._gaps: dict[tuple[int, int], float] = {}  # missing id range -> first seen
+        self._observe = observe
+        self._settled = settled
+        self.position = ImportPosition()
+        self.max_ops = nsdb.max_ops_per_apply()
 
     def sync_position(self) -> None:
         """Start from the NSDB's position: the only one that is authoritative."""
-        self.position = self.nsdb.get_position()
+        self.position = self.nsdb.get_import_position()
 
     def catch_up(self) -> int:
         """Apply everything applicable now; returns how many tasks were consumed."""
@@ -52,86 +132,107 @@ class Importer:
         return total
 
     def step(self) -> int:
-        limit = self.batch_size
-        while True:
-            with reader(self.engine) as conn:
-                fetched = journal.tasks_after(conn, self.position, limit)
-                full = len(fetched) == limit
-                safe = self._before_gaps(fetched)
-                ready = self._whole_transactions(conn, safe, fetched, full)
-            if ready or not full or len(safe) < len(fetched):
-                break
-            limit *= 2  # one transaction larger than a batch: read far enough to hold it
-        if not ready:
+        """Read, translate and apply once; returns how many tasks were consumed."""
+        plan = self._plan()
+        if plan.position == self.position:
             return 0
-        ops = self._translate(ready)
         try:
-            self.nsdb.apply(ops, self.position, ready[-1].id)
+            self.nsdb.apply(plan.ops, self.position, plan.position)
         except PositionConflict:
             LOG.warning("the NSDB position moved under us (another importer applied); "
                         "re-reading it")
             self.sync_position()
             return 0
-        self.position = ready[-1].id
-        self._gaps = {gap: seen for gap, seen in self._gaps.items() if gap[1] > self.position}
-        journal.set_last_processed(self.engine, self.position)
-        return len(ready)
+        self.position = plan.position
+        done = plan.position.done_through
+        if done is not None:
+            journal.set_last_processed(self.engine, done)
+        return plan.consumed
 
-    # -- what is safe to apply -------------------------------------------------------------
-    def _before_gaps(self, fetched: Sequence[journal.Task]) -> list[journal.Task]:
-        """The tasks before the first id gap that may still fill.
+    # -- reading -----------------------------------------------------------------------------
+    def _plan(self) -> _Plan:
+        position = self.position
+        final: set[Gap] = set()
+        listed = position.gaps[:MAX_GAPS_PER_READ]
+        with reader(self.engine) as conn:
+            if position.gaps:  # asked BEFORE the read that must still miss their ids
+                done = self._settled(conn, {g.evidence for g in position.gaps})
+                final = {g for g in position.gaps if g.evidence in done}
+            fetched = journal.pending_tasks(conn, position.high,
+                                            [(g.low, g.high) for g in listed],
+                                            self.batch_size)
+            full = len(fetched) == self.batch_size
+            read_through = fetched[-1].id if full else None
+            if (full or len(listed) < len(position.gaps)) and fetched:
+                fetched = self._whole_transactions(conn, fetched, position)
+            # Final: its writers had all ended before a read that covered it and found
+            # none of its ids.
+            final = {g for g in final if g in listed
+                     and (read_through is None or g.high < read_through)
+                     and not any(t.id in g for t in fetched)}
+            for gap in final:
+                LOG.debug("task ids %d-%d never committed: their writers have ended",
+                          gap.low, gap.high)
+            units = self._fitting(_transactions(fetched))
+            plan = self._translate(units, position, final)
+            if any(g.evidence is None for g in plan.position.gaps):
+                # Taken after the read that showed the gaps (later evidence is as good).
+                plan.position = _with_evidence(plan.position, self._observe(conn))
+        return plan
 
-        With concurrent writers a transaction can take id N and commit after N+1 did; its
-        task must not be skipped. A gap still open after ``gap_timeout`` belonged to a
-        rolled-back transaction.
-        """
-        ready: list[journal.Task] = []
-        expected = (self.position or 0) + 1  # ids start at 1
-        now = self.clock()
-        for task in fetched:
-            if task.id != expected:
-                gap = (expected, task.id - 1)
-                first_seen = self._gaps.setdefault(gap, now)
-                if now - first_seen < self.gap_timeout:
-                    break
-                LOG.warning("task ids %d-%d never committed within %.1fs; treating them as "
-                            "rolled back", gap[0], gap[1], self.gap_timeout)
-            ready.append(task)
-            expected = task.id + 1
-        return ready
+    def _whole_transactions(self, conn: Connection, fetched: list[journal.Task],
+                            position: ImportPosition) -> list[journal.Task]:
+        """Add the tasks of ``fetched``'s transactions that the cut read did not return."""
+        ids = {t.id for t in fetched}
+        more = [t for t in journal.tasks_of_transactions(
+                    conn, {t.transaction_id for t in fetched if t.transaction_id})
+                if t.id not in ids and position.is_pending(t.id)]
+        return sorted(fetched + more, key=lambda t: t.id)
 
-    def _whole_transactions(self, conn: Connection, ready: list[journal.Task],
-                            fetched: Sequence[journal.Task], full: bool) -> list[journal.Task]:
-        """Cut ``ready`` before the first transaction that has tasks beyond it."""
-        if not ready:
-            return ready
-        last = ready[-1].id
-        later = {t.transaction_id for t in fetched if t.id > last and t.transaction_id}
-        if full:
-            ours = {t.transaction_id for t in ready if t.transaction_id}
-            if ours:
-                later |= set(conn.execute(
-                    sa.select(tasks_table.c.transaction_id).distinct()
-                    .where(tasks_table.c.id > fetched[-1].id,
-                           tasks_table.c.transaction_id.in_(ours))).scalars())
-        for index, task in enumerate(ready):
-            if task.transaction_id in later:
-                return ready[:index]
-        return ready
+    def _fitting(self, units: list[list[journal.Task]]) -> list[list[journal.Task]]:
+        """The leading transactions whose ops fit in one NSDB apply (at least one)."""
+        if self.max_ops is None:
+            return units
+        kept: list[list[journal.Task]] = []
+        size = 0
+        for unit in units:
+            if kept and size + len(unit) > self.max_ops:
+                break
+            if len(unit) > self.max_ops:
+                LOG.error("transaction %s has %d tasks, more than the %d one NSDB apply can "
+                          "hold (not written through the API?): applying it in pieces",
+                          unit[0].transaction_id, len(unit), self.max_ops)
+                return [unit[:self.max_ops]]
+            kept.append(unit)
+            size += len(unit)
+        return kept
 
     # -- translation -------------------------------------------------------------------------
-    def _translate(self, ready: list[journal.Task]) -> list[Op]:
+    def _translate(self, units: list[list[journal.Task]], position: ImportPosition,
+                   final: set[Gap]) -> _Plan:
         """Ops of every transaction; a transaction with a poison task is skipped whole."""
         ops: list[Op] = []
-        for _, group in itertools.groupby(ready, key=lambda t: t.transaction_id or t.id):
-            group = list(group)
+        config_id = position.config_id
+        consumed: set[int] = set()
+        for unit in units:
             try:
-                group_ops = [op for task in group for op in translate(task)]
+                unit_ops: list[Op] = []
+                for task in unit:
+                    task_ops = translate(task)
+                    if any(isinstance(op, SetTunnelZone) for op in task_ops):
+                        if config_id is not None and task.id < config_id:
+                            LOG.info("CONFIG task %d committed after the newer CONFIG %d "
+                                     "was applied: superseded", task.id, config_id)
+                            continue
+                        config_id = task.id
+                    unit_ops += task_ops
             except PoisonTask as exc:
-                self._record_poison(group, exc)
-                continue
-            ops.extend(group_ops)
-        return ops
+                self._record_poison(unit, exc)
+            else:
+                ops += unit_ops
+            consumed |= {t.id for t in unit}
+        return _Plan(ops, _advanced(position, consumed, final, config_id, self.clock()),
+                     len(consumed))
 
     def _record_poison(self, group: list[journal.Task], exc: PoisonTask) -> None:
         """Skip policy: record every task of the transaction as failed, then go on."""
@@ -147,8 +248,57 @@ class Importer:
         journal.record_failures(self.engine, failures)
 
 
+def _transactions(tasks: Sequence[journal.Task]) -> list[list[journal.Task]]:
+    """Tasks grouped by transaction (a task without one is its own), ordered by first id."""
+    units: dict[object, list[journal.Task]] = {}
+    for task in tasks:
+        units.setdefault(task.transaction_id or ("task", task.id), []).append(task)
+    return sorted(units.values(), key=lambda unit: unit[0].id)
+
+
+def _advanced(position: ImportPosition, consumed: set[int], final: set[Gap],
+              config_id: int | None, now: float) -> ImportPosition:
+    """The position after ``consumed`` ids: old gaps lose them (and the final ones go);
+    ids skipped between the old and the new high-water id become new gaps."""
+    done = sorted(consumed)
+    gaps: list[Gap] = []
+    for gap in position.gaps:
+        if gap not in final:
+            inside = done[bisect.bisect_left(done, gap.low):bisect.bisect_right(done, gap.high)]
+            gaps += [dataclasses.replace(gap, low=lo, high=hi)
+                     for lo, hi in _without(gap.low, gap.high, inside)]
+    high = position.high
+    above = done[bisect.bisect_right(done, high):] if high is not None else done
+    if above:
+        start = 1 if high is None else high + 1  # ids start at 1
+        gaps += [Gap(lo, hi, now) for lo, hi in _without(start, above[-1], above)]
+        high = above[-1]
+    return ImportPosition(high=high, gaps=tuple(sorted(gaps, key=lambda g: g.low)),
+                          config_id=config_id)
+
+
+def _without(low: int, high: int, taken: Sequence[int]) -> list[tuple[int, int]]:
+    """The ranges of ``low``..``high`` left when the sorted ids ``taken`` are removed."""
+    ranges: list[tuple[int, int]] = []
+    for task_id in taken:
+        if task_id > low:
+            ranges.append((low, task_id - 1))
+        low = task_id + 1
+    if low <= high:
+        ranges.append((low, high))
+    return ranges
+
+
+def _with_evidence(position: ImportPosition, evidence: str | None) -> ImportPosition:
+    if evidence is None:
+        return position
+    return dataclasses.replace(position, gaps=tuple(
+        g if g.evidence is not None else dataclasses.replace(g, evidence=evidence)
+        for g in position.gaps))
+
+
 def run(engine: Engine, nsdb: NSDB, nsdb_url: str, wakeup: Wakeup, stop: threading.Event,
-        batch_size: int = 500, gap_timeout: float = 5.0) -> None:
+        batch_size: int = 500, **_retired: object) -> None:
     """Campaign for leadership; while leading, import until stopped or deposed."""
     identifier = f"importer-{uuid.uuid4()}"
     while not stop.is_set():
@@ -156,18 +306,45 @@ def run(engine: Engine, nsdb: NSDB, nsdb_url: str, wakeup: Wakeup, stop: threadi
             with election.leadership(nsdb_url, identifier, stop) as lost:
                 if lost is None:
                     return
-                importer = Importer(engine, nsdb, batch_size=batch_size,
-                                    gap_timeout=gap_timeout)
-                _lead(importer, wakeup, stop, lost)
+                _lead(Importer(engine, nsdb, batch_size=batch_size), wakeup, stop, lost)
         except Exception as exc:  # e.g. ZooKeeper unreachable while campaigning
             LOG.warning("leader election failed (%s: %s); campaigning again",
                         type(exc).__name__, exc)
             stop.wait(1.0)
 
 
+class Outage:
+    """Retry pacing and logging for failed steps: once per state change, not per attempt."""
+
+    def __init__(self, first: float = 0.05, longest: float = 5.0) -> None:
+        self.first, self.longest = first, longest
+        self.delay: float | None = None  # None: healthy
+        self.since = 0.0
+
+    def failed(self, exc: Exception) -> float:
+        """Record a failure; returns how long to wait before the next attempt."""
+        if self.delay is None:
+            self.since = time.monotonic()
+            self.delay = self.first
+            LOG.warning("import stopped by an outage (%s: %s); retrying with backoff up to "
+                        "%.0f s, logged again when it ends", type(exc).__name__, exc,
+                        self.longest)
+        else:
+            self.delay = min(self.longest, self.delay * 2)
+            LOG.debug("still failing: %s: %s", type(exc).__name__, exc)
+        return self.delay
+
+    def succeeded(self) -> None:
+        if self.delay is not None:
+            LOG.warning("import resumed after an outage of %.1f s",
+                        time.monotonic() - self.since)
+            self.delay = None
+
+
 def _lead(importer: Importer, wakeup: Wakeup, stop: threading.Event,
           lost: threading.Event) -> None:
     synced = False
+    outage = Outage()
     while not stop.is_set() and not lost.is_set():
         try:
             if not synced:
@@ -175,10 +352,10 @@ def _lead(importer: Importer, wakeup: Wakeup, stop: threading.Event,
                 synced = True
             importer.catch_up()
         except Exception as exc:  # a database or NSDB outage: retry, never die
-            LOG.warning("import step failed (%s: %s); retrying", type(exc).__name__, exc)
             synced = False
-            stop.wait(0.5)
+            stop.wait(outage.failed(exc))
             continue
+        outage.succeeded()
         wakeup.wait()
     if lost.is_set():
         LOG.warning("leadership lost; campaigning again")

@@ -10,6 +10,7 @@ import dataclasses
 import datetime
 import json
 import socket
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -151,6 +152,28 @@ def tasks_after(conn: Connection, position: int | None, limit: int) -> list[Task
     if position is not None:
         stmt = stmt.where(tasks.c.id > position)
     return [_task(r) for r in conn.execute(stmt)]
+
+
+def pending_tasks(conn: Connection, high: int | None, ranges: Sequence[tuple[int, int]],
+                  limit: int) -> list[Task]:
+    """Committed tasks above ``high`` or inside one of ``ranges``, in id order, in ONE
+    statement: one snapshot, so a transaction's tasks are all there or none is."""
+    if high is None:
+        return tasks_after(conn, None, limit)
+    where = sa.or_(tasks.c.id > high, *(tasks.c.id.between(lo, hi) for lo, hi in ranges))
+    return [_task(r) for r in conn.execute(
+        sa.select(tasks).where(where).order_by(tasks.c.id).limit(limit))]
+
+
+def tasks_of_transactions(conn: Connection, transaction_ids: Iterable[str]) -> list[Task]:
+    """Every task of these transactions (all committed: one of each was seen committed)."""
+    wanted = sorted(set(transaction_ids))
+    found: list[Task] = []
+    for start in range(0, len(wanted), 500):  # bounded IN lists
+        found += [_task(r) for r in conn.execute(
+            sa.select(tasks).where(tasks.c.transaction_id.in_(wanted[start:start + 500]))
+            .order_by(tasks.c.id))]
+    return found
 
 
 def last_processed_id(conn: Connection) -> int | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime
+import json
 from collections.abc import Callable, Sequence
 
 DEFAULT_TUNNEL_ZONE_NAME = "DEFAULT"
@@ -121,6 +122,80 @@ class RemoveMember:
 
 Op = SetTunnelZone | AddMember | RemoveMember
 
+
+@dataclasses.dataclass(frozen=True)
+class Gap:
+    """Task ids ``low``..``high`` not seen committed yet, although a later id was.
+
+    ``seen_at`` (Unix time) is when the importer first saw the gap; ``evidence`` is what the
+    Neutron DB said then about the transactions in flight (see
+    :mod:`midonet_membership.cluster.inflight`), None until it was asked.
+    """
+
+    low: int
+    high: int
+    seen_at: float
+    evidence: str | None = None
+
+    def __contains__(self, task_id: int) -> bool:
+        return self.low <= task_id <= self.high
+
+
+@dataclasses.dataclass(frozen=True)
+class ImportPosition:
+    """How far the importer got, stored atomically with every apply.
+
+    One integer is not enough once ids commit out of order: ``high`` is the highest task id
+    applied, ``gaps`` the ids below it that were never seen committed and may still be
+    (every other id up to ``high`` was applied or recorded as failed), and ``config_id``
+    the id of the CONFIG task the zone reflects, so that an older CONFIG committing late
+    does not undo a newer one.
+    """
+
+    high: int | None = None
+    gaps: tuple[Gap, ...] = ()
+    config_id: int | None = None
+
+    @classmethod
+    def of(cls, position: ImportPosition | int | None) -> ImportPosition:
+        """Accept the bare high-water id older callers (and the contract tests) pass."""
+        return position if isinstance(position, ImportPosition) else cls(high=position)
+
+    @property
+    def done_through(self) -> int | None:
+        """Every id up to this one is applied or failed: the low watermark ``task-clean``
+        may delete up to."""
+        if self.gaps:
+            return min(g.low for g in self.gaps) - 1
+        return self.high
+
+    def is_pending(self, task_id: int) -> bool:
+        """Whether a committed task with this id still has to be applied."""
+        return self.high is None or task_id > self.high or any(
+            task_id in g for g in self.gaps)
+
+    def encode(self) -> str:
+        """The stored form: a bare decimal when there is nothing but ``high`` (the form
+        older versions wrote and read), else JSON."""
+        if not self.gaps and self.config_id is None:
+            return "" if self.high is None else str(self.high)
+        return json.dumps({"high": self.high, "config_id": self.config_id, "gaps": [
+            [g.low, g.high, g.seen_at, g.evidence] for g in self.gaps]},
+            separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, text: str | bytes | None) -> ImportPosition:
+        if isinstance(text, bytes):
+            text = text.decode()
+        if not text:
+            return cls()
+        if not text.lstrip().startswith("{"):
+            return cls(high=int(text))
+        data = json.loads(text)
+        return cls(high=data["high"], config_id=data.get("config_id"),
+                   gaps=tuple(Gap(*g) for g in data.get("gaps", ())))
+
+
 ZoneCallback = Callable[[TunnelZone | None, dict[str, str]], None]
 
 
@@ -147,17 +222,28 @@ class NSDB(abc.ABC):
     """One connection to the NSDB. Thread-safe; open one per process with :func:`connect`."""
 
     # -- the importer's position -------------------------------------------------------------
-    @abc.abstractmethod
     def get_position(self) -> int | None:
-        """The id of the last task applied, or None before any."""
+        """The highest task id applied, or None before any."""
+        return self.get_import_position().high
 
     @abc.abstractmethod
-    def apply(self, ops: Sequence[Op], expected_position: int | None, new_position: int) -> None:
+    def get_import_position(self) -> ImportPosition:
+        """The whole stored position (high-water id, open gaps, CONFIG id)."""
+
+    @abc.abstractmethod
+    def apply(self, ops: Sequence[Op], expected_position: ImportPosition | int | None,
+              new_position: ImportPosition | int) -> None:
         """Apply ``ops`` in order and move the position, all or nothing.
 
         Raises PositionConflict (and changes nothing) when the stored position is not
-        ``expected_position``.
+        ``expected_position`` (all of it: two importers at the same high-water id with
+        different gaps must not both apply a late task). A bare int means "that high-water
+        id and nothing else".
         """
+
+    def max_ops_per_apply(self) -> int | None:
+        """The most member ops one apply can carry, or None when the backend has no limit."""
+        return None
 
     # -- the tunnel zone -----------------------------------------------------------------------
     @abc.abstractmethod

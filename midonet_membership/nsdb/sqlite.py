@@ -22,6 +22,7 @@ from midonet_membership.nsdb.base import (
     AddMember,
     Host,
     HostStatus,
+    ImportPosition,
     Op,
     PositionConflict,
     RemoveMember,
@@ -78,6 +79,10 @@ class SQLiteNSDB(NSDB):
                 for column in ADDED_HOST_COLUMNS:
                     if column not in present:
                         conn.execute(f"ALTER TABLE hosts ADD COLUMN {column} TEXT")
+                columns = {row[1] for row in conn.execute(
+                    "PRAGMA table_info(importer_position)")}
+                if "state" not in columns:  # a file written before positions had gaps
+                    conn.execute("ALTER TABLE importer_position ADD COLUMN state TEXT")
 
     @contextlib.contextmanager
     def _transaction(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
@@ -91,19 +96,23 @@ class SQLiteNSDB(NSDB):
             self._conn.execute("COMMIT")
 
     # -- position ------------------------------------------------------------------------------
-    def get_position(self) -> int | None:
+    def get_import_position(self) -> ImportPosition:
         with self._transaction(immediate=False) as conn:
             return _position(conn)
 
-    def apply(self, ops: Sequence[Op], expected_position: int | None, new_position: int) -> None:
+    def apply(self, ops: Sequence[Op], expected_position: ImportPosition | int | None,
+              new_position: ImportPosition | int) -> None:
+        expected = ImportPosition.of(expected_position)
+        new = ImportPosition.of(new_position)
         with self._transaction() as conn:
             current = _position(conn)
-            if current != expected_position:
-                raise PositionConflict(f"position is {current}, expected {expected_position}")
+            if current != expected:
+                raise PositionConflict(f"position is {current}, expected {expected}")
             for op in ops:
                 _apply_op(conn, op)
-            conn.execute("UPDATE importer_position SET position = ? WHERE singleton = 1",
-                         (new_position,))
+            # ``position`` stays the bare high-water id for anything reading it directly.
+            conn.execute("UPDATE importer_position SET position = ?, state = ? "
+                         "WHERE singleton = 1", (new.high, new.encode()))
 
     # -- tunnel zone ---------------------------------------------------------------------------
     def get_tunnel_zone(self) -> TunnelZone | None:
@@ -164,8 +173,9 @@ class SQLiteNSDB(NSDB):
             self._conn.close()
 
 
-def _position(conn: sqlite3.Connection) -> int | None:
-    return conn.execute("SELECT position FROM importer_position").fetchone()[0]
+def _position(conn: sqlite3.Connection) -> ImportPosition:
+    high, state = conn.execute("SELECT position, state FROM importer_position").fetchone()
+    return ImportPosition.decode(state) if state else ImportPosition(high=high)
 
 
 def _zone(conn: sqlite3.Connection) -> TunnelZone | None:

@@ -9,13 +9,16 @@ Layout under the root (default ``/midonet``)::
     /hosts                             (agents may create children)
     /hosts/<host>                      {"id", "hostname", "interfaces"}
     /hosts/<host>/alive                ephemeral, heartbeat time (ISO 8601, UTC)
-    /importer/position                 last applied task id (decimal; empty before any)
+    /importer/position                 the importer's position: the highest applied task id
+                                       (decimal; empty before any), JSON with its open
+                                       gaps while there are some (``ImportPosition``)
 
 A member's tunnel IP is part of its znode name so that a watcher learns the whole zone from
 one ``get_children``: a change costs O(1) writes and one read per watcher, never O(members)
-reads. Each apply also writes its net change (``previous``, ``position``, ``zone``, ``added``,
-``removed``) as the data of ``/tunnel_zone_members``, in the same multi-op, so a watcher
-follows the zone with one small read per apply. An agent whose host is not a member watches
+reads. Each apply also writes its net change (``previous``, ``position``: the position node's
+versions before and after, ``zone``, ``added``, ``removed``) as the data of
+``/tunnel_zone_members``, in the same multi-op, so a watcher follows the zone with one small
+read per apply. An agent whose host is not a member watches
 only its own ``tunnel_zone_member_hosts`` node (and the zone) and is not woken by the changes
 among the others.
 
@@ -50,6 +53,7 @@ from midonet_membership.nsdb.base import (
     AddMember,
     Host,
     HostStatus,
+    ImportPosition,
     NSDBError,
     Op,
     PositionConflict,
@@ -144,26 +148,26 @@ class ZooKeeperNSDB(NSDB):
                 pass
 
     # -- position ------------------------------------------------------------------------------
-    def _read_position(self) -> tuple[int | None, int]:
-        data, stat = self.client.get(self.position_path)
-        return (int(data) if data else None), stat.version
-
-    def get_position(self) -> int | None:
+    def get_import_position(self) -> ImportPosition:
         try:
-            return self._read_position()[0]
+            data, _stat = self.client.get(self.position_path)
         except NoNodeError:
-            return None
+            return ImportPosition()
+        return ImportPosition.decode(data)
 
-    def apply(self, ops: Sequence[Op], expected_position: int | None, new_position: int) -> None:
+    def apply(self, ops: Sequence[Op], expected_position: ImportPosition | int | None,
+              new_position: ImportPosition | int) -> None:
+        expected = ImportPosition.of(expected_position)
+        new = ImportPosition.of(new_position)
         for attempt in range(2):  # a race on member nodes is re-read and retried once
             position_reply = self.client.get_async(self.position_path)
             children_reply = self.client.get_children_async(self.members_path)
             member_hosts_reply = self.client.get_children_async(self.member_hosts_path)
             zone_reply = self.client.get_async(self.zone_path)
             data, stat = position_reply.get()
-            position = int(data) if data else None
-            if position != expected_position:
-                raise PositionConflict(f"position is {position}, expected {expected_position}")
+            position = ImportPosition.decode(data)
+            if position != expected:
+                raise PositionConflict(f"position is {position}, expected {expected}")
             members = parse_members(children_reply.get())
             member_hosts = set(member_hosts_reply.get())
             try:
@@ -173,10 +177,12 @@ class ZooKeeperNSDB(NSDB):
             tx = self.client.transaction()
             tx.check(self.position_path, stat.version)
             zone, added, removed = self._add_ops(tx, ops, zone, members, member_hosts)
+            # The watchers' tokens are the position node's versions: every apply moves them,
+            # also one that applies a late task below the high-water id.
             tx.set_data(self.members_path, json.dumps({
-                "previous": expected_position, "position": new_position, "zone": zone,
+                "previous": stat.version, "position": stat.version + 1, "zone": zone,
                 "added": added, "removed": removed}).encode())
-            tx.set_data(self.position_path, str(new_position).encode())
+            tx.set_data(self.position_path, new.encode().encode())
             results = tx.commit()
             failure = next((r for r in results if isinstance(r, Exception)
                             and type(r).__name__ != "RolledBackError"), None)

@@ -1,0 +1,148 @@
+"""Which transactions may still commit: the Neutron DB's own evidence that an id gap is final.
+
+A gap (ids missing below one that committed) is a transaction still in flight or one that
+rolled back; only the database can tell which, and no timeout can. When the importer first
+sees a gap it records, right after the read that showed it, *which transactions were in
+flight* (:func:`observe`). The gap is final once every one of them has ended
+(:func:`settled`) and a read taken after that still does not show its ids: a writer of a
+missing id was in flight at the first read (it took its id before a later id committed),
+so it is among those recorded, and once it ended its task is either visible or never
+will be.
+
+- **PostgreSQL**: a fresh xid of the importer's own (``pg_current_xact_id()``) at the first
+  sight; settled when the xmin of a current snapshot reached it (every transaction that had
+  an xid then has ended; xids are handed out in order). Our writers (and the Neutron
+  plugin) write the membership row before the task row, so a writer has its xid before it
+  takes its task id.
+- **MariaDB/MySQL (InnoDB)**: the ``trx_id`` set of ``information_schema.innodb_trx``
+  (needs the PROCESS privilege); settled when none of them is left.
+- **Galera**: each node lists only its own transactions (a remote one is replicated only
+  at commit), so the evidence is the union over every node in ``wsrep_incoming_addresses``,
+  reached with the importer's own credentials. A recorded node that cannot be reached
+  settles only when it has left the primary component (a node outside it cannot commit;
+  its local transactions are aborted when it rejoins).
+- **SQLite**: writers are serialised and a rolled-back id is reused, so a gap is final at
+  once (it can only come from deleted rows).
+
+Evidence taken later than the first sight is as good (a writer still in flight is in it,
+one that ended is visible or never will be), so a gap whose evidence could not be taken is
+asked about again at the next step. Without any (no privilege, an unknown database) a gap is
+never declared final: it is tracked, costs a few bytes in the stored position, and an error
+is logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+LOG = logging.getLogger(__name__)
+SERIAL = "serial"  # the evidence of a database whose writers cannot overlap
+
+_warned: set[str] = set()
+
+
+def observe(conn: Connection) -> str | None:
+    """What is in flight now, as a short string to store with new gaps (None: unknown)."""
+    dialect = conn.dialect.name
+    try:
+        if dialect == "sqlite":
+            return SERIAL
+        if dialect == "postgresql":
+            # A new xid of our own: every transaction that has one already got a smaller
+            # one. (A snapshot's xmax is not that: it is the latest *completed* xid + 1, and
+            # a transaction running with an xid above it is not listed.)
+            xid = conn.exec_driver_sql("SELECT pg_current_xact_id()::text").scalar_one()
+            return f"pg:{xid}"
+        if dialect in ("mysql", "mariadb"):
+            if _galera_nodes(conn):
+                in_flight = _galera_in_flight(conn)
+                if any(ids is None for ids in in_flight.values()):
+                    return None  # a member we cannot see: ask again at the next step
+                return "galera:" + ";".join(f"{node}={','.join(ids)}"
+                                            for node, ids in in_flight.items())
+            return "innodb:" + ",".join(_innodb_in_flight(conn))
+    except sa.exc.DBAPIError as exc:
+        _warn_once(dialect, f"cannot tell which transactions are in flight ({exc.orig}); "
+                   "id gaps stay open until they can be told final")
+        return None
+    _warn_once(dialect, f"no in-flight evidence for {dialect}: id gaps stay open")
+    return None
+
+
+def settled(conn: Connection, evidences: Iterable[str | None]) -> set[str]:
+    """The evidences whose transactions have all ended (a gap recorded with one is final
+    once a later read still misses its ids)."""
+    wanted = {e for e in evidences if e is not None}
+    done = {e for e in wanted if e == SERIAL}
+    pg = {e for e in wanted if e.startswith("pg:")}
+    if pg:
+        xmin = int(conn.exec_driver_sql(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text").scalar_one())
+        done |= {e for e in pg if xmin >= int(e[3:])}
+    innodb = {e for e in wanted if e.startswith("innodb:")}
+    if innodb:
+        running = set(_innodb_in_flight(conn))
+        done |= {e for e in innodb if not running & set(filter(None, e[7:].split(",")))}
+    galera = {e for e in wanted if e.startswith("galera:")}
+    if galera:
+        now = _galera_in_flight(conn)
+        members = set(_galera_nodes(conn))
+        done |= {e for e in galera if _galera_settled(e, now, members)}
+    return done
+
+
+def _innodb_in_flight(conn: Connection) -> list[str]:
+    return [str(r) for r in conn.exec_driver_sql(
+        "SELECT trx_id FROM information_schema.innodb_trx "
+        "WHERE trx_mysql_thread_id <> CONNECTION_ID()").scalars()]
+
+
+def _galera_nodes(conn: Connection) -> list[str]:
+    """The client addresses of the primary component's nodes ([] when not on Galera)."""
+    row = conn.exec_driver_sql("SHOW STATUS LIKE 'wsrep_incoming_addresses'").first()
+    if row is None or not row[1] or row[1] == "AUTO":
+        return []
+    return sorted(a.strip() for a in row[1].split(",") if a.strip())
+
+
+def _galera_in_flight(conn: Connection) -> dict[str, list[str] | None]:
+    """node address -> its in-flight InnoDB transactions (None: unreachable now)."""
+    url = conn.engine.url
+    result: dict[str, list[str] | None] = {}
+    for node in _galera_nodes(conn):
+        host, _, port = node.rpartition(":")
+        engine = sa.create_engine(url.set(host=host, port=int(port)),
+                                  poolclass=sa.pool.NullPool,
+                                  connect_args={"connect_timeout": 2})
+        try:
+            with engine.connect() as node_conn:
+                result[node] = _innodb_in_flight(node_conn)
+        except sa.exc.DBAPIError:
+            result[node] = None
+        finally:
+            engine.dispose()
+    return result
+
+
+def _galera_settled(evidence: str, now: dict[str, list[str] | None],
+                    members: set[str]) -> bool:
+    for part in filter(None, evidence[7:].split(";")):
+        node, _, ids = part.partition("=")
+        if node not in members:
+            continue  # left the primary component: its open transactions cannot commit
+        current = now.get(node)
+        if current is None:
+            return False  # a member we cannot see now: no evidence yet
+        if set(current) & set(filter(None, ids.split(","))):
+            return False
+    return True
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        LOG.error(message)

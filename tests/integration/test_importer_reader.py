@@ -1,0 +1,218 @@
+"""The journal reader under late commits, interleaved and poison transactions (issue 8).
+
+What the NSDB saw is recorded by :class:`RecordingNSDB`, a pass-through around the real
+backend: every assertion about "one apply" is about calls that reached the NSDB.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+
+import pytest
+import sqlalchemy as sa
+
+from midonet_membership import nsdb
+from midonet_membership.cluster.importer import Importer
+from midonet_membership.context import RequestContext
+from midonet_membership.db import engine as db_engine
+from midonet_membership.db import journal, migration
+from midonet_membership.db.memberships import AgentMemberships
+from midonet_membership.db.models import memberships, tasks
+from midonet_membership.nsdb.base import AddMember, RemoveMember
+
+
+class RecordingNSDB:
+    """Delegates to a real NSDB and keeps the ops of every apply that succeeded."""
+
+    def __init__(self, store: nsdb.NSDB) -> None:
+        self.store = store
+        self.applies: list[list] = []
+
+    def apply(self, ops: Sequence, expected, new) -> None:
+        self.store.apply(ops, expected, new)
+        self.applies.append(list(ops))
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+
+def _engine(url: str):
+    migration.upgrade(url)
+    return db_engine.create_engine(url)
+
+
+def _ip(n: int) -> str:
+    return f"198.51.{100 + n // 250}.{n % 250 + 1}"
+
+
+def _members_table(engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(memberships.c.id, memberships.c.ip_address)).all())
+
+
+def _add_task(conn, host: str, ip: str, transaction_id: str) -> None:
+    conn.execute(sa.insert(memberships).values(id=host, ip_address=ip))
+    journal.record(conn, journal.CREATE, journal.AGENTMEMBERSHIP, host,
+                   {"id": host, "ip_address": ip}, tenant_id=None,
+                   transaction_id=transaction_id)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+def test_interleaved_transactions_are_each_applied_whole(make_database, tmp_path, backend):
+    """T1 takes ids 1 and 3, T2 ids 2 and 4: each reaches the NSDB in one apply."""
+    engine = _engine(make_database(backend))
+    hosts = [str(uuid.uuid4()) for _ in range(4)]
+    with nsdb.connect(f"sqlite:///{tmp_path / 'nsdb.sqlite'}", role="cluster") as real:
+        store = RecordingNSDB(real)
+        importer = Importer(engine, store, batch_size=1)  # cut every read after one task
+        one, two = engine.connect(), engine.connect()
+        one.begin()
+        two.begin()
+        _add_task(one, hosts[0], _ip(0), "req-t1")
+        _add_task(two, hosts[1], _ip(1), "req-t2")
+        _add_task(one, hosts[2], _ip(2), "req-t1")
+        _add_task(two, hosts[3], _ip(3), "req-t2")
+        one.commit()
+        two.commit()
+        one.close()
+        two.close()
+        importer.catch_up()
+        assert store.list_members() == {h: _ip(i) for i, h in enumerate(hosts)}
+        assert [sorted(op.host_id for op in ops) for ops in store.applies] == [
+            sorted([hosts[0], hosts[2]]), sorted([hosts[1], hosts[3]])]
+
+
+def test_two_bulk_writers_never_split_a_transaction(make_database, nsdb_url):
+    """Two writers x bulk 50 x 20 rounds on PostgreSQL; the importer runs meanwhile with a
+    batch smaller than one bulk, so reads cut transactions all the time."""
+    engine = _engine(make_database("postgresql"))
+    api = AgentMemberships(engine)
+    expected: dict[str, set[str]] = {}
+    lock = threading.Lock()
+
+    def writer(index: int) -> None:
+        for round_ in range(20):
+            items = [{"id": str(uuid.uuid4()), "ip_address": _ip(index * 1000 + round_ * 50 + i)}
+                     for i in range(50)]
+            context = RequestContext.admin()
+            api.create(context, items)
+            with lock:
+                expected[context.request_id] = {i["id"] for i in items}
+
+    with nsdb.connect(nsdb_url, role="cluster") as real:
+        store = RecordingNSDB(real)
+        importer = Importer(engine, store, batch_size=30)
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            importer.catch_up()
+        for t in threads:
+            t.join()
+        importer.catch_up()
+        assert store.list_members() == _members_table(engine)
+        applied = [{op.host_id for op in ops if isinstance(op, AddMember)}
+                   for ops in store.applies]
+        for request_id, hosts in expected.items():
+            holding = [i for i, seen in enumerate(applied) if seen & hosts]
+            assert len(holding) == 1, f"{request_id} split over applies {holding}"
+            assert hosts <= applied[holding[0]]
+        counts = Counter(host for seen in applied for host in seen)
+        assert set(counts.values()) == {1}, "a task applied twice"
+
+
+def test_an_older_config_committing_late_does_not_override_a_newer_one(make_database,
+                                                                       tmp_path):
+    engine = _engine(make_database("postgresql"))
+    with nsdb.connect(f"sqlite:///{tmp_path / 'nsdb.sqlite'}", role="cluster") as store:
+        importer = Importer(engine, store)
+        old = engine.connect()
+        old.begin()
+        journal.record(old, journal.CREATE, journal.CONFIG, journal.CONFIG_RESOURCE_ID,
+                       {"id": journal.CONFIG_RESOURCE_ID, "tunnel_protocol": "vxlan"},
+                       tenant_id=None, transaction_id="req-old-config")
+        journal.record_config(engine, "gre", "req-new-config")
+        importer.catch_up()
+        assert store.get_tunnel_zone().type == "gre"
+        old.commit()
+        old.close()
+        importer.catch_up()
+        assert store.get_tunnel_zone().type == "gre", "an older CONFIG won"
+        with db_engine.reader(engine) as conn:
+            newest = conn.execute(sa.select(tasks.c.id).where(
+                tasks.c.transaction_id == "req-new-config")).scalar_one()
+        position = store.get_import_position()
+        assert position.config_id == newest and position.high == newest
+        assert position.gaps == ()
+
+
+def _write_config(path, database_url: str, nsdb_url: str) -> None:
+    path.write_text(f"[database]\nconnection = {database_url}\n"
+                    f"[nsdb]\nconnection = {nsdb_url}\n")
+
+
+def _manage(config_file, *args: str) -> subprocess.CompletedProcess:
+    exe = os.path.join(os.path.dirname(sys.executable), "midonet-db-manage")
+    return subprocess.run([exe, "--config-file", str(config_file), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_poison_tasks_are_recorded_skipped_and_listed(make_database, nsdb_url, tmp_path):
+    """An id with a "/" and an IP that is not unicast IPv4, written past the API."""
+    url = make_database("sqlite")
+    engine = _engine(url)
+    bad_id, bad_ip_host, good = "a/b", str(uuid.uuid4()), str(uuid.uuid4())
+    with db_engine.writer(engine) as conn:
+        journal.record(conn, journal.CREATE, journal.AGENTMEMBERSHIP, bad_id,
+                       {"id": bad_id, "ip_address": _ip(1)}, tenant_id=None,
+                       transaction_id="req-bad-id")
+    with db_engine.writer(engine) as conn:
+        journal.record(conn, journal.CREATE, journal.AGENTMEMBERSHIP, bad_ip_host,
+                       {"id": bad_ip_host, "ip_address": "224.0.0.5"}, tenant_id=None,
+                       transaction_id="req-bad-ip")
+    AgentMemberships(engine).create(RequestContext.admin(), [{"id": good, "ip_address": _ip(2)}])
+    with nsdb.connect(nsdb_url, role="cluster") as store:
+        Importer(engine, store).catch_up()
+        assert store.list_members() == {good: _ip(2)}
+        with db_engine.reader(engine) as conn:
+            assert store.get_position() == conn.execute(sa.select(sa.func.max(tasks.c.id))
+                                                        ).scalar_one()
+    config = tmp_path / "manage.conf"
+    _write_config(config, url, nsdb_url)
+    listed = _manage(config, "task-list", "--failed", "-f", "json")
+    assert listed.returncode == 0, listed.stderr
+    failed = {t["resource_id"]: t["failed"] for t in json.loads(listed.stdout)}
+    assert set(failed) == {bad_id, bad_ip_host}
+    assert "'a/b' is not a valid UUID" in failed[bad_id]
+    assert "'224.0.0.5' is a multicast address" in failed[bad_ip_host]
+
+
+def test_resync_rebuilds_the_zone_and_says_what_changed(make_database, nsdb_url, tmp_path):
+    url = make_database("sqlite")
+    engine = _engine(url)
+    journal.record_config(engine, "vxlan", "req-config")
+    kept, lost = str(uuid.uuid4()), str(uuid.uuid4())
+    AgentMemberships(engine).create(RequestContext.admin(), [
+        {"id": kept, "ip_address": _ip(1)}, {"id": lost, "ip_address": _ip(2)}])
+    stray = str(uuid.uuid4())
+    with nsdb.connect(nsdb_url, role="cluster") as store:
+        Importer(engine, store).catch_up()
+        position = store.get_import_position()
+        store.apply([RemoveMember(lost), AddMember(stray, _ip(3))], position, position)
+    config = tmp_path / "manage.conf"
+    _write_config(config, url, nsdb_url)
+    first = _manage(config, "resync", "-f", "json")
+    assert first.returncode == 0, first.stderr
+    assert sorted((c["change"], c["id"]) for c in json.loads(first.stdout)) == sorted(
+        [("added", lost), ("removed", stray)])
+    again = _manage(config, "resync", "-f", "json")
+    assert json.loads(again.stdout) == [] and "nothing changed" in again.stderr
+    with nsdb.connect(nsdb_url, role="cluster") as store:
+        assert store.list_members() == _members_table(engine)
