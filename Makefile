@@ -30,6 +30,7 @@ run: venv
 test: venv-test
 	tools/ensure-zookeeper
 	tools/ensure-netns-tools
+	tools/ensure-openstack
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -53,6 +53,15 @@ class NotAuthenticated(MembershipError):
         return "HTTPUnauthorized"
 
 
+class ServiceUnavailable(MembershipError):
+    code = 503
+    message = "%(service)s is temporarily unavailable; retry later."
+
+    @property
+    def type(self) -> str:
+        return "HTTPServiceUnavailable"
+
+
 class PolicyNotAuthorized(MembershipError):
     code = 403
     message = "(%(action)s) is disallowed by policy."

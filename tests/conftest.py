@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.zookeeper",
     "tests.fixtures.nsdb",
+    "tests.fixtures.keystone",
 ]

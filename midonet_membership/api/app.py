@@ -161,5 +161,14 @@ def _describe(ext: ModuleType) -> dict[str, Any]:
             "updated": ext.UPDATED_TIMESTAMP, "links": []}
 
 
+def error_response(exc: exceptions.MembershipError,
+                   request_id: str | None = None) -> webob.Response:
+    """The answer to an error raised outside the application (by its auth middleware)."""
+    response = webob.Response(status=exc.code, charset=None, content_type=JSON,
+                              body=json.dumps(_fault(exc)).encode())
+    response.headers["x-openstack-request-id"] = request_id or new_request_id()
+    return response
+
+
 def _fault(exc: exceptions.MembershipError) -> dict:
     return {"NeutronError": {"type": exc.type, "message": exc.msg, "detail": ""}}

@@ -145,14 +145,14 @@ def build(conf: cfg.ConfigOpts) -> tuple[Authenticator, Callable]:
     if strategy == "noauth":
         check_noauth_bind(conf.bind_host)
         return noauth_authenticator, _no_wrap
-    from keystonemiddleware import auth_token
 
     def wrap(app: Callable) -> Callable:
         if conf.audit.enabled:
             app = _audited(app, conf)
         # delay_auth_decision: we answer 401 ourselves, in Neutron's error format.
-        return _with_request_id(auth_token.AuthProtocol(app, {
-            "delay_auth_decision": True, "oslo_config_config": conf}))
+        middleware = _keystone_middleware()(app, {"delay_auth_decision": True,
+                                                  "oslo_config_config": conf})
+        return _with_request_id(_answer_unavailable(middleware))
     return keystone_authenticator, wrap
 
 
@@ -174,6 +174,44 @@ def _with_request_id(app: Callable) -> Callable:
     def call(environ: dict, start_response: Callable):
         environ.setdefault("openstack.request_id", new_request_id())
         return app(environ, start_response)
+    return call
+
+
+def _keystone_middleware() -> type:
+    """keystonemiddleware's AuthProtocol, telling "Keystone is down" apart from "bad token".
+
+    With ``delay_auth_decision`` the middleware reports an unreachable Keystone as an
+    invalid token (so a client would get 401 and drop a good token). ``fetch_token`` is the
+    method the middleware documents for overriding; the InvalidToken it raises for an
+    outage is raised while handling the connection error, which ``__context__`` keeps.
+    tests/e2e/test_keystone_auth.py stops a real Keystone and fails loudly (401, not 503)
+    if keystonemiddleware changes this.
+    """
+    from keystoneauth1 import exceptions as ksa_exceptions
+    from keystonemiddleware import auth_token
+
+    unreachable = (ksa_exceptions.ConnectFailure, ksa_exceptions.DiscoveryFailure,
+                   ksa_exceptions.RequestTimeout, auth_token.ServiceError)
+
+    class AuthProtocol(auth_token.AuthProtocol):
+        def fetch_token(self, token, **kwargs):
+            try:
+                return super().fetch_token(token, **kwargs)
+            except auth_token.InvalidToken as exc:
+                if isinstance(exc.__context__, unreachable):
+                    raise exceptions.ServiceUnavailable(service="Keystone") from exc
+                raise
+    return AuthProtocol
+
+
+def _answer_unavailable(middleware: Callable) -> Callable:
+    def call(environ: dict, start_response: Callable):
+        try:
+            return middleware(environ, start_response)
+        except exceptions.ServiceUnavailable as exc:
+            from midonet_membership.api.app import error_response
+            return error_response(exc, environ.get("openstack.request_id"))(
+                environ, start_response)
     return call
 
 

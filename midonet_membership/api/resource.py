@@ -131,7 +131,7 @@ class Controller:
     def _member_id(self, id_: str) -> str:
         """The id as stored; an id that cannot exist is simply not found."""
         attr = self.resource.attributes[self.resource.primary_key]
-        if _validation_error(attr, id_) is not None:
+        if validation_error(attr, id_) is not None:
             raise self.resource.not_found(id=id_)
         return _convert(attr, id_)
 
@@ -165,7 +165,7 @@ class Controller:
                     result[name] = attr["default"]
                 continue
             result[name] = self._checked(name, attr, data[name])
-        return result
+        return _one_owner(self.resource.name, result)
 
     def _update_changes(self, body: Any) -> dict[str, Any]:
         _only_keys(body, {self.resource.name})
@@ -191,7 +191,7 @@ class Controller:
                                             msg=attr.get("put_refusal", read_only_message % name))
 
     def _checked(self, name: str, attr: dict, value: Any) -> Any:
-        error = _validation_error(attr, value)
+        error = validation_error(attr, value)
         if error is not None:
             raise exceptions.InvalidInput(f"Invalid input for {name}. Reason: {error}.")
         return _convert(attr, value)
@@ -212,7 +212,7 @@ class Controller:
 
     def _marker(self, marker: str) -> str:
         attr = self.resource.attributes[self.resource.primary_key]
-        error = _validation_error(attr, marker)
+        error = validation_error(attr, marker)
         if error is not None:
             raise exceptions.BadRequest(resource="marker", msg=f"Invalid marker: {error}")
         return _convert(attr, marker)
@@ -265,7 +265,7 @@ class Controller:
                 # characters; MariaDB's PAD SPACE collation would match 'A ' to 'A').
                 # With no value left, the filter matches nothing.
                 filters[name] = [_convert_filter(attr, v) for v in values
-                                 if _validation_error(attr, v) is None]
+                                 if validation_error(attr, v) is None]
         if invalid:
             raise exceptions.BadRequest(resource="filters",
                                         msg=f"{sorted(invalid)} is invalid attribute for filtering")
@@ -295,12 +295,26 @@ class Controller:
         return f"{base}?{urllib.parse.urlencode(params)}"
 
 
-def _validation_error(attr: dict, value: Any) -> str | None:
+def validation_error(attr: dict, value: Any) -> str | None:
     for name, arg in attr.get("validate", {}).items():
         error = validators.VALIDATORS[name](value, arg)
         if error is not None:
             return error
     return None
+
+
+def _one_owner(resource: str, item: dict[str, Any]) -> dict[str, Any]:
+    """``tenant_id`` and ``project_id`` are one value under two names (neutron_lib's
+    ``populate_project_info``): either may be sent, both only when they agree."""
+    if "project_id" in item and "tenant_id" in item:
+        if item["project_id"] != item["tenant_id"]:
+            raise exceptions.BadRequest(resource=resource,
+                                        msg="'project_id' and 'tenant_id' do not match")
+    elif "project_id" in item:
+        item["tenant_id"] = item["project_id"]
+    elif "tenant_id" in item:
+        item["project_id"] = item["tenant_id"]
+    return item
 
 
 def _convert(attr: dict, value: Any) -> Any:

@@ -32,6 +32,21 @@ def validate_string(value: Any, max_len: int | None = None) -> str | None:
     return None
 
 
+def validate_project_id(value: Any, max_len: int | None = None) -> str | None:
+    """A project id as a database column can keep it: PostgreSQL refuses NUL in text and
+    every driver refuses text that is not valid Unicode (a lone surrogate from JSON)."""
+    error = validate_string(value, max_len)
+    if error is not None:
+        return error
+    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in value):
+        return f"{value!r} contains control characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{value!r} is not valid Unicode text"
+    return None
+
+
 def validate_ipv4_unicast(value: Any, _arg: Any = None) -> str | None:
     """A unicast IPv4 address a tunnel can end on, in plain dotted-quad form."""
     if not isinstance(value, str):
@@ -73,6 +88,7 @@ VALIDATORS: dict[str, Validator] = {
     "type:uuid": validate_uuid,
     "type:string": validate_string,
     "type:ipv4_unicast": validate_ipv4_unicast,
+    "type:project_id": validate_project_id,
 }
 
 

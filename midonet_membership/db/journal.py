@@ -110,9 +110,14 @@ def recorded_by(engine: Engine, resource_id: str, transaction_id: str) -> bool:
     "I did it already" apart from "someone else did".
     """
     with reader(engine) as conn:
-        return conn.execute(sa.select(tasks.c.id).where(
-            tasks.c.resource_id == resource_id,
-            tasks.c.transaction_id == transaction_id).limit(1)).first() is not None
+        return recorded_on(conn, resource_id, transaction_id)
+
+
+def recorded_on(conn: Connection, resource_id: str, transaction_id: str) -> bool:
+    """:func:`recorded_by` on the caller's connection (Neutron's session)."""
+    return conn.execute(sa.select(tasks.c.id).where(
+        tasks.c.resource_id == resource_id,
+        tasks.c.transaction_id == transaction_id).limit(1)).first() is not None
 
 
 def record_config(engine: Engine, tunnel_protocol: str, transaction_id: str) -> bool:
@@ -121,17 +126,22 @@ def record_config(engine: Engine, tunnel_protocol: str, transaction_id: str) -> 
     The task-state row is locked first so API workers starting together write it once.
     Returns whether a task was written.
     """
-    data = {"id": CONFIG_RESOURCE_ID, "tunnel_protocol": tunnel_protocol}
     with writer(engine) as conn:
-        conn.execute(sa.select(task_state.c.id).where(task_state.c.id == 1).with_for_update())
-        latest = conn.execute(
-            sa.select(tasks.c.data).where(tasks.c.data_type == CONFIG)
-            .order_by(tasks.c.id.desc()).limit(1)).scalar_one_or_none()
-        if latest is not None and _json_or_none(latest) == data:
-            return False
-        record(conn, CREATE if latest is None else UPDATE, CONFIG, CONFIG_RESOURCE_ID, data,
-               tenant_id=None, transaction_id=transaction_id,
-               requested_by="neutron.conf", requested_from=socket.gethostname())
+        return record_config_on(conn, tunnel_protocol, transaction_id)
+
+
+def record_config_on(conn: Connection, tunnel_protocol: str, transaction_id: str) -> bool:
+    """:func:`record_config` inside the caller's transaction (the Neutron plugin's)."""
+    data = {"id": CONFIG_RESOURCE_ID, "tunnel_protocol": tunnel_protocol}
+    conn.execute(sa.select(task_state.c.id).where(task_state.c.id == 1).with_for_update())
+    latest = conn.execute(
+        sa.select(tasks.c.data).where(tasks.c.data_type == CONFIG)
+        .order_by(tasks.c.id.desc()).limit(1)).scalar_one_or_none()
+    if latest is not None and _json_or_none(latest) == data:
+        return False
+    record(conn, CREATE if latest is None else UPDATE, CONFIG, CONFIG_RESOURCE_ID, data,
+           tenant_id=None, transaction_id=transaction_id,
+           requested_by="neutron.conf", requested_from=socket.gethostname())
     return True
 
 

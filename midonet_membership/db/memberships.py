@@ -34,15 +34,17 @@ class AgentMemberships:
     @retry_transient
     def create(self, context: RequestContext, items: Sequence[dict[str, str]]) -> list[dict]:
         """Insert every membership and its CREATE task in one transaction (bulk = atomic)."""
-        _refuse_duplicates_within(items)
+        refuse_duplicates_within(items)
         rows = [{"id": m["id"], "ip_address": m["ip_address"]} for m in items]
+        # The original contract's tenant_id lives in the task only (the table has no column).
+        owners = [m.get("tenant_id") or context.project_id for m in items]
         one_statement = len(rows) == 1 and self._postgresql
         try:
             with writer(self.engine, single_statement=one_statement) as conn:
                 if one_statement:
-                    _insert_in_one_statement(conn, rows[0], context)
+                    _insert_in_one_statement(conn, rows[0], owners[0], context)
                 else:
-                    _insert_each_with_its_task(conn, rows, context)
+                    insert_with_tasks(conn, rows, owners, audit_of(context))
         except sa.exc.IntegrityError as exc:
             if not is_duplicate_error(exc):
                 raise
@@ -52,19 +54,8 @@ class AgentMemberships:
         return rows
 
     def _conflict(self, rows: Sequence[dict[str, str]]) -> exceptions.Conflict:
-        """Name the row that is in the way (looked up after the constraint fired)."""
         with reader(self.engine) as conn:
-            for row in rows:
-                if conn.execute(sa.select(memberships.c.id)
-                                .where(memberships.c.id == row["id"])).first():
-                    return exceptions.AgentMembershipExists(id=row["id"])
-                holder = conn.execute(sa.select(memberships.c.id).where(
-                    memberships.c.ip_address == row["ip_address"])).scalar_one_or_none()
-                if holder is not None:
-                    return exceptions.TunnelIpAddressInUse(ip_address=row["ip_address"],
-                                                           id=holder)
-        return exceptions.Conflict("A concurrent request changed this agent membership; "
-                                   "retry.")
+            return conflict_of(conn, rows)
 
     @retry_transient
     def get(self, context: RequestContext, id_: str) -> dict[str, Any]:
@@ -91,26 +82,23 @@ class AgentMemberships:
         if self._postgresql:
             with writer(self.engine, single_statement=True) as conn:
                 return bool(journal.record_with(conn, _delete_statement(), {"id": id_},
-                                                **_audit(context)))
+                                                **audit_of(context)))
         with writer(self.engine) as conn:
-            row = _delete_returning(conn, id_)
-            if row is not None:
-                journal.record(conn, journal.DELETE, journal.AGENTMEMBERSHIP, id_,
-                               dict(row._mapping), **_audit(context))
-            return row is not None
+            return delete_with_task(conn, id_, audit_of(context))
 
 
-def _insert_in_one_statement(conn: sa.Connection, row: dict[str, str],
+def _insert_in_one_statement(conn: sa.Connection, row: dict[str, str], owner: str | None,
                              context: RequestContext) -> None:
     """PostgreSQL: the row and its task in one atomic statement (one round trip)."""
     journal.record_with(conn, _create_statement(),
                         {**row, "data": json.dumps(row, sort_keys=True)},
-                        **_audit(context))
+                        **audit_of(context, owner))
 
 
-def _audit(context: RequestContext) -> dict[str, str | None]:
-    """What every task of a request records about it: project, request id, who, where."""
-    return {"tenant_id": context.project_id, "transaction_id": context.request_id,
+def audit_of(context: RequestContext, owner: str | None = None) -> dict[str, str | None]:
+    """What every task of a request records about it: project (``owner``: the tenant_id a
+    POST named, else the caller's project), request id, who, where."""
+    return {"tenant_id": owner or context.project_id, "transaction_id": context.request_id,
             "requested_by": context.requested_by, "requested_from": context.remote_address}
 
 
@@ -134,12 +122,37 @@ def _delete_statement() -> sa.Insert:
     return journal.statement_with_task(deleted, journal.DELETE, journal.AGENTMEMBERSHIP, data)
 
 
-def _insert_each_with_its_task(conn: sa.Connection, rows: Sequence[dict[str, str]],
-                               context: RequestContext) -> None:
+def insert_with_tasks(conn: sa.Connection, rows: Sequence[dict[str, str]],
+                      owners: Sequence[str | None], audit: dict[str, str | None]) -> None:
+    """The rows and one CREATE task each, in the caller's transaction (also Neutron's);
+    ``owners`` are the tasks' tenant ids, ``audit`` the rest of :func:`audit_of`."""
     conn.execute(sa.insert(memberships), rows)
-    for row in rows:
+    for row, owner in zip(rows, owners, strict=True):
         journal.record(conn, journal.CREATE, journal.AGENTMEMBERSHIP, row["id"], row,
-                       **_audit(context))
+                       **{**audit, "tenant_id": owner})
+
+
+def delete_with_task(conn: sa.Connection, id_: str, audit: dict[str, str | None]) -> bool:
+    """Delete the row and write its DELETE task (carrying the deleted data), in the
+    caller's transaction; whether a row was there."""
+    row = _delete_returning(conn, id_)
+    if row is not None:
+        journal.record(conn, journal.DELETE, journal.AGENTMEMBERSHIP, id_, dict(row._mapping),
+                       **audit)
+    return row is not None
+
+
+def conflict_of(conn: sa.Connection, rows: Sequence[dict[str, str]]) -> exceptions.Conflict:
+    """Name the row that is in the way (looked up after a unique constraint fired)."""
+    for row in rows:
+        if conn.execute(sa.select(memberships.c.id)
+                        .where(memberships.c.id == row["id"])).first():
+            return exceptions.AgentMembershipExists(id=row["id"])
+        holder = conn.execute(sa.select(memberships.c.id).where(
+            memberships.c.ip_address == row["ip_address"])).scalar_one_or_none()
+        if holder is not None:
+            return exceptions.TunnelIpAddressInUse(ip_address=row["ip_address"], id=holder)
+    return exceptions.Conflict("A concurrent request changed this agent membership; retry.")
 
 
 def _delete_returning(conn: sa.Connection, id_: str) -> sa.Row | None:
@@ -154,7 +167,7 @@ def _delete_returning(conn: sa.Connection, id_: str) -> sa.Row | None:
     return row
 
 
-def _refuse_duplicates_within(items: Sequence[dict[str, str]]) -> None:
+def refuse_duplicates_within(items: Sequence[dict[str, str]]) -> None:
     for key, error in (("id", "id"), ("ip_address", "ip_address")):
         seen: set[str] = set()
         for item in items:

@@ -143,6 +143,43 @@ def test_create_show_delete_each_with_one_task(api, db, members):
     assert_error(api.get(f"{PATH}/{host}"), 404, host, "could not be found")
 
 
+def _task_tenants(db, resp) -> list[str | None]:
+    return [t["tenant_id"] for t in tasks_of(db, resp)]
+
+
+def test_the_original_extensions_scenarios_with_tenant_id(api, db):
+    # networking-midonet's own tests of 2015: create with a tenant_id, show, list two,
+    # delete, all on the underscore path. tenant_id (or project_id) is accepted on POST,
+    # kept in the task's tenant_id column and never shown.
+    path = "/v2.0/agent_memberships"
+    first, second = sorted(str(uuid.uuid4()) for _ in range(2))
+    created = api.post(path, {"agent_membership": {
+        "id": first, "ip_address": "198.51.100.31", "tenant_id": "tenant-a"}})
+    assert assert_ok(created, 201) == body(first, "198.51.100.31")
+    assert _task_tenants(db, created) == ["tenant-a"]
+    assert assert_ok(api.get(f"{path}/{first}")) == body(first, "198.51.100.31")
+    assert assert_ok(api.get(f"{path}/{first}?fields=tenant_id")) == {"agent_membership": {}}
+    created = api.post(path, {"agent_membership": {
+        "id": second, "ip_address": "198.51.100.32", "project_id": "tenant-b",
+        "tenant_id": "tenant-b"}})
+    assert assert_ok(created, 201) == body(second, "198.51.100.32")
+    assert _task_tenants(db, created) == ["tenant-b"]
+    assert assert_ok(api.get(path)) == {"agent_memberships": [
+        {"id": first, "ip_address": "198.51.100.31"},
+        {"id": second, "ip_address": "198.51.100.32"}]}
+    bulk = api.post(path, {"agent_memberships": [
+        {"id": str(uuid.uuid4()), "ip_address": "198.51.100.33", "project_id": "tenant-c"},
+        {"id": str(uuid.uuid4()), "ip_address": "198.51.100.34"}]})
+    assert [set(m) for m in assert_ok(bulk, 201)["agent_memberships"]] == [
+        {"id", "ip_address"}] * 2
+    caller = _task_tenants(db, bulk)[1]  # without one, the caller's own project
+    assert _task_tenants(db, bulk) == ["tenant-c", caller] and caller != "tenant-c"
+    for host in (first, second):
+        assert api.delete(f"{path}/{host}").status == 204
+        assert_error(api.get(f"{path}/{host}"), 404, host)
+    assert len(assert_ok(api.get(path))["agent_memberships"]) == 2
+
+
 def test_unknown_ids_are_404_and_write_nothing(api, db, members):
     before = task_count(db)
     for target in (str(uuid.uuid4()), "not-a-uuid", members[0][:-1]):
@@ -219,7 +256,18 @@ def test_bad_id_is_400_naming_the_attribute(api, db, host):
     ({"agent_membership": {"id": str(uuid.uuid4())}}, "Required attribute 'ip_address'"),
     ({"agent_membership": {}}, "Required attribute"),
     ({"agent_membership": {"id": str(uuid.uuid4()), "ip_address": "198.51.100.1",
-                           "tenant_id": "x"}}, "Unrecognized attribute(s) 'tenant_id'"),
+                           "owner": "x"}}, "Unrecognized attribute(s) 'owner'"),
+    ({"agent_membership": {"id": str(uuid.uuid4()), "ip_address": "198.51.100.1",
+                           "tenant_id": "a", "project_id": "b"}},
+     "'project_id' and 'tenant_id' do not match"),
+    ({"agent_membership": {"id": str(uuid.uuid4()), "ip_address": "198.51.100.1",
+                           "tenant_id": "a\x00b"}}, "Invalid input for tenant_id"),
+    ({"agent_membership": {"id": str(uuid.uuid4()), "ip_address": "198.51.100.1",
+                           "project_id": "\ud800"}}, "Invalid input for project_id"),
+    ({"agent_membership": {"id": str(uuid.uuid4()), "ip_address": "198.51.100.1",
+                           "tenant_id": "t" * 256}}, "exceeds maximum length of 255"),
+    ({"agent_membership": {"id": str(uuid.uuid4()), "ip_address": "198.51.100.1",
+                           "tenant_id": 7}}, "Invalid input for tenant_id"),
     ({"agent_membership": {"id": str(uuid.uuid4()), "ip_address": "198.51.100.1",
                            "host": "h", "name": "n"}}, "'host, name'"),
     ({"membership": {}}, "Unable to find"),

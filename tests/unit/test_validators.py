@@ -100,10 +100,21 @@ def test_not_booleans(value):
 
 def test_the_membership_declaration_names_registered_validators():
     attributes = agent_membership.RESOURCE_ATTRIBUTE_MAP[agent_membership.COLLECTION_NAME]
-    assert set(attributes) == {"id", "ip_address"}
+    assert set(attributes) == {"id", "ip_address", "tenant_id", "project_id"}
     for attribute in attributes.values():
-        assert attribute["required"] and attribute["allow_post"] and not attribute["allow_put"]
+        assert attribute["allow_post"] and not attribute["allow_put"]
         for name in attribute["validate"]:
             assert name in validators.VALIDATORS
     assert attributes["id"]["validate"] == {"type:uuid": None}
     assert attributes["ip_address"]["validate"] == {"type:ipv4_unicast": None}
+    assert attributes["id"]["required"] and attributes["ip_address"]["required"]
+    for owner in ("tenant_id", "project_id"):  # the 2015 contract: posted, never shown
+        assert attributes[owner]["required_by_policy"] and not attributes[owner]["is_visible"]
+
+
+@pytest.mark.parametrize("value, ok", [
+    ("tenant-a", True), ("0f" * 16, True), ("t" * 255, True), ("t" * 256, False),
+    ("a\x00b", False), ("a\nb", False), ("\ud800", False), (7, False), (None, False),
+])
+def test_project_ids_a_database_column_can_keep(value, ok):
+    assert (validators.validate_project_id(value, 255) is None) is ok

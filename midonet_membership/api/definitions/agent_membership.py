@@ -3,6 +3,9 @@
 A membership puts the agent's host (``id`` is its MidoNet host id) into the singleton
 DEFAULT tunnel zone with ``ip_address`` as its tunnel endpoint. Only POST and DELETE change
 it; there is nothing to update.
+
+``tenant_id`` (and its newer name ``project_id``) is the original 2015 contract: accepted on
+POST (``required_by_policy``), kept in the task's ``tenant_id`` column, never shown.
 """
 
 from midonet_membership.api import validators
@@ -18,6 +21,11 @@ PATHS = ("agent-memberships", "agent_memberships")
 OPERATIONS = ("list", "show", "create", "delete")
 ALLOW_BULK = True
 
+# neutron_lib.db.constants.PROJECT_ID_FIELD_SIZE; the task's tenant_id column is as long.
+PROJECT_ID_FIELD_SIZE = 255
+_OWNER = {"allow_post": True, "allow_put": False, "required_by_policy": True,
+          "validate": {"type:project_id": PROJECT_ID_FIELD_SIZE}, "is_visible": False}
+
 RESOURCE_ATTRIBUTE_MAP = {
     COLLECTION_NAME: {
         "id": {
@@ -30,5 +38,7 @@ RESOURCE_ATTRIBUTE_MAP = {
             "validate": {"type:ipv4_unicast": None},
             "is_visible": True, "is_filter": True, "is_sort_key": True,
         },
+        "tenant_id": _OWNER,
+        "project_id": _OWNER,
     },
 }
