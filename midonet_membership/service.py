@@ -17,6 +17,7 @@ import threading
 from oslo_config import cfg
 
 from midonet_membership import conf as config
+from midonet_membership.agent.dataplane import DataPlaneError
 from midonet_membership.agent.identity import HostIdError
 from midonet_membership.context import new_request_id
 from midonet_membership.db import engine as db_engine
@@ -32,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("all-in-one", "API + importer + embedded NSDB in one process"),
                        ("api", "the API server (gunicorn workers)"),
                        ("importer", "the cluster importer (one of several may lead)"),
-                       ("agent", "one MidoNet agent (dry-run data plane for now)")):
+                       ("agent", "one MidoNet agent (kernel data plane in [agent] netns)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config-file", action="append", default=[],
                        help="neutron.conf-style file (repeatable)")
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     except config.ConfigError as exc:
         print(f"midonet-membership: {exc}", file=sys.stderr)
         return 2
-    except HostIdError as exc:
+    except (HostIdError, DataPlaneError) as exc:
         print(f"midonet-membership: {exc}", file=sys.stderr)
         return 2
     except _nsdb_errors() as exc:

@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.zookeeper",
     "tests.fixtures.nsdb",
     "tests.fixtures.keystone",
+    "tests.fixtures.hosts",
 ]

@@ -17,25 +17,36 @@ from midonet_membership import conf as config
 from midonet_membership import nsdb
 from midonet_membership.agent import identity
 from midonet_membership.agent.agent import ERROR, Agent
-from midonet_membership.agent.dataplane import UNSUPPORTED, Built, DataPlane, RecordingDataPlane
+from midonet_membership.agent.dataplane import (
+    UNSUPPORTED,
+    Built,
+    DataPlane,
+    DataPlaneError,
+    RecordingDataPlane,
+)
 from midonet_membership.agent.state import ACTIVE, PENDING, AgentState
 
 __all__ = ["ACTIVE", "ERROR", "PENDING", "UNSUPPORTED", "Agent", "AgentState", "Built",
-           "DataPlane", "RecordingDataPlane", "make_dataplane", "run_agent", "start_agent"]
+           "DataPlane", "DataPlaneError", "RecordingDataPlane", "make_dataplane", "run_agent",
+           "start_agent"]
 
 LOG = logging.getLogger(__name__)
 
 
-def make_dataplane(dry_run: bool) -> DataPlane:
-    """The data plane the agent drives.
+def make_dataplane(conf: cfg.ConfigOpts, dry_run: bool) -> DataPlane:
+    """The kernel data plane in ``[agent] netns``, or the recording one for ``--dry-run``.
 
-    Only the recording one exists until the kernel data plane lands (a later issue); without
-    ``--dry-run`` we say so instead of pretending tunnels were built.
+    The kernel one refuses the machine's root namespace unless ``[agent]
+    allow_root_namespace`` is set (DataPlaneError says so).
     """
-    if not dry_run:
-        LOG.warning("no kernel data plane yet: tunnels are recorded and logged, not built "
-                    "(same as --dry-run)")
-    return RecordingDataPlane()
+    if dry_run:
+        return RecordingDataPlane()
+    from midonet_membership.agent.kernel import KernelDataPlane
+
+    agent = conf.agent
+    return KernelDataPlane(agent.netns, vni=agent.vni, mtu=agent.tunnel_mtu,
+                           device=agent.tunnel_device, overlay_address=agent.overlay_address,
+                           allow_root_namespace=agent.allow_root_namespace)
 
 
 def start_agent(conf: cfg.ConfigOpts, nsdb_url: str, state_dir: str,
@@ -57,7 +68,8 @@ def start_agent(conf: cfg.ConfigOpts, nsdb_url: str, state_dir: str,
     store = nsdb.connect(nsdb_url, role="agent", liveness_timeout=conf.agent.liveness_timeout)
     try:
         return Agent(host_id, store, dataplane or RecordingDataPlane(),
-                     discover=interfaces.discover, hostname=hostname,
+                     discover=lambda: interfaces.discover(conf.agent.netns or None),
+                     hostname=hostname,
                      heartbeat_interval=conf.agent.heartbeat_interval,
                      interface_scan_interval=conf.agent.interface_scan_interval,
                      reconcile_interval=conf.agent.reconcile_interval,
@@ -70,8 +82,13 @@ def start_agent(conf: cfg.ConfigOpts, nsdb_url: str, state_dir: str,
 def run_agent(conf: cfg.ConfigOpts, state_dir: str | None = None, dry_run: bool = False,
               stop: threading.Event | None = None) -> None:
     """``midonet-membership agent``: run one agent until SIGINT/SIGTERM (or ``stop``)."""
-    running = start_agent(conf, config.nsdb_url(conf), state_dir or conf.state_dir,
-                          make_dataplane(dry_run))
+    dataplane = make_dataplane(conf, dry_run)
+    try:
+        running = start_agent(conf, config.nsdb_url(conf), state_dir or conf.state_dir,
+                              dataplane)
+    except BaseException:
+        dataplane.close()
+        raise
     print(f"midonet-membership agent: host {running.host_id} ({running.host.hostname}), "
           f"{running.state.describe()}", flush=True)
     if stop is None:

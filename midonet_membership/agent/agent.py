@@ -65,7 +65,7 @@ class Agent:
         self.state = AgentState(host_id, PENDING)  # what the data plane was last given
         self.observed = ObservedState(PENDING)  # what it said it built (or why it could not)
         self._desired = self.state  # what the zone last said
-        self._zone_members: tuple[TunnelZone | None, dict[str, str]] = (None, {})
+        self._zone_known = False  # until the watch's first snapshot
         self._peer_macs: dict[str, str] = {}  # VTEP MACs read from the peers' host records
         self._in_sync = False
         self._closed = False
@@ -92,7 +92,8 @@ class Agent:
         self.nsdb.heartbeat(self.host_id)
         self._heartbeat.start()
         self._reporter.start()
-        self._reconcile()  # no tunnels until the zone says otherwise
+        # Nothing is applied before the watch's first snapshot: applying "pending" now would
+        # tear down what a restarted agent's host still uses (reconcile, don't replay).
         self._watch = self.nsdb.watch_tunnel_zone(self._on_zone, host_id=self.host_id)
         LOG.info("agent for host %s (%s) registered; waiting for membership", self.host_id,
                  self.host.hostname)
@@ -128,7 +129,7 @@ class Agent:
             return self.observed
 
     def _on_zone(self, zone: TunnelZone | None, members: dict[str, str]) -> None:
-        self._zone_members = (zone, members)
+        self._zone_known = True
         self._desired = self._with_peer_macs(state_from_zone(self.host_id, zone, members))
         self._reconcile()
 
@@ -163,7 +164,7 @@ class Agent:
         retried by the heartbeat loop until it succeeds.
         """
         with self._reconciling:
-            if self._closed:  # a late zone event after stop(): the data plane is closed
+            if self._closed or not self._zone_known:  # after stop(), or before the zone
                 return
             desired = self._desired
             if not periodic and self._in_sync and desired == self.state:

@@ -21,6 +21,10 @@ LOG = logging.getLogger(__name__)
 UNSUPPORTED = "unsupported"
 
 
+class DataPlaneError(Exception):
+    """The data plane cannot run or apply as configured (the message says what to change)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Built:
     """What the data plane holds after an apply; the agent reports it in its host record."""

@@ -23,7 +23,8 @@ def discover(netns: str | None = None) -> tuple[Interface, ...]:
     ``netns`` reads another network namespace (a test host driven from the root namespace);
     by default the agent's own namespace is read.
     """
-    with NetNS(netns) if netns else IPRoute() as ipr:
+    # flags=0: NetNS's default flags would create a missing namespace instead of failing.
+    with NetNS(netns, flags=0) if netns else IPRoute() as ipr:
         names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()
                  if link["flags"] & IFF_UP and not link["flags"] & IFF_LOOPBACK}
         addresses: dict[int, list[str]] = {}
