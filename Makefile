@@ -31,6 +31,8 @@ test: venv-test
 	tools/ensure-zookeeper
 	tools/ensure-netns-tools
 	tools/ensure-openstack
+	tools/ensure-chromium
+	tools/ensure-prometheus
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

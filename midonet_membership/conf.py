@@ -136,6 +136,19 @@ AUDIT_OPTS = [
                help="HTTP methods not audited (comma-separated); empty audits reads too."),
 ]
 
+METRICS_OPTS = [
+    cfg.StrOpt("api_listen",
+               help="HOST:PORT where `midonet-membership api` serves Prometheus metrics at "
+                    "/metrics (all its workers' samples together); unset: not served. The "
+                    "all-in-one serves every part's metrics at /metrics on its API port."),
+    cfg.StrOpt("importer_listen",
+               help="HOST:PORT where `midonet-membership importer` serves Prometheus "
+                    "metrics at /metrics; unset: not served."),
+    cfg.StrOpt("agent_listen",
+               help="HOST:PORT where `midonet-membership agent` serves Prometheus metrics "
+                    "at /metrics; unset: not served."),
+]
+
 
 def register_opts(conf: cfg.ConfigOpts = cfg.CONF) -> None:
     conf.register_opts(DEFAULT_OPTS)
@@ -145,6 +158,7 @@ def register_opts(conf: cfg.ConfigOpts = cfg.CONF) -> None:
     conf.register_opts(CLUSTER_OPTS, group="cluster")
     conf.register_opts(AGENT_OPTS, group="agent")
     conf.register_opts(AUDIT_OPTS, group="audit")
+    conf.register_opts(METRICS_OPTS, group="metrics")
 
 
 def list_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
@@ -156,6 +170,7 @@ def list_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
         ("cluster", CLUSTER_OPTS),
         ("agent", AGENT_OPTS),
         ("audit", AUDIT_OPTS),
+        ("metrics", METRICS_OPTS),
     ]
 
 

@@ -7,18 +7,19 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 
 from oslo_config import cfg
 
 from midonet_membership import conf as config
-from midonet_membership.agent.dataplane import DataPlaneError
-from midonet_membership.agent.identity import HostIdError
 from midonet_membership.context import new_request_id
 from midonet_membership.db import engine as db_engine
 from midonet_membership.db import journal, migration
@@ -81,20 +82,25 @@ def prepare_database(conf: cfg.ConfigOpts):
 
 
 def all_in_one(conf: cfg.ConfigOpts, agent_count: int = 0) -> None:
-    from midonet_membership import nsdb
+    from prometheus_client import make_wsgi_app
+
+    from midonet_membership import metrics, nsdb
     from midonet_membership.api import make_app
     from midonet_membership.api.server import ThreadedServer
 
     engine = prepare_database(conf)
     api_nsdb = nsdb.connect(config.nsdb_url(conf), liveness_timeout=conf.agent.liveness_timeout)
-    app = make_app(conf, engine, api_nsdb)
+    metrics.register_probes({**metrics.database_probes(engine), **metrics.nsdb_probes(api_nsdb)},
+                            {"process": "api"})
+    app = make_app(conf, engine, api_nsdb, metrics_page=make_wsgi_app())
     server = ThreadedServer(app, conf.bind_host, conf.bind_port, conf.api_threads)
     stop = threading.Event()
     importer = _start_importer(conf, engine, stop, in_process=True)
     url = f"http://{conf.bind_host}:{server.port}"
     _write_endpoint(conf, url)
     server.start()
-    banner = [f"midonet-membership all-in-one: API on {url}/v2.0/"]
+    banner = [f"midonet-membership all-in-one: console on {url}/",
+              f"  API on {url}/v2.0/, Prometheus metrics on {url}/metrics"]
     if conf.auth_strategy == "token":
         banner.append(f"  admin token: {os.path.abspath(conf.admin_token_file)} "
                       "(the neutron CLI reads it)")
@@ -127,8 +133,10 @@ def _local_agent(conf: cfg.ConfigOpts, index: int):
 
 
 def agent(conf: cfg.ConfigOpts, dry_run: bool = False) -> None:
+    from midonet_membership import metrics
     from midonet_membership.agent import run_agent
 
+    metrics.serve(conf.metrics.agent_listen)
     run_agent(conf, conf.state_dir, dry_run)
 
 
@@ -137,6 +145,10 @@ def importer(conf: cfg.ConfigOpts) -> None:
     engine = db_engine.create_engine(config.database_url(conf), pool_size=2)
     stop = threading.Event()
     thread = _start_importer(conf, engine, stop, in_process=False)
+    from midonet_membership import metrics
+
+    metrics.register_probes(metrics.database_probes(engine), {"process": "importer"})
+    metrics.serve(conf.metrics.importer_listen)
     print(f"midonet-membership importer: {_redacted(config.database_url(conf))} -> "
           f"{_redacted(config.nsdb_url(conf))}", flush=True)
     _wait_for_signal()
@@ -147,12 +159,14 @@ def importer(conf: cfg.ConfigOpts) -> None:
 def _start_importer(conf: cfg.ConfigOpts, engine, stop: threading.Event,
                     in_process: bool) -> threading.Thread:
     """The importer in a thread, woken by this process's commits or by LISTEN/poll."""
-    from midonet_membership import nsdb
+    from midonet_membership import metrics, nsdb
     from midonet_membership.cluster import importer as cluster
     from midonet_membership.cluster.wakeup import Wakeup
 
     url = config.nsdb_url(conf)
     store = nsdb.connect(url, role="cluster")
+    metrics.register_probes(metrics.nsdb_probes(store), {"process": "importer"})
+    metrics.register_probes(metrics.importer_probes(engine, store))
     wakeup = Wakeup(conf.cluster.poll_interval)
     if in_process:
         wakeup.listen_in_process()
@@ -170,10 +184,22 @@ def _start_importer(conf: cfg.ConfigOpts, engine, stop: threading.Event,
 
 
 def api(conf: cfg.ConfigOpts) -> None:
+    from midonet_membership import metrics
     from midonet_membership.api import make_app
     from midonet_membership.api.server import serve_workers
 
-    prepare_database(conf).dispose()
+    engine = prepare_database(conf)
+    if conf.metrics.api_listen:
+        from midonet_membership import nsdb
+
+        registry = metrics.multiprocess_registry()
+        master_nsdb = nsdb.connect(config.nsdb_url(conf),
+                                   liveness_timeout=conf.agent.liveness_timeout)
+        metrics.register_probes({**metrics.database_probes(engine),
+                                 **metrics.nsdb_probes(master_nsdb)}, {"process": "api"},
+                                registry)
+        metrics.serve(conf.metrics.api_listen, registry)
+    engine.dispose()  # no pooled connection may be inherited by the forked workers
     if conf.auth_strategy == "token":  # before the port opens, so clients can read it
         from midonet_membership.api.auth import ensure_admin_token
         ensure_admin_token(conf.admin_token_file)
@@ -187,6 +213,26 @@ def api(conf: cfg.ConfigOpts) -> None:
             config.nsdb_url(conf), liveness_timeout=conf.agent.liveness_timeout))
     serve_workers(app_factory, conf.bind_host, conf.bind_port, conf.api_workers,
                   conf.api_threads)
+
+
+def _collect_worker_metrics() -> None:
+    """``api``: each gunicorn worker writes its samples to a fresh directory, and the master
+    serves them all on ``[metrics] api_listen`` (prometheus_client's multiprocess mode).
+
+    prometheus_client reads the variable when it is first imported, so this runs before
+    anything imports it; a later import would silently lose every worker's samples.
+    """
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before the API's metrics "
+                           "directory was set; the workers' metrics would be lost")
+    path = tempfile.mkdtemp(prefix="midonet-api-metrics-")
+    master = os.getpid()
+
+    def remove() -> None:  # forked workers inherit the hook: only the master removes it
+        if os.getpid() == master:
+            shutil.rmtree(path, ignore_errors=True)
+    atexit.register(remove)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
 
 
 def _write_endpoint(conf: cfg.ConfigOpts, url: str) -> None:
@@ -218,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
+    if args.command == "api":
+        _collect_worker_metrics()
+    # Only now: the agent package imports prometheus_client.
+    from midonet_membership.agent.dataplane import DataPlaneError
+    from midonet_membership.agent.identity import HostIdError
+
     try:
         conf = _configure(args)
         if args.command == "all-in-one":

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.nsdb",
     "tests.fixtures.keystone",
     "tests.fixtures.hosts",
+    "tests.fixtures.browser",
 ]

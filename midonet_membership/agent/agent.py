@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from midonet_membership import metrics
 from midonet_membership.agent.dataplane import UNSUPPORTED, Built, DataPlane
 from midonet_membership.agent.state import ACTIVE, PENDING, AgentState, state_from_zone
 from midonet_membership.nsdb.base import NSDB, Host, Interface, ObservedState, TunnelZone, Watch
@@ -90,6 +91,8 @@ class Agent:
         self.host = dataclasses.replace(self.host, observed=self.observed)
         self.nsdb.register_host(self.host)
         self.nsdb.heartbeat(self.host_id)
+        metrics.AGENT_LAST_HEARTBEAT.labels(self.host_id).set_to_current_time()
+        metrics.AGENTS.add(self.host_id, self._observed_for_metrics)
         self._heartbeat.start()
         self._reporter.start()
         # Nothing is applied before the watch's first snapshot: applying "pending" now would
@@ -112,6 +115,7 @@ class Agent:
             self._closed = True
             self.dataplane.close()
         self.nsdb.close()  # ends ZooKeeper liveness at once
+        metrics.AGENTS.remove(self.host_id)
 
     def wait_for(self, predicate: Callable[[AgentState], bool], timeout: float) -> AgentState:
         """Block until the state satisfies ``predicate``; raises TimeoutError otherwise."""
@@ -182,6 +186,7 @@ class Agent:
                 return
             if LOG.isEnabledFor(logging.INFO):
                 LOG.info("%s", desired.describe_change(self.state))
+            metrics.AGENT_ZONE_UPDATES.labels(self.host_id).inc()
             with self._changed:
                 self.state = desired
                 self._changed.notify_all()
@@ -203,6 +208,12 @@ class Agent:
             self.observed = observed
             self._changed.notify_all()
         self._report_wanted.set()
+
+    def _observed_for_metrics(self) -> ObservedState:
+        """What the data plane built now, with the zone position last reported."""
+        reported = self.host.observed
+        position = reported.zone_position if reported is not None else None
+        return dataclasses.replace(self.observed, zone_position=position)
 
     def _report_loop(self) -> None:
         """Write the observed state into our own host record whenever it changes.
@@ -239,7 +250,9 @@ class Agent:
                 next_scan = time.monotonic() + self.interface_scan_interval
             try:
                 self.nsdb.heartbeat(self.host_id)
+                metrics.AGENT_LAST_HEARTBEAT.labels(self.host_id).set_to_current_time()
             except Exception as exc:  # the NSDB may be briefly away; keep trying
+                metrics.AGENT_HEARTBEAT_FAILURES.labels(self.host_id).inc()
                 LOG.warning("heartbeat failed: %s", exc)
             if time.monotonic() >= next_reconcile:
                 next_reconcile = time.monotonic() + self.reconcile_interval

@@ -8,33 +8,47 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
 import webob
 
-from midonet_membership import exceptions
+from midonet_membership import exceptions, metrics
 from midonet_membership.api.auth import Authenticator
 from midonet_membership.api.resource import MAX_BODY_BYTES, Controller
-from midonet_membership.context import new_request_id
+from midonet_membership.context import RequestContext, new_request_id
 
 LOG = logging.getLogger(__name__)
 API_VERSION = "v2.0"
 JSON = "application/json"
 
 
+OPERATION = "midonet.operation"  # environ key: the operation the request was routed to
+# A single (non-resource) endpoint: path under /v2.0/ -> (policy-checked handler, its name)
+Endpoint = Callable[[webob.Request, RequestContext], tuple[int, Any]]
+
+
 class Application:
+    """Routes a request to a declared resource; ``endpoints`` are extra read-only JSON
+    endpoints under ``/v2.0/`` (each checks its own policy)."""
+
     def __init__(self, controllers: Iterable[Controller], extensions: Iterable[ModuleType],
-                 authenticate: Authenticator) -> None:
+                 authenticate: Authenticator,
+                 endpoints: dict[str, Endpoint] | None = None) -> None:
         self.controllers: dict[str, Controller] = {}
         for controller in controllers:
             for path in controller.resource.paths:
                 self.controllers[path] = controller
         self.extensions = {ext.ALIAS: _describe(ext) for ext in extensions}
         self.authenticate = authenticate
+        self.endpoints = dict(endpoints or {})
+        self._counters: dict[tuple[str, int], Any] = {}
+        self._timers: dict[str, Any] = {}
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        started = time.perf_counter()
         req = webob.Request(environ)
         # set by the Keystone pipeline, so that its CADF events carry the same id
         request_id = environ.get("openstack.request_id") or new_request_id()
@@ -61,7 +75,21 @@ class Application:
             response.headers["WWW-Authenticate"] = 'Keystone uri="unknown"'
         if req.method == "HEAD":
             response.body = b""
+        self._measure(environ.get(OPERATION, "other"), status, started)
         return response(environ, start_response)
+
+    def _measure(self, operation: str, status: int, started: float) -> None:
+        """One counter increment and one histogram observation: the only per-request cost
+        of the metrics (children are looked up once and kept, not per request)."""
+        counter = self._counters.get((operation, status))
+        if counter is None:
+            counter = self._counters[(operation, status)] = metrics.API_REQUESTS.labels(
+                operation, str(status))
+        timer = self._timers.get(operation)
+        if timer is None:
+            timer = self._timers[operation] = metrics.API_REQUEST_DURATION.labels(operation)
+        counter.inc()
+        timer.observe(time.perf_counter() - started)
 
     def _dispatch(self, req: webob.Request, request_id: str) -> tuple[int, Any]:
         parts = [p for p in req.path_info.split("/") if p]
@@ -69,15 +97,23 @@ class Application:
             parts[-1] = parts[-1][:-5]
         if not parts:
             _only(req, "GET")
+            req.environ[OPERATION] = "list_versions"
             return 200, self._versions(req)
         context = self.authenticate(req, request_id)
         if parts[0] != API_VERSION:
             raise exceptions.ResourceNotFound()
         if len(parts) == 1:
             _only(req, "GET")
+            req.environ[OPERATION] = "list_resources"
             return 200, self._resources(req)
         if parts[1] == "extensions":
+            req.environ[OPERATION] = "list_extensions"
             return self._extension_route(req, parts[2:])
+        endpoint = self.endpoints.get(parts[1])
+        if endpoint is not None and len(parts) == 2:
+            _only(req, "GET")
+            req.environ[OPERATION] = f"get_{parts[1].replace('-', '_')}"
+            return endpoint(req, context)
         controller = self.controllers.get(parts[1])
         if controller is None or len(parts) > 3:
             raise exceptions.ResourceNotFound()
@@ -114,6 +150,20 @@ class Application:
             for c in seen.values()]}
 
 
+def with_pages(api: Callable, pages: dict[str, Callable], console: Callable) -> Callable:
+    """``api`` behind a router of pages that need no token: ``pages`` at exact paths
+    (``/metrics``, the console's files and login), and ``console`` for ``GET /`` from a
+    browser (one that prefers HTML to JSON; API clients keep getting the versions list).
+    Served outside the authentication wrapper; one dict lookup per API request."""
+    def route(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        page = pages.get(path)
+        if page is None and path == "/" and _wants_html(environ.get("HTTP_ACCEPT", "")):
+            page = console
+        return (page or api)(environ, start_response)
+    return route
+
+
 def _route(req: webob.Request, controller: Controller,
            handlers: dict[str, tuple[str, Callable]]) -> tuple[int, Any]:
     """Run the handler of the request's method if the resource declares that operation."""
@@ -121,12 +171,22 @@ def _route(req: webob.Request, controller: Controller,
     method = "GET" if req.method == "HEAD" else req.method
     operation, handler = handlers.get(method, (None, None))
     if operation in resource.operations:
+        req.environ[OPERATION] = f"{operation}_{resource.name}"
         return handler()
     if operation in resource.refusals:
         raise exceptions.MethodNotAllowed(resource.refusals[operation])
     allowed = sorted(m for m, (op, _) in handlers.items() if op in resource.operations)
     raise exceptions.MethodNotAllowed(method=req.method, resource=req.path_info,
                                       allowed=", ".join(allowed))
+
+
+def _wants_html(accept: str) -> bool:
+    """A browser's ``Accept`` (text/html before any JSON); curl's ``*/*``, no header, and
+    API clients asking for JSON keep the versions list."""
+    if "text/html" not in accept:
+        return False
+    return webob.acceptparse.create_accept_header(accept).best_match(
+        [JSON, "text/html"]) == "text/html"
 
 
 def _check_url(req: webob.Request) -> None:

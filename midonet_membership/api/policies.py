@@ -33,6 +33,11 @@ RULES = [
         "get_agent", ADMIN_ONLY, "List or show MidoNet agents.",
         [{"method": "GET", "path": "/agents"}, {"method": "GET", "path": "/agents/{id}"}]),
     policy.DocumentedRuleDefault(
+        "get_deployment_status", ADMIN_ONLY,
+        "Read the tunnel zone, the importer's lag and failures and the last journal tasks "
+        "(the console's zone and journal panel).",
+        [{"method": "GET", "path": "/deployment-status"}]),
+    policy.DocumentedRuleDefault(
         "update_agent", ADMIN_ONLY, "Update an agent's description.",
         [{"method": "PUT", "path": "/agents/{id}"}]),
 ]

@@ -76,6 +76,7 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.engine import Connection, Engine
 
+from midonet_membership import metrics
 from midonet_membership.cluster import election, inflight
 from midonet_membership.cluster.translators import PoisonTask, translate
 from midonet_membership.cluster.wakeup import Wakeup
@@ -92,6 +93,8 @@ from midonet_membership.nsdb.base import (
 
 LOG = logging.getLogger(__name__)
 MAX_GAPS_PER_READ = 200  # gap ranges named in one read; more are read in later steps
+BEHIND_SECONDS = 5.0  # catch-up progress is logged while the oldest pending task is this old
+PROGRESS_INTERVAL = 2.0  # ...checked (one count query) and logged at most this often
 
 
 @dataclasses.dataclass
@@ -101,6 +104,7 @@ class _Plan:
     ops: list[Op]
     position: ImportPosition
     consumed: int  # tasks applied or recorded as failed
+    failed: int = 0  # of which recorded as failed
 
 
 class Importer:
@@ -125,17 +129,43 @@ class Importer:
         self.position = self.nsdb.get_import_position()
 
     def catch_up(self) -> int:
-        """Apply everything applicable now; returns how many tasks were consumed."""
+        """Apply everything applicable now; returns how many tasks were consumed.
+
+        While the oldest task still to apply is more than ``BEHIND_SECONDS`` old (a restart
+        after downtime, a burst), it logs its progress every ``PROGRESS_INTERVAL`` seconds:
+        done, still to go and the rate, so an operator sees it work and when it will be done.
+        A catch-up shorter than ``PROGRESS_INTERVAL`` (the usual one) costs no extra query.
+        """
         total = 0
+        started = last_check = time.monotonic()
+        logged = False
         while consumed := self.step():
             total += consumed
+            now = time.monotonic()
+            if now - last_check >= PROGRESS_INTERVAL:
+                last_check = now
+                remaining, behind = self.backlog()
+                if behind > BEHIND_SECONDS:
+                    LOG.info("importer catching up: %d tasks applied in %.0f s (%.0f tasks/s), "
+                             "%d to go, %.0f s behind", total, now - started,
+                             total / (now - started), remaining, behind)
+                    logged = True
+        if logged:
+            elapsed = time.monotonic() - started
+            LOG.info("importer caught up: %d tasks applied in %.1f s (%.0f tasks/s)", total,
+                     elapsed, total / elapsed if elapsed else 0)
         return total
+
+    def backlog(self) -> tuple[int, float]:
+        """Tasks still to apply and the age in seconds of the oldest of them."""
+        return backlog(self.engine, self.position)
 
     def step(self) -> int:
         """Read, translate and apply once; returns how many tasks were consumed."""
         plan = self._plan()
         if plan.position == self.position:
             return 0
+        started = time.perf_counter()
         try:
             self.nsdb.apply(plan.ops, self.position, plan.position)
         except PositionConflict:
@@ -143,6 +173,12 @@ class Importer:
                         "re-reading it")
             self.sync_position()
             return 0
+        measured = metrics.importer()
+        measured.apply_duration.observe(time.perf_counter() - started)
+        measured.tasks_applied.inc(plan.consumed - plan.failed)
+        measured.failed_tasks.inc(plan.failed)
+        if plan.position.high is not None:
+            measured.position.set(plan.position.high)
         self.position = plan.position
         done = plan.position.done_through
         if done is not None:
@@ -214,6 +250,7 @@ class Importer:
         ops: list[Op] = []
         config_id = position.config_id
         consumed: set[int] = set()
+        failed = 0
         for unit in units:
             try:
                 unit_ops: list[Op] = []
@@ -228,11 +265,12 @@ class Importer:
                     unit_ops += task_ops
             except PoisonTask as exc:
                 self._record_poison(unit, exc)
+                failed += len(unit)
             else:
                 ops += unit_ops
             consumed |= {t.id for t in unit}
         return _Plan(ops, _advanced(position, consumed, final, config_id, self.clock()),
-                     len(consumed))
+                     len(consumed), failed)
 
     def _record_poison(self, group: list[journal.Task], exc: PoisonTask) -> None:
         """Skip policy: record every task of the transaction as failed, then go on."""
@@ -246,6 +284,12 @@ class Importer:
         for task_id, error in failures.items():
             LOG.error("task %d cannot be applied, skipping it: %s", task_id, error)
         journal.record_failures(self.engine, failures)
+
+
+def backlog(engine: Engine, position: ImportPosition) -> tuple[int, float]:
+    """Tasks ``position`` has still to apply, and the age in seconds of the oldest."""
+    with reader(engine) as conn:
+        return journal.backlog(conn, position.high, [(g.low, g.high) for g in position.gaps])
 
 
 def _transactions(tasks: Sequence[journal.Task]) -> list[list[journal.Task]]:
@@ -301,12 +345,17 @@ def run(engine: Engine, nsdb: NSDB, nsdb_url: str, wakeup: Wakeup, stop: threadi
         batch_size: int = 500, **_retired: object) -> None:
     """Campaign for leadership; while leading, import until stopped or deposed."""
     identifier = f"importer-{uuid.uuid4()}"
+    metrics.importer().leader.set(0)  # a standby shows 0, not nothing
     while not stop.is_set():
         try:
             with election.leadership(nsdb_url, identifier, stop) as lost:
                 if lost is None:
                     return
-                _lead(Importer(engine, nsdb, batch_size=batch_size), wakeup, stop, lost)
+                metrics.importer().leader.set(1)
+                try:
+                    _lead(Importer(engine, nsdb, batch_size=batch_size), wakeup, stop, lost)
+                finally:
+                    metrics.importer().leader.set(0)
         except Exception as exc:  # e.g. ZooKeeper unreachable while campaigning
             LOG.warning("leader election failed (%s: %s); campaigning again",
                         type(exc).__name__, exc)

@@ -258,3 +258,29 @@ def list_failures(engine: Engine) -> dict[int, str]:
     with reader(engine) as conn:
         return dict(conn.execute(sa.select(task_failures.c.task_id, task_failures.c.error)
                                  .order_by(task_failures.c.task_id)).all())
+
+
+def backlog(conn: Connection, high: int | None, ranges: Sequence[tuple[int, int]] = (),
+            now: datetime.datetime | None = None) -> tuple[int, float]:
+    """How far behind an importer at ``high`` (with open gaps ``ranges``) is: the committed
+    tasks it has still to apply, as :func:`pending_tasks` reads them, and the age in seconds
+    of the oldest (0 when none). What the lag metrics, the progress log and the console
+    show."""
+    stmt = sa.select(sa.func.count(), sa.func.min(tasks.c.created_at))
+    if high is not None:
+        stmt = stmt.where(sa.or_(tasks.c.id > high,
+                                 *(tasks.c.id.between(lo, hi) for lo, hi in ranges)))
+    count, oldest = conn.execute(stmt).one()
+    if not count or oldest is None:
+        return 0, 0.0
+    return count, max(0.0, ((now or utcnow()) - oldest).total_seconds())
+
+
+def recent_tasks(conn: Connection, limit: int) -> list[Task]:
+    """The newest ``limit`` tasks, newest first (the console's list of last changes)."""
+    return [_task(r) for r in conn.execute(
+        sa.select(tasks).order_by(tasks.c.id.desc()).limit(limit))]
+
+
+def failure_count(conn: Connection) -> int:
+    return conn.execute(sa.select(sa.func.count()).select_from(task_failures)).scalar_one()

@@ -1,0 +1,65 @@
+"""The importer says how its catch-up goes while it is behind, and stays quiet otherwise."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import re
+
+import sqlalchemy as sa
+
+from midonet_membership import nsdb
+from midonet_membership.cluster import importer as cluster
+from midonet_membership.db import engine as db_engine
+from midonet_membership.db import journal, migration
+from midonet_membership.db.models import tasks
+
+
+def _journal_with(url: str, count: int, age: datetime.timedelta) -> sa.Engine:
+    """A CONFIG task and ``count`` memberships, written ``age`` ago (as after downtime)."""
+    migration.upgrade(url)
+    engine = db_engine.create_engine(url)
+    journal.record_config(engine, "vxlan", "req-config")
+    created = journal.utcnow() - age
+    with engine.begin() as conn:
+        conn.execute(sa.insert(tasks), [{
+            "type": journal.CREATE, "data_type": journal.AGENTMEMBERSHIP,
+            "resource_id": f"00000000-0000-4000-8000-{n:012d}",
+            "data": f'{{"id": "00000000-0000-4000-8000-{n:012d}", '
+                    f'"ip_address": "198.18.{n // 250}.{n % 250 + 1}"}}',
+            "transaction_id": f"req-{n}", "created_at": created} for n in range(count)])
+    return engine
+
+
+def test_catch_up_progress_is_logged_while_behind(make_database, tmp_path, caplog,
+                                                  monkeypatch):
+    monkeypatch.setattr(cluster, "PROGRESS_INTERVAL", 0.0)  # every batch, for the test
+    engine = _journal_with(make_database("sqlite"), 1000, datetime.timedelta(minutes=5))
+    with nsdb.connect(f"sqlite:///{tmp_path}/nsdb.sqlite", role="cluster") as store, \
+            caplog.at_level(logging.INFO, logger=cluster.__name__):
+        importer = cluster.Importer(engine, store, batch_size=100)
+        importer.sync_position()
+        assert importer.catch_up() == 1001
+    lines = [r.getMessage() for r in caplog.records]
+    progress = [re.match(r"importer catching up: (\d+) tasks applied in \d+ s "
+                         r"\(\d+ tasks/s\), (\d+) to go, (\d+) s behind", line)
+                for line in lines if line.startswith("importer catching up")]
+    assert progress and all(progress), lines
+    done = [(int(m[1]), int(m[2])) for m in progress]
+    assert all(a + b == 1001 for a, b in done), done  # done + to go = the whole backlog
+    assert [a for a, _ in done] == sorted(a for a, _ in done)
+    assert all(int(m[3]) >= 290 for m in progress)  # five minutes behind
+    assert re.fullmatch(r"importer caught up: 1001 tasks applied in [\d.]+ s "
+                        r"\(\d+ tasks/s\)", lines[-1])
+
+
+def test_no_progress_lines_when_not_behind(make_database, tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(cluster, "PROGRESS_INTERVAL", 0.0)
+    engine = _journal_with(make_database("sqlite"), 300, datetime.timedelta(0))
+    with nsdb.connect(f"sqlite:///{tmp_path}/nsdb.sqlite", role="cluster") as store, \
+            caplog.at_level(logging.INFO, logger=cluster.__name__):
+        importer = cluster.Importer(engine, store, batch_size=100)
+        importer.sync_position()
+        assert importer.catch_up() == 301
+    assert not [r for r in caplog.records if "catching up" in r.getMessage()
+                or "caught up" in r.getMessage()]
