@@ -87,6 +87,7 @@ def test_activate_by_reported_address_then_deactivate(page, server):
     expect(table).to_be_visible()
     expect(_row(page, first)).to_contain_text(first["id"])
     expect(_row(page, second)).to_contain_text(second["id"])
+    expect(_row(page, first).get_by_role("cell").nth(4)).to_have_text(re.compile("^pending"))
     expect(page.get_by_text("2 agent(s), 2 pending activation.")).to_be_visible()
 
     _row(page, first).get_by_role("button", name=f"Activate {first['host']}").click()
@@ -102,10 +103,13 @@ def test_activate_by_reported_address_then_deactivate(page, server):
     row = _row(page, first)
     expect(row.get_by_role("cell").nth(3)).to_have_text(f"yes, {address}")
     expect(row.get_by_role("button", name=f"Deactivate {first['host']}")).to_be_visible()
+    # the agent's own report (not the admin's intent) turns active without a reload
+    expect(row.get_by_role("cell").nth(4)).to_have_text(re.compile("^active"))
     expect(page.get_by_text("2 agent(s), 1 pending activation.")).to_be_visible()
     expect(page.locator("#zone-members")).to_have_text("1")
     expect(page.get_by_role("table", name=re.compile("Last changes")).get_by_role(
-        "row").nth(1)).to_contain_text(f"CREATE AGENTMEMBERSHIP{first['id']}{address}")
+        "row").nth(1)).to_contain_text(
+        f"CREATE AGENTMEMBERSHIP{first['id']}{address}admin-token from 127.0.0.1")
     page.screenshot(path=DOCS / "console-agents.png", full_page=True)
 
     row.get_by_role("button", name=f"Deactivate {first['host']}").click()
@@ -115,6 +119,7 @@ def test_activate_by_reported_address_then_deactivate(page, server):
     expect(confirm).to_be_hidden()
     expect(_row(page, first).get_by_role("cell").nth(3)).to_have_text("no")
     assert server.client().get(f"{MEMBERSHIPS}/{first['id']}").status == 404
+    expect(_row(page, first).get_by_role("cell").nth(4)).to_have_text(re.compile("^pending"))
 
 
 def test_cancelled_deactivation_changes_nothing(page, server):

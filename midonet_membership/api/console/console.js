@@ -183,7 +183,7 @@ function fillAgentRow(row, agent) {
   cell(row, agent.alive ? "yes" : "no", agent.alive ? "ok" : "bad");
   cell(row, agent.member ? `yes, ${agent.tunnel_ip_address}` : "no");
   const st = agentState(agent);
-  const reason = observed(agent, "reason");
+  const reason = observed(agent, "state_reason") || observed(agent, "reason");
   cell(row, st ? (reason ? `${st}: ${reason}` : st) : null, st ? `state-${st}` : "");
   cell(row, observed(agent, "tunnels"));
   cell(row, observed(agent, "admission_drops"));
@@ -296,7 +296,9 @@ function renderStatus(status) {
     cell(tr, `${t.type} ${t.data_type}`);
     cell(tr, t.data_type === "CONFIG" ? null : t.resource_id, "mono");
     cell(tr, t.ip_address || t.tunnel_protocol);
-    cell(tr, t.user_name || t.user_id || t.actor || t.requested_by || null);
+    cell(tr, t.requested_by
+      ? (t.requested_from ? `${t.requested_by} from ${t.requested_from}` : t.requested_by)
+      : null);
     cell(tr, t.processed ? "yes" : "not yet");
     return tr;
   });
