@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("all-in-one", "API + importer + embedded NSDB in one process"),
                        ("api", "the API server (gunicorn workers)"),
                        ("importer", "the cluster importer (one of several may lead)"),
-                       ("agent", "one MidoNet agent (kernel data plane in [agent] netns)")):
+                       ("agent", "one MidoNet agent (kernel data plane in [agent] netns)"),
+                       ("demo", "activation on the wire: 3 hosts and a rogue as network "
+                                "namespaces (root; removes all it built)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config-file", action="append", default=[],
                        help="neutron.conf-style file (repeatable)")
@@ -264,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
+    if args.command == "demo":
+        from midonet_membership.demo import run_demo
+        return run_demo()
     if args.command == "api":
         _collect_worker_metrics()
     # Only now: the agent package imports prometheus_client.

@@ -354,3 +354,24 @@ def test_a_killed_runs_namespaces_are_removed_at_the_next_start():
     finally:
         if leftover in netns.listnetns():
             netns.remove(leftover)
+
+
+def test_the_demo_shows_admission_and_leaves_nothing_behind():
+    require_kernel()
+    from pyroute2 import IPRoute, netns
+
+    with IPRoute() as ipr:
+        links_before = sorted(link.get_attr("IFLA_IFNAME") for link in ipr.get_links())
+    demo = subprocess.Popen([str(Path(_bin()) / "midonet-membership"), "demo"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = demo.communicate(timeout=300)
+    assert demo.returncode == 0, out + err
+    assert "ping a -> b (192.0.2.2): replies" in out
+    assert "ping rogue -> a (192.0.2.1): no reply" in out
+    assert "a's admission table dropped 0 packet" not in out  # the rogue's were counted
+    assert "ping c -> b (192.0.2.2): replies" in out and "ping b -> a (192.0.2.1): no reply" in out
+    assert not [n for n in netns.listnetns() if n.startswith(f"mmlab-{demo.pid}-")]
+    with IPRoute() as ipr:
+        assert sorted(link.get_attr("IFLA_IFNAME") for link in ipr.get_links()) == links_before
+    assert subprocess.run(["nft", "list", "table", "inet", TABLE],
+                          capture_output=True).returncode != 0  # none in the root namespace
