@@ -130,6 +130,7 @@ AUDIT_OPTS = [
                      "use_oslo_messaging is set, else to the log (logger "
                      "midonet_membership.audit)."),
     cfg.StrOpt("audit_map_file", default=AUDIT_MAP_FILE,
+               sample_default="<midonet_membership package>/api/api_audit_map.conf",
                help="keystonemiddleware's audit map (path keywords, service type); the "
                     "default is the one shipped for this API."),
     cfg.StrOpt("ignore_req_list", default="GET,HEAD",
