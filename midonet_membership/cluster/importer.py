@@ -95,6 +95,7 @@ LOG = logging.getLogger(__name__)
 MAX_GAPS_PER_READ = 200  # gap ranges named in one read; more are read in later steps
 BEHIND_SECONDS = 5.0  # catch-up progress is logged while the oldest pending task is this old
 PROGRESS_INTERVAL = 2.0  # ...checked (one count query) and logged at most this often
+GAP_CHECK_INTERVAL = 0.1  # seconds between asking whether open gaps are final
 
 
 @dataclasses.dataclass
@@ -123,6 +124,7 @@ class Importer:
         self._settled = settled
         self.position = ImportPosition()
         self.max_ops = nsdb.max_ops_per_apply()
+        self._next_gap_check = 0.0
 
     def sync_position(self) -> None:
         """Start from the NSDB's position: the only one that is authoritative."""
@@ -191,7 +193,10 @@ class Importer:
         final: set[Gap] = set()
         listed = position.gaps[:MAX_GAPS_PER_READ]
         with reader(self.engine) as conn:
-            if position.gaps:  # asked BEFORE the read that must still miss their ids
+            if position.gaps and time.monotonic() >= self._next_gap_check:
+                # Asked BEFORE the read that must still miss their ids; not at every step
+                # (a gap costs nothing while open: tasks behind it do not wait for it).
+                self._next_gap_check = time.monotonic() + GAP_CHECK_INTERVAL
                 done = self._settled(conn, {g.evidence for g in position.gaps})
                 final = {g for g in position.gaps if g.evidence in done}
             fetched = journal.pending_tasks(conn, position.high,
