@@ -14,7 +14,9 @@ from midonet_membership.api.agents import Agents
 from midonet_membership.api.app import Application, with_pages
 from midonet_membership.api.definitions import agent, agent_membership
 from midonet_membership.api.resource import Controller, Plugin, Resource
+from midonet_membership.conf import nsdb_url
 from midonet_membership.db.memberships import AgentMemberships
+from midonet_membership.nsdb import max_ops_per_apply
 from midonet_membership.nsdb.base import NSDB
 
 
@@ -24,8 +26,9 @@ def make_app(conf: cfg.ConfigOpts, engine: Engine, nsdb: NSDB | None = None,
     """The WSGI app serving agent-memberships and, given an NSDB, the agents, the deployment
     status and the console. ``metrics_page`` (the all-in-one's) is served at ``/metrics``."""
     authorizer = policies.Authorizer(policies.get_enforcer(conf))
+    max_bulk = max_ops_per_apply(nsdb_url(conf))
     declared = [(agent_membership, exceptions.AgentMembershipNotFound,
-                 AgentMemberships(engine)), *more]
+                 AgentMemberships(engine, max_bulk=max_bulk)), *more]
     if nsdb is not None:
         declared.append((agent, exceptions.AgentNotFound, Agents(engine, nsdb)))
     controllers = [

@@ -26,8 +26,12 @@ from midonet_membership.paging import ListQuery
 class AgentMemberships:
     """create/get/list/delete with Neutron's plugin argument shapes."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, max_bulk: int | None = None) -> None:
+        """``max_bulk``: the most memberships one request may create, because the cluster
+        applies a request's tasks in ONE NSDB transaction and the NSDB bounds its size
+        (:func:`midonet_membership.nsdb.max_ops_per_apply`). None: no limit."""
         self.engine = engine
+        self.max_bulk = max_bulk
         # PostgreSQL runs a change and its task as one atomic statement (one round trip).
         self._postgresql = engine.dialect.name == "postgresql"
 
@@ -35,6 +39,13 @@ class AgentMemberships:
     def create(self, context: RequestContext, items: Sequence[dict[str, str]]) -> list[dict]:
         """Insert every membership and its CREATE task in one transaction (bulk = atomic)."""
         refuse_duplicates_within(items)
+        if self.max_bulk is not None and len(items) > self.max_bulk:
+            raise exceptions.BadRequest(
+                resource="agent_membership",
+                msg=f"a bulk request may create at most {self.max_bulk} agent memberships "
+                    f"(it names {len(items)}): the cluster applies one request atomically "
+                    "and the NSDB's transaction size limit (ZooKeeper's jute.maxbuffer) "
+                    "holds no more; split it into several requests")
         rows = [{"id": m["id"], "ip_address": m["ip_address"]} for m in items]
         # The original contract's tenant_id lives in the task only (the table has no column).
         owners = [m.get("tenant_id") or context.project_id for m in items]

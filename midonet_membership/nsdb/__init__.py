@@ -37,7 +37,19 @@ _FLOAT_OPTIONS = ("liveness_timeout", "timeout", "watch_interval")
 
 __all__ = ["DEFAULT_TUNNEL_ZONE_NAME", "NSDB", "AddMember", "Host", "HostStatus", "Interface",
            "NSDBError", "ObservedState", "Op", "PositionConflict", "RemoveMember",
-           "SetTunnelZone", "TunnelZone", "Watch", "connect"]
+           "SetTunnelZone", "TunnelZone", "Watch", "connect", "max_ops_per_apply"]
+
+
+def max_ops_per_apply(url: str) -> int | None:
+    """The most member changes one apply of this NSDB can hold (None: no limit); computed
+    from the URL alone, so the API can enforce it without connecting."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "zookeeper":
+        return None
+    from midonet_membership.nsdb.zookeeper_wire import max_members_per_apply
+
+    return max_members_per_apply(url.split("?", 1)[0], **dict(urllib.parse.parse_qsl(
+        parts.query)))
 
 
 def connect(url: str, **options: object) -> NSDB:

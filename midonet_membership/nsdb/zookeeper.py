@@ -67,13 +67,14 @@ from midonet_membership.nsdb.base import (
     members_seen_by,
 )
 from midonet_membership.nsdb.zookeeper_io import ConnectionThreadWatch, PollThreadingHandler
+from midonet_membership.nsdb.zookeeper_wire import (
+    DEFAULT_JUTE_MAXBUFFER,
+    max_members_per_apply,
+    member_node,
+)
 
 LOG = logging.getLogger(__name__)
 ROLES = ("cluster", "agent", None)
-
-
-def member_node(host_id: str, ip_address: str) -> str:
-    return f"{host_id}@{ip_address}"
 
 
 def parse_members(children: list[str]) -> dict[str, str]:
@@ -85,7 +86,9 @@ class ZooKeeperNSDB(NSDB):
     (connect, seconds), ``liveness_timeout`` (the session timeout, seconds)."""
 
     def __init__(self, url: str, role: str | None = None, timeout: float = 10.0,
-                 liveness_timeout: float = 10.0, **_ignored: object) -> None:
+                 liveness_timeout: float = 10.0,
+                 jute_maxbuffer: int | str = DEFAULT_JUTE_MAXBUFFER,
+                 **_ignored: object) -> None:
         if role not in ROLES:
             raise NSDBError(f"unknown NSDB role {role!r}: use 'cluster', 'agent' or none")
         parts = urllib.parse.urlsplit(url)
@@ -93,6 +96,7 @@ class ZooKeeperNSDB(NSDB):
         self.root = parts.path.rstrip("/") or "/midonet"
         self.role = role
         self.timeout = timeout
+        self._max_members = max_members_per_apply(url, jute_maxbuffer)
         user = urllib.parse.unquote(parts.username or "")
         password = urllib.parse.unquote(parts.password or "")
         auth = [("digest", f"{user}:{password}")] if user else None
@@ -148,6 +152,9 @@ class ZooKeeperNSDB(NSDB):
                 pass
 
     # -- position ------------------------------------------------------------------------------
+    def max_ops_per_apply(self) -> int:
+        return self._max_members
+
     def get_import_position(self) -> ImportPosition:
         try:
             data, _stat = self.client.get(self.position_path)
