@@ -108,11 +108,13 @@ class Mesh:
         assert self.api.delete(f"{MEMBERSHIPS}/{self.ids[name]}").status == 204
 
     def view(self, name: str) -> dict:
-        return self.api.get(f"/v2.0/agents/{self.ids[name]}").json["agent"]
+        """The agent as the API shows it ({} while it is not registered)."""
+        shown = self.api.get(f"/v2.0/agents/{self.ids[name]}")
+        return shown.json["agent"] if shown.status == 200 else {}
 
     def wait_view(self, name: str, what: str, **fields: object) -> dict:
         return until(lambda: (v := self.view(name)) and all(
-            v[k] == want for k, want in fields.items()) and v, f"{name}: {what} {fields}")
+            v.get(k) == want for k, want in fields.items()) and v, f"{name}: {what} {fields}")
 
     def ping(self, source: str, target: str, **kw) -> bool:
         return self.lab.ping(self.hosts[source], self.hosts[target].overlay_ip, **kw)
@@ -375,3 +377,44 @@ def test_the_demo_shows_admission_and_leaves_nothing_behind():
         assert sorted(link.get_attr("IFLA_IFNAME") for link in ipr.get_links()) == links_before
     assert subprocess.run(["nft", "list", "table", "inet", TABLE],
                           capture_output=True).returncode != 0  # none in the root namespace
+
+
+def test_the_agent_command_builds_in_its_namespace(make_database, start_server, lab,
+                                                   tmp_path):
+    """``midonet-membership agent`` with ``[agent] netns``: the production entry point."""
+    server = start_server(make_database("sqlite"))
+    mesh = Mesh(server, lab, ["a", "b"])
+    processes = []
+    try:
+        mesh.start_agent("a")
+        host = mesh.hosts["b"]
+        config = tmp_path / "agent-b.conf"
+        config.write_text(f"[nsdb]\nconnection = {mesh.url}\n[agent]\nnetns = {host.netns}\n"
+                          f"overlay_address = {host.overlay_address}\n"
+                          "heartbeat_interval = 0.2\nreconcile_interval = 0.3\n")
+        state_dir = tmp_path / "agent-b"
+        processes.append(subprocess.Popen(
+            [str(Path(_bin()) / "midonet-membership"), "agent", "--config-file", str(config),
+             "--state-dir", str(state_dir)], stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / "agent-b.log", "w")))
+        id_file = state_dir / "midonet_host_id.properties"
+        until(id_file.exists, "b's host id")
+        mesh.ids["b"] = id_file.read_text().strip().split("=", 1)[1]
+        view = mesh.wait_view("b", "registered", state="pending")
+        assert {"name": "ul0", "ip_addresses": [host.tunnel_ip]} in \
+            view["configurations"]["interfaces"]  # read in its namespace, not ours
+        assert view["vtep_mac"] == vtep_mac(mesh.ids["b"])
+        mesh.activate("a")
+        mesh.activate("b")
+        for name in "ab":
+            mesh.wait_view(name, "built", state="active", tunnels=1)
+        assert mesh.lab.wait_for_ping(mesh.hosts["a"], host.overlay_ip, 5) is not None
+        processes[0].terminate()  # a stopped agent leaves its tunnels up
+        assert processes[0].wait(15) == 0
+        assert mesh.ping("a", "b")
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        mesh.close()
