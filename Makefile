@@ -6,7 +6,7 @@ PIP    := $(BIN)/pip install --quiet --disable-pip-version-check -c constraints.
 PYTEST_ARGS ?=
 CONFIG_NAMESPACES := --namespace midonet_membership --namespace oslo.policy --namespace keystonemiddleware.auth_token
 
-.PHONY: run test venv venv-test lint bench sample-config clean
+.PHONY: run test venv venv-test screenshots lint bench sample-config clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: venv-test
 	tools/ensure-prometheus
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## Retake the README's console screenshots (docs/console-*.png) with the console tests.
+screenshots: venv-test
+	tools/ensure-chromium
+	MM_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/e2e/test_console.py
 
 lint: venv-test
 	$(BIN)/ruff check .

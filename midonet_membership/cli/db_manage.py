@@ -13,6 +13,8 @@ import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -193,19 +195,31 @@ class Resync(_DbCommand, Lister):
         from midonet_membership import nsdb
 
         url = config.nsdb_url(self.app.conf)
+        started = time.monotonic()
         try:
             with nsdb.connect(url, role="cluster") as store:
-                changes = resync(self.app.engine, store)
+                changes = resync(self.app.engine, store, progress=_progress)
         except nsdb.NSDBError as exc:
             raise CommandError(f"NSDB {redacted(url)}: {exc}") from None
         if not changes:
             print("the NSDB already matches the memberships table: nothing changed",
                   file=sys.stderr)
+        else:
+            _progress(f"{len(changes)} change(s) applied in {time.monotonic() - started:.1f} s")
         return ("change", "id", "tunnel_ip_or_type"), changes
 
 
-def resync(engine: Engine, store) -> list[tuple[str, str, str]]:
-    """Make ``store``'s zone equal the memberships table; returns the changes made."""
+def _progress(text: str) -> None:
+    """What a long command is doing, on stderr: the table on stdout stays parseable."""
+    print(f"resync: {text}", file=sys.stderr, flush=True)
+
+
+def resync(engine: Engine, store,
+           progress: Callable[[str], None] = lambda _: None) -> list[tuple[str, str, str]]:
+    """Make ``store``'s zone equal the memberships table; returns the changes made.
+
+    ``progress`` is told each phase (reading, comparing, applying): with many thousands of
+    members each takes a while, and a command must not sit silent meanwhile."""
     from midonet_membership.db.models import memberships
     from midonet_membership.nsdb.base import (
         AddMember,
@@ -215,12 +229,17 @@ def resync(engine: Engine, store) -> list[tuple[str, str, str]]:
         TunnelZone,
     )
 
-    for _ in range(20):
+    for attempt in range(20):
+        if attempt:
+            progress(f"the importer applied meanwhile; comparing again (attempt {attempt + 1})")
+        progress("reading the NSDB zone and the memberships table")
         position = store.get_import_position()
         zone, members = store.get_tunnel_zone(), store.list_members()
         with db_engine.reader(engine) as conn:
             wanted = dict(conn.execute(sa.select(memberships.c.id,
                                                  memberships.c.ip_address)).all())
+        progress(f"{len(wanted)} membership(s) in the Neutron DB, {len(members)} member(s) "
+                 "in the NSDB zone")
         config_data = journal.resource_state(engine).get(journal.CONFIG, {}).get(
             journal.CONFIG_RESOURCE_ID)
         ops: list = []
@@ -240,6 +259,7 @@ def resync(engine: Engine, store) -> list[tuple[str, str, str]]:
             changes.append(("removed", host, members[host]))
         if not ops:
             return []
+        progress(f"applying {len(ops)} change(s) in one NSDB transaction")
         try:
             store.apply(ops, position, position)
         except PositionConflict:

@@ -2,11 +2,14 @@
 reported addresses, watch the table change without a reload, deactivate it.
 
 The all-in-one runs with two local agents, as ``make run RUN_ARGS="--agents 2"`` starts it.
-Screenshots of what the operator sees are written to ``docs/`` (the README shows them).
+Screenshots of what the operator sees are taken on every run; with ``MM_SCREENSHOTS=1``
+(``make screenshots``) they are written to ``docs/``, where the README shows them, instead of
+a temporary directory, so that an ordinary ``make test`` leaves the tree clean.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -20,6 +23,19 @@ pytestmark = pytest.mark.slow
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 AGENTS = "/v2.0/agents"
 MEMBERSHIPS = "/v2.0/agent-memberships"
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    if os.environ.get("MM_SCREENSHOTS") == "1":
+        DOCS.mkdir(exist_ok=True)
+        return DOCS
+    return tmp_path_factory.mktemp("screenshots")
+
+
+def _screenshot(page, path: Path, **kw) -> None:
+    page.screenshot(path=path, **kw)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
@@ -67,17 +83,16 @@ def test_browser_gets_the_console_and_api_clients_the_versions(server):
             "content-security-policy"]
 
 
-def test_wrong_token_is_refused(page, server):
+def test_wrong_token_is_refused(page, server, shots):
     _login(page, server, token="0" * 64)
     from playwright.sync_api import expect
 
     expect(page.get_by_role("alert").filter(has_text="Authentication required")).to_be_visible()
     expect(page.get_by_role("table")).to_be_hidden()
-    DOCS.mkdir(exist_ok=True)
-    page.screenshot(path=DOCS / "console-login.png")
+    _screenshot(page, shots / "console-login.png")
 
 
-def test_activate_by_reported_address_then_deactivate(page, server):
+def test_activate_by_reported_address_then_deactivate(page, server, shots):
     from playwright.sync_api import expect
 
     first, second = _agents(server)
@@ -94,7 +109,7 @@ def test_activate_by_reported_address_then_deactivate(page, server):
     dialog = page.get_by_role("dialog", name="Activate host")
     expect(dialog).to_be_visible()
     dialog.get_by_role("radio", name=re.compile(re.escape(address))).check()
-    page.screenshot(path=DOCS / "console-activate.png")
+    _screenshot(page, shots / "console-activate.png")
     dialog.get_by_role("button", name="Activate", exact=True).click()
     expect(dialog).to_be_hidden()
 
@@ -110,7 +125,7 @@ def test_activate_by_reported_address_then_deactivate(page, server):
     expect(page.get_by_role("table", name=re.compile("Last changes")).get_by_role(
         "row").nth(1)).to_contain_text(
         f"CREATE AGENTMEMBERSHIP{first['id']}{address}admin-token from 127.0.0.1")
-    page.screenshot(path=DOCS / "console-agents.png", full_page=True)
+    _screenshot(page, shots / "console-agents.png", full_page=True)
 
     row.get_by_role("button", name=f"Deactivate {first['host']}").click()
     confirm = page.get_by_role("dialog", name="Deactivate host?")

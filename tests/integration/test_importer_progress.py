@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import json
 import logging
+import os
 import re
+import subprocess
+import sys
 
 import sqlalchemy as sa
 
@@ -12,7 +16,7 @@ from midonet_membership import nsdb
 from midonet_membership.cluster import importer as cluster
 from midonet_membership.db import engine as db_engine
 from midonet_membership.db import journal, migration
-from midonet_membership.db.models import tasks
+from midonet_membership.db.models import memberships, tasks
 
 
 def _journal_with(url: str, count: int, age: datetime.timedelta) -> sa.Engine:
@@ -63,3 +67,29 @@ def test_no_progress_lines_when_not_behind(make_database, tmp_path, caplog, monk
         assert importer.catch_up() == 301
     assert not [r for r in caplog.records if "catching up" in r.getMessage()
                 or "caught up" in r.getMessage()]
+
+
+def test_resync_says_what_it_is_doing_on_stderr(make_database, tmp_path):
+    """Each phase on stderr (the table stays alone on stdout, parseable)."""
+    url = make_database("sqlite")
+    engine = _journal_with(url, 300, datetime.timedelta(0))  # 300 memberships' tasks...
+    with engine.begin() as conn:  # ...and their rows, never imported: the NSDB is empty
+        conn.execute(sa.insert(memberships), [
+            {"id": f"00000000-0000-4000-8000-{n:012d}",
+             "ip_address": f"198.18.{n // 250}.{n % 250 + 1}"} for n in range(300)])
+    nsdb_url = f"sqlite:///{tmp_path}/nsdb.sqlite"
+    with nsdb.connect(nsdb_url, role="cluster") as store:
+        store.apply([], None, None)  # the tree exists, nothing in it
+    config = tmp_path / "manage.conf"
+    config.write_text(f"[database]\nconnection = {url}\n[nsdb]\nconnection = {nsdb_url}\n")
+    done = subprocess.run([os.path.join(os.path.dirname(sys.executable), "midonet-db-manage"),
+                           "--config-file", str(config), "resync", "-f", "json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)) == 301  # the zone and 300 members
+    lines = [line for line in done.stderr.splitlines() if line.startswith("resync: ")]
+    assert lines[0] == "resync: reading the NSDB zone and the memberships table"
+    assert lines[1] == ("resync: 300 membership(s) in the Neutron DB, 0 member(s) in the "
+                        "NSDB zone")
+    assert lines[2] == "resync: applying 301 change(s) in one NSDB transaction"
+    assert re.fullmatch(r"resync: 301 change\(s\) applied in [\d.]+ s", lines[3])
