@@ -193,8 +193,15 @@ class Agent:
             self._report_wanted.set()  # the zone position moved with it
             self._write_state()
 
+    def _watch_failure(self) -> Built | None:
+        """An NSDB watch that cannot follow the zone makes the agent ``error``: what it built
+        may be stale, and it must not look alive and silent."""
+        failure = self._watch.failure() if self._watch is not None else None
+        return None if failure is None else Built(ERROR, f"NSDB watch failed: {failure}")
+
     def _observe(self, desired: AgentState, built: Built) -> None:
         """Record what was built; the reporter thread writes it (off the activation path)."""
+        built = self._watch_failure() or built
         if desired.status != ACTIVE and built.state != ERROR:
             observed = ObservedState(PENDING, "not a member of the DEFAULT tunnel zone",
                                      admission_drops=built.admission_drops)
@@ -254,6 +261,8 @@ class Agent:
             except Exception as exc:  # the NSDB may be briefly away; keep trying
                 metrics.AGENT_HEARTBEAT_FAILURES.labels(self.host_id).inc()
                 LOG.warning("heartbeat failed: %s", exc)
+            if (watch_failure := self._watch_failure()) is not None:
+                self._observe(self._desired, watch_failure)
             if time.monotonic() >= next_reconcile:
                 next_reconcile = time.monotonic() + self.reconcile_interval
                 if self._desired.peers and len(self._desired.peer_macs) < len(

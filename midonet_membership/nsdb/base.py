@@ -217,6 +217,10 @@ class Watch(abc.ABC):
     def cancel(self) -> None:
         """Stop calling the callback. Safe to call twice."""
 
+    def failure(self) -> str | None:
+        """Why the watch cannot follow the zone right now (None while it can)."""
+        return None
+
 
 class NSDB(abc.ABC):
     """One connection to the NSDB. Thread-safe; open one per process with :func:`connect`."""

@@ -201,43 +201,77 @@ def _apply_op(conn: sqlite3.Connection, op: Op) -> None:
 
 
 class _SQLiteWatch(Watch):
-    """A thread that delivers a snapshot whenever the zone or its members change."""
+    """A thread that delivers a snapshot whenever the zone or its members change.
+
+    An sqlite error (a locked or replaced file, a full disk, an I/O error) does not end it:
+    it reopens its connection with a growing pause, says so once, and ``failure()`` reports
+    it meanwhile, so an agent shows ``error`` instead of staying ``alive`` and silent.
+    """
 
     def __init__(self, path: str, callback: ZoneCallback, interval: float,
                  host_id: str | None) -> None:
+        self._path = path
         self._callback = callback
         self._host_id = host_id
         self._interval = interval
         self._cancelled = threading.Event()
-        self._conn = _open(path)
+        self._failure: str | None = None
+        self._conn: sqlite3.Connection | None = _open(path)
         self._thread = threading.Thread(target=self._run, daemon=True, name="nsdb-watch")
         self._thread.start()
 
-    def _snapshot(self) -> tuple[TunnelZone | None, dict[str, str]]:
-        self._conn.execute("BEGIN")
+    def failure(self) -> str | None:
+        if not self._thread.is_alive() and not self._cancelled.is_set():
+            return self._failure or "the watch thread ended"
+        return self._failure
+
+    def _snapshot(self, conn: sqlite3.Connection) -> tuple[TunnelZone | None, dict[str, str]]:
+        conn.execute("BEGIN")
         try:
-            return _zone(self._conn), members_seen_by(self._host_id, _members(self._conn))
+            return _zone(conn), members_seen_by(self._host_id, _members(conn))
         finally:
-            self._conn.execute("COMMIT")
+            conn.execute("COMMIT")
 
     def _run(self) -> None:
         last = None
         version = None
-        try:
-            while not self._cancelled.is_set():
+        pause = self._interval
+        while not self._cancelled.is_set():
+            try:
+                if self._conn is None:
+                    self._conn = _open(self._path)
+                    version = None  # whatever changed meanwhile is delivered now
                 current = self._conn.execute("PRAGMA data_version").fetchone()[0]
                 if current != version:
+                    snapshot = self._snapshot(self._conn)
                     version = current
-                    snapshot = self._snapshot()
                     if snapshot != last:
                         last = snapshot
                         try:
                             self._callback(*snapshot)
                         except Exception:  # a failing callback must not end the watch
                             LOG.exception("tunnel zone watch callback failed")
-                self._cancelled.wait(self._interval)
-        finally:
-            self._conn.close()
+            except sqlite3.Error as exc:
+                if self._failure is None:
+                    LOG.error("tunnel zone watch on %s failed (%s); reopening it until it "
+                              "works", self._path, exc)
+                self._failure = f"{type(exc).__name__}: {exc}"
+                self._close_connection()
+                pause = min(1.0, max(pause * 2, 0.05))
+                self._cancelled.wait(pause)
+                continue
+            if self._failure is not None:
+                LOG.warning("tunnel zone watch on %s works again", self._path)
+                self._failure = None
+                pause = self._interval
+            self._cancelled.wait(self._interval)
+        self._close_connection()
+
+    def _close_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
 
     def cancel(self) -> None:
         self._cancelled.set()
