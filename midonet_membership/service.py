@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 
+import sqlalchemy as sa
 from oslo_config import cfg
 
 from midonet_membership import conf as config
@@ -42,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="neutron.conf-style file (repeatable)")
         p.add_argument("--state-dir", help="state directory (default ./var)")
         if name in ("all-in-one", "api"):
-            p.add_argument("--bind", metavar="HOST:PORT", help="listen address (default "
-                           "127.0.0.1:9696)")
+            p.add_argument("--bind", metavar="HOST:PORT", type=_bind_address,
+                           help="listen address (default 127.0.0.1:9696)")
         if name == "agent":
             p.add_argument("--dry-run", action="store_true",
                            help="record and log tunnel changes instead of building them")
@@ -56,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _bind_address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:9696`` for IPv6); HOST may be empty (keep the configured one)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not HOST:PORT with a port from 1 to 65535 (e.g. 127.0.0.1:9696)")
+    return host.strip("[]"), int(port)
+
+
 def _configure(args: argparse.Namespace) -> cfg.ConfigOpts:
     conf = cfg.CONF
     argv = [a for f in args.config_file for a in ("--config-file", f)]
@@ -63,9 +73,9 @@ def _configure(args: argparse.Namespace) -> cfg.ConfigOpts:
     if args.state_dir:
         conf.set_override("state_dir", args.state_dir)
     if getattr(args, "bind", None):
-        host, _, port = args.bind.rpartition(":")
+        host, port = args.bind
         conf.set_override("bind_host", host or conf.bind_host)
-        conf.set_override("bind_port", int(port))
+        conf.set_override("bind_port", port)
     for option in ("workers", "threads"):
         if getattr(args, option, None):
             conf.set_override(f"api_{option}", getattr(args, option))
@@ -277,15 +287,23 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         conf = _configure(args)
+        if args.command in ("all-in-one", "api", "importer"):
+            db_engine.check_url(config.database_url(conf))
         if args.command == "all-in-one":
             all_in_one(conf, args.agents)
         elif args.command == "agent":
             agent(conf, args.dry_run)
         else:
             {"api": api, "importer": importer}[args.command](conf)
-    except config.ConfigError as exc:
+    except (config.ConfigError, db_engine.DatabaseURLError) as exc:
         print(f"midonet-membership: {exc}", file=sys.stderr)
         return 2
+    except sa.exc.OperationalError as exc:  # at start: migrations, the CONFIG task
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        print(f"midonet-membership: cannot use the database "
+              f"{_redacted(config.database_url(cfg.CONF))}: {reason} (is it running, and is "
+              "[database] connection right?)", file=sys.stderr)
+        return 1
     except (HostIdError, DataPlaneError) as exc:
         print(f"midonet-membership: {exc}", file=sys.stderr)
         return 2

@@ -320,6 +320,10 @@ class DbManageApp(BaseApp):
     @property
     def engine(self) -> Engine:
         if self._engine is None:
+            try:
+                db_engine.check_url(self.database_url)
+            except db_engine.DatabaseURLError as exc:
+                raise CommandError(str(exc)) from None
             self._engine = db_engine.create_engine(self.database_url, pool_size=1)
         return self._engine
 

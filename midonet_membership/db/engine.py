@@ -26,6 +26,40 @@ _sqlite_write_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = (
 _NO_LOCK = contextlib.nullcontext()
 
 
+class DatabaseURLError(Exception):
+    """A ``[database] connection`` that cannot work, whatever the server does."""
+
+
+# The drivers this project installs, per backend (pyproject.toml).
+INSTALLED_DRIVERS = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql",
+                     "sqlite": "sqlite"}
+
+
+def check_url(url: str) -> None:
+    """Refuse, in one sentence, a URL that is malformed or names a driver not installed.
+
+    ``postgresql+psycopg2://`` otherwise ends in a ModuleNotFoundError traceback at the
+    first connection.
+    """
+    try:
+        sa_url = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise DatabaseURLError(f"[database] connection is not a database URL: {exc}") from None
+    try:
+        sa_url.get_dialect().import_dbapi()
+    except sa.exc.NoSuchModuleError:
+        raise DatabaseURLError(
+            f"[database] connection {sa_url.drivername}://: no such database type; use one of "
+            f"{', '.join(d + '://' for d in INSTALLED_DRIVERS.values())}") from None
+    except ImportError as exc:
+        backend = sa_url.get_backend_name()
+        instead = INSTALLED_DRIVERS.get(backend)
+        hint = f"use {instead}://..." if instead else "install it"
+        raise DatabaseURLError(
+            f"[database] connection {sa_url.drivername}://: its driver is not installed "
+            f"({exc.name or exc}); {hint} (installed with midonet-membership)") from None
+
+
 def create_engine(url: str, pool_size: int = 16) -> Engine:
     """An engine tuned for its backend: SQLite in WAL with immediate write locks."""
     sa_url = sa.make_url(url)
