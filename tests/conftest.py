@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.keystone",
     "tests.fixtures.hosts",
     "tests.fixtures.browser",
+    "tests.fixtures.neutron",
 ]

@@ -23,7 +23,7 @@ from oslo_db import exception as db_exc
 from midonet_membership import conf as config
 from midonet_membership import exceptions
 from midonet_membership.api.definitions import agent_membership as ours
-from midonet_membership.api.resource import validation_error
+from midonet_membership.api.resource import MAX_SQL_LIMIT, validation_error
 from midonet_membership.db import journal, memberships
 from midonet_membership.db.models import memberships as memberships_table
 from midonet_membership.db.paging import keyset_select
@@ -141,7 +141,8 @@ class AgentMembershipPlugin(service_base.ServicePluginBase):
                               limit: int | None = None, marker: str | None = None,
                               page_reverse: bool = False) -> list[dict]:
         query = ListQuery(filters=_usable_filters(filters or {}), sorts=list(sorts or []),
-                          limit=limit or None, marker=_stored_id(marker) if marker else None,
+                          limit=min(limit, MAX_SQL_LIMIT) if limit else None,
+                          marker=_marker(marker) if marker else None,
                           page_reverse=page_reverse)
         with db_api.CONTEXT_READER.using(context):
             items = keyset_select(_connection(context), memberships_table, query)
@@ -175,6 +176,15 @@ def _connection(context):
 def _stored_id(value: str) -> str:
     """An id as stored (canonical lower case); one that cannot be a UUID stays as it is
     and is simply not found."""
+    return _CANONICAL_ID(value)
+
+
+def _marker(value: str) -> str:
+    """As our server: a marker that cannot be an id is a 400 (Neutron would send it to the
+    database: bytes that are not UTF-8 made MariaDB fail, a 500)."""
+    error = validation_error(_OURS["id"], value)
+    if error is not None:
+        raise n_exc.BadRequest(resource="marker", msg=f"Invalid marker: {error}")
     return _CANONICAL_ID(value)
 
 

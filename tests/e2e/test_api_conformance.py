@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy as sa
 
-from tests.fixtures.servers import Response, free_port
+from tests.fixtures.servers import Response, Server, free_port
 
 PATH = "/v2.0/agent-memberships"
 REQUEST_ID = re.compile(
@@ -62,6 +62,85 @@ def assert_error(resp, status: int, *fragments: str) -> dict:
         assert fragment in error["message"], error
     request_id(resp)
     return error
+
+
+@pytest.fixture(scope="module", params=("sqlite", "postgresql", "mariadb", "neutron"))
+def shared_server(request, make_database, tmp_path_factory):
+    """Our all-in-one per backend (token auth), then neutron-server serving our plugin on
+    MariaDB with a real Keystone in front (tests/fixtures/neutron.py), for the same rules."""
+    if request.param == "neutron":
+        yield request.getfixturevalue("neutron_server")
+        return
+    server = Server(tmp_path_factory.mktemp("state"), make_database(request.param), {}, [])
+    server.backend = request.param
+    server.start()
+    yield server
+    server.stop()
+
+
+# Where neutron-server serving our plugin answers differently, and why: each case runs and
+# must fail (strict xfail), so a difference that goes away is noticed. Keys are a test's
+# name, or its name with a fragment of its parameter id. Everything else in this module
+# holds on both servers.
+NEUTRON_DIFFERENCES = {
+    "test_update_is_not_allowed": "Neutron answers PUT on a resource with no updatable "
+    "attribute 400 'Cannot update read-only attribute', not 405",
+    "test_every_response_has_its_own_request_id": "PUT is a 400 there (see above), and "
+    "Neutron's GET / carries no x-openstack-request-id",
+    "test_versions_and_extensions": "Neutron's GET / carries no x-openstack-request-id",
+    "test_bad_bodies_are_400_and_write_nothing[neutron-payload6-": "Neutron copies "
+    "project_id into tenant_id before validating, so the message names tenant_id",
+    "test_bad_bodies_are_400_and_write_nothing[neutron-payload9-": "Neutron lists "
+    "unrecognized attributes in set order (it varies between runs), not sorted",
+    **{f"test_bad_bodies_are_400_and_write_nothing[neutron-{case}-": "Neutron's own body "
+       "parser words these refusals differently ('Resource body required', 'Body contains "
+       "invalid data', 'Resources required'); and it ignores keys beside the resource's (an "
+       "'extra' key, or both the singular and the bulk key) and creates: 201"
+       for case in [*(f"payload{i}" for i in range(11, 24)), "agent_membership", "None",
+                    "42"]},
+    "test_unparseable_bodies_are_400[neutron-   ": "Neutron: 'Malformed request body: "
+    "Cannot understand JSON' for a blank body",
+    "test_unparseable_bodies_are_400[neutron-raw5-": "Neutron's JSON parser recurses: "
+    "nesting deeper than Python's stack is a 500 there (before any plugin runs)",
+    "test_unparseable_bodies_are_400[neutron-raw6-": "(as raw5)",
+    "test_a_body_over_one_megabyte_is_refused_unread": "Neutron waits for the announced "
+    "body (its sizelimit middleware reads first); the client times out",
+    "test_a_body_that_cannot_be_read_is_400": "gunicorn and Neutron answer unreadable "
+    "bodies their own way (timeouts, plain-text errors), not as NeutronError 400s",
+    "test_requests_the_http_server_refuses_get_neutron_errors_too": "gunicorn answers "
+    "malformed HTTP itself, in text/html or text/plain",
+    "test_every_error_is_a_neutron_error[neutron-GET-/v3/": "Neutron's version router "
+    "answers an unknown version in text/plain",
+    "test_every_error_is_a_neutron_error[neutron-POST-/-": "(as /v3: text/plain)",
+    "test_every_error_is_a_neutron_error[neutron-DELETE-/v2.0/agent-memberships-": "Neutron "
+    "routes DELETE on the collection to the plugin with no id: 404, not 405",
+    "test_every_error_is_a_neutron_error[neutron-DELETE-/v2.0/extensions-": "Neutron: 404 "
+    "for an unknown route, not 405",
+    "test_every_error_is_a_neutron_error[neutron-GET-/v2.0/agent-memberships/%ff-": "Neutron "
+    "fails to decode a path that is not UTF-8: an HTML 500 before any plugin runs",
+    "test_every_error_is_a_neutron_error[neutron-GET-/v2.0/agent-memberships?marker=%ff": ""
+    "Neutron fails to decode a query that is not UTF-8: a 500 before any plugin runs",
+    "test_bad_list_queries_are_400[neutron-limit=": "Neutron words limit errors its own way "
+    "('Limit must be an integer 0 or greater and not ...' only for some values)",
+}
+
+
+UNSTABLE = {"test_bad_bodies_are_400_and_write_nothing[neutron-payload9-"}
+
+
+@pytest.fixture(autouse=True)
+def _neutron_differences(request):
+    """Mark the cases listed in NEUTRON_DIFFERENCES, on the neutron target only."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None or callspec.params.get("shared_server") != "neutron":
+        return
+    name = request.node.name
+    for key, reason in NEUTRON_DIFFERENCES.items():
+        if name == key or name.startswith(key) if "[" in key else \
+                request.node.originalname == key:
+            request.node.add_marker(pytest.mark.xfail(strict=key not in UNSTABLE,
+                                                      reason=reason))
+            return
 
 
 @pytest.fixture(scope="module")

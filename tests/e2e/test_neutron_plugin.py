@@ -1,0 +1,170 @@
+"""Our extension inside a real neutron-server (tests/fixtures/neutron.py), on MariaDB.
+
+The conformance suite runs against it too (test_api_conformance.py, target "neutron"); this
+module checks what only Neutron has: its migrations command, the plugin's CONFIG task, real
+Keystone tokens in front of Neutron, and that memberships written through neutron-server and
+through our server reach the same DEFAULT tunnel zone through our importer.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from midonet_membership import nsdb
+from midonet_membership.db.migration import VERSION_TABLE, head_revision
+from tests.fixtures.neutron import NeutronServer, neutron_venv_or_skip
+from tests.fixtures.servers import ApiClient
+
+PATH = "/v2.0/agent-memberships"
+OUR_TABLES = {"midonet_agent_memberships", "midonet_tasks", "midonet_task_state"}
+pytestmark = pytest.mark.mariadb
+
+
+def body(host: str, ip: str) -> dict:
+    return {"agent_membership": {"id": host, "ip_address": ip}}
+
+
+def _tables_and_version(url: str) -> tuple[set[str], str | None]:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        tables = set(sa.inspect(engine).get_table_names())
+        version = None
+        if VERSION_TABLE in tables:
+            with engine.connect() as conn:
+                version = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")
+                                       ).scalar_one()
+        return tables, version
+    finally:
+        engine.dispose()
+
+
+def _config_tasks(url: str) -> list[dict]:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT type, data FROM midonet_tasks WHERE data_type = "
+                                    "'CONFIG' ORDER BY id")).mappings().all()
+    engine.dispose()
+    return [{"type": r["type"], "data": json.loads(r["data"])} for r in rows]
+
+
+def test_db_manage_subproject_upgrade_head_creates_only_our_tables(make_database, tmp_path):
+    neutron_venv_or_skip()
+    url = make_database("mariadb")
+    server = NeutronServer(tmp_path, url)  # its config file only; nothing is started
+    done = server.db_manage("--subproject", "midonet-membership", "upgrade", "head")
+    assert done.returncode == 0, done.stderr[-3000:]
+    tables, version = _tables_and_version(url)
+    assert OUR_TABLES <= tables
+    assert "networks" not in tables  # Neutron's own tables were not part of it
+    assert version == head_revision(url)
+
+
+def test_db_manage_upgrade_heads_runs_neutrons_then_ours(neutron_server):
+    # The session's server was migrated with plain `neutron-db-manage upgrade heads`.
+    tables, version = _tables_and_version(neutron_server.database_url)
+    assert {"networks", "ports", "alembic_version"} | OUR_TABLES <= tables
+    assert version == head_revision(neutron_server.database_url)
+    current = neutron_server.db_manage("--subproject", "midonet-membership", "current")
+    assert current.returncode == 0 and version in current.stdout, current
+
+
+def test_neutron_lists_our_extension_and_keystone_decides(neutron_server, keystone):
+    admin = neutron_server.client()
+    aliases = [e["alias"] for e in admin.get("/v2.0/extensions").json["extensions"]]
+    assert "agent-membership" in aliases
+    host = str(uuid.uuid4())
+    assert admin.post(PATH, body(host, "203.0.113.61")).status == 201
+    member = ApiClient(neutron_server.url, token=keystone.token("demo"))
+    refused = member.post(PATH, body(str(uuid.uuid4()), "203.0.113.62"))
+    assert refused.status == 403, refused
+    assert refused.json["NeutronError"]["type"] == "PolicyNotAuthorized"
+    assert member.get(f"{PATH}/{host}").status == 404
+    assert host not in [m["id"] for m in member.get(PATH).json["agent_memberships"]]
+    for client in (ApiClient(neutron_server.url),
+                   ApiClient(neutron_server.url, token="forged")):
+        assert client.get(PATH).status == 401
+    assert admin.delete(f"{PATH}/{host}").status == 204
+
+
+def test_the_plugin_writes_config_once_and_again_on_a_change(neutron_server):
+    url = neutron_server.database_url
+    first = _config_tasks(url)
+    assert first[0] == {"type": "CREATE", "data": {
+        "id": "00000000-0000-0000-0000-000000000001", "tunnel_protocol": "vxlan"}}
+    assert len(first) == 1
+    neutron_server.stop()
+    try:
+        neutron_server.start()  # the same [MIDONET]: nothing new
+        assert _config_tasks(url) == first
+    finally:
+        neutron_server.stop()
+        neutron_server.start()
+
+
+def _members(url: str) -> dict[str, str]:
+    with nsdb.connect(url) as store:
+        return store.list_members()
+
+
+def _wait_for_members(url: str, expected: dict[str, str], timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            members = _members(url)
+        except Exception:  # the NSDB file may not exist yet
+            members = {}
+        if expected.items() <= members.items() or time.monotonic() > deadline:
+            return members
+        time.sleep(0.2)
+
+
+def test_memberships_through_neutron_and_ours_land_in_one_zone(neutron_server, keystone,
+                                                               start_server, tmp_path):
+    # Our all-in-one on Neutron's own database: its importer reads the journal both write.
+    ours = start_server(neutron_server.database_url, conf={
+        "DEFAULT": {"auth_strategy": "keystone"},
+        "keystone_authtoken": keystone.authtoken_options()})
+    through_neutron, through_ours = str(uuid.uuid4()), str(uuid.uuid4())
+    created = neutron_server.client().post(PATH, body(through_neutron, "203.0.113.71"))
+    assert created.status == 201, created
+    created = ApiClient(ours.url, token=keystone.token("admin")).post(
+        PATH, body(through_ours, "203.0.113.72"))
+    assert created.status == 201, created
+    expected = {through_neutron: "203.0.113.71", through_ours: "203.0.113.72"}
+    assert _config_tasks(neutron_server.database_url)[-1]["data"]["tunnel_protocol"] == \
+        "vxlan"  # our server found the plugin's CONFIG and wrote no other
+    zone_url = f"sqlite:///{ours.state_dir / 'nsdb.sqlite'}"
+    members = _wait_for_members(zone_url, expected)
+    assert expected.items() <= members.items(), members
+
+    # The standalone importer, given neutron-server's own neutron.conf.
+    importer = subprocess.Popen(
+        [str(Path(sys.executable).parent / "midonet-membership"), "importer",
+         "--config-file", str(neutron_server.config_file), "--state-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        members = _wait_for_members(f"sqlite:///{tmp_path / 'nsdb.sqlite'}", expected)
+        assert expected.items() <= members.items(), members
+    finally:
+        importer.terminate()
+        output = importer.communicate(timeout=30)[0]
+    assert "Traceback" not in output, output
+    with nsdb.connect(f"sqlite:///{tmp_path / 'nsdb.sqlite'}") as store:
+        zone = store.get_tunnel_zone()
+    assert (zone.name, zone.type) == ("DEFAULT", "vxlan")
+
+    for host, server in ((through_neutron, neutron_server), (through_ours, ours)):
+        assert ApiClient(server.url, token=keystone.token("admin")).delete(
+            f"{PATH}/{host}").status == 204
+    deadline = time.monotonic() + 60
+    while set(expected) & set(_members(zone_url)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not set(expected) & set(_members(zone_url))
