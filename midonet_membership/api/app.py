@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 import webob
+import webob.util
 
 from midonet_membership import exceptions, metrics
 from midonet_membership.api.auth import Authenticator
@@ -64,19 +65,11 @@ class Application:
             status, body = 500, _fault(exceptions.MembershipError(
                 "The server could not complete the request; see its log for "
                 f"request {request_id}."))
-        response = webob.Response(status=status, charset=None)
-        response.headers["x-openstack-request-id"] = request_id
-        if body is not None:
-            response.content_type = JSON
-            response.body = json.dumps(body).encode()
-        else:
-            del response.content_type
-        if status == 401:
-            response.headers["WWW-Authenticate"] = 'Keystone uri="unknown"'
-        if req.method == "HEAD":
-            response.body = b""
+        status_line, headers, payload = _response(status, body, request_id,
+                                                  req.method == "HEAD")
         self._measure(environ.get(OPERATION, "other"), status, started)
-        return response(environ, start_response)
+        start_response(status_line, headers)
+        return [payload]
 
     def _measure(self, operation: str, status: int, started: float) -> None:
         """One counter increment and one histogram observation: the only per-request cost
@@ -162,6 +155,20 @@ def with_pages(api: Callable, pages: dict[str, Callable], console: Callable) -> 
             page = console
         return (page or api)(environ, start_response)
     return route
+
+
+def _response(status: int, body: Any, request_id: str,
+              head: bool) -> tuple[str, list[tuple[str, str]], bytes]:
+    """Status line, headers and body, built directly: a webob.Response only to set these
+    few headers cost a tenth of a show (cProfile)."""
+    payload = b"" if body is None or head else json.dumps(body).encode()
+    headers = [("x-openstack-request-id", request_id)]
+    if body is not None:
+        headers.append(("Content-Type", JSON))
+    headers.append(("Content-Length", str(len(payload))))
+    if status == 401:
+        headers.append(("WWW-Authenticate", 'Keystone uri="unknown"'))
+    return f"{status} {webob.util.status_reasons[status]}", headers, payload
 
 
 def _route(req: webob.Request, controller: Controller,

@@ -8,6 +8,7 @@ Nothing here knows about memberships or agents.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import urllib.parse
 from types import ModuleType
@@ -60,13 +61,17 @@ class Resource:
             allow_bulk=getattr(definition, "ALLOW_BULK", False), not_found=not_found,
             refusals=dict(getattr(definition, "REFUSALS", {})))
 
-    @property
+    @functools.cached_property
     def primary_key(self) -> str:
         return next(n for n, a in self.attributes.items() if a.get("primary_key"))
 
+    @functools.cached_property
+    def visible_attributes(self) -> frozenset[str]:
+        return frozenset(n for n, a in self.attributes.items() if a.get("is_visible"))
+
     def visible(self, item: dict[str, Any], fields: list[str] | None = None) -> dict[str, Any]:
-        return {k: v for k, v in item.items()
-                if self.attributes.get(k, {}).get("is_visible") and (not fields or k in fields)}
+        shown = self.visible_attributes
+        return {k: v for k, v in item.items() if k in shown and (not fields or k in fields)}
 
 
 class Controller:

@@ -75,11 +75,14 @@ _UNUSABLE = [
     (ipaddress.IPv4Network("255.255.255.255/32"), "is the broadcast address"),
     (ipaddress.IPv4Network("240.0.0.0/4"), "is in the reserved range 240.0.0.0/4"),
 ]
+# As integers: ``address in network`` builds objects on every call (every POST checks 5).
+_UNUSABLE_RANGES = [(int(n.network_address), int(n.netmask), reason) for n, reason in _UNUSABLE]
 
 
 def _unusable_tunnel_endpoint(address: ipaddress.IPv4Address) -> str | None:
-    for network, reason in _UNUSABLE:
-        if address in network:
+    value = int(address)
+    for network, mask, reason in _UNUSABLE_RANGES:
+        if value & mask == network:
             return f"'{address}' {reason}, not a unicast tunnel endpoint"
     return None
 

@@ -24,6 +24,10 @@ _commit_listeners: list[Callable[[], None]] = []
 _sqlite_write_locks: weakref.WeakKeyDictionary[Engine, threading.Lock] = (
     weakref.WeakKeyDictionary())
 _NO_LOCK = contextlib.nullcontext()
+# SQLite: the connection's statements run in SQLite's own autocommit (no BEGIN). Not
+# SQLAlchemy's AUTOCOMMIT isolation level: resetting that on every return to the pool
+# re-enables pysqlite's implicit transactions and runs a PRAGMA.
+_SQLITE_AUTOCOMMIT = "midonet_sqlite_autocommit"
 
 
 class DatabaseURLError(Exception):
@@ -86,10 +90,12 @@ def _sqlite_engine(url: sa.URL) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
+        options = conn.get_execution_options()
+        if options.get(_SQLITE_AUTOCOMMIT):
+            return  # one read statement: atomic by itself, no BEGIN/COMMIT round
         # A deferred transaction that later writes can deadlock against another writer;
         # writers take the lock up front instead.
-        immediate = conn.get_execution_options().get("writer", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("writer", False) else "BEGIN")
 
     _sqlite_write_locks[engine] = threading.Lock()
     return engine
@@ -127,15 +133,23 @@ def writer(engine: Engine, single_statement: bool = False) -> Iterator[Connectio
 
 
 @contextlib.contextmanager
-def reader(engine: Engine) -> Iterator[Connection]:
-    """Reads without BEGIN/ROLLBACK round trips on server databases (autocommit)."""
+def reader(engine: Engine, single_statement: bool = False) -> Iterator[Connection]:
+    """Reads without BEGIN/ROLLBACK round trips on server databases (autocommit).
+
+    SQLite reads run in one transaction (one snapshot) unless ``single_statement``: the
+    caller runs one statement, a snapshot by itself, and spares the BEGIN and COMMIT
+    (a third of a SQLite show's database calls).
+    """
     with engine.connect() as conn:
-        if conn.dialect.name == "sqlite":
-            with conn.begin():
-                yield conn
-        else:
+        if conn.dialect.name != "sqlite":
             conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
+        elif single_statement:
+            conn.execution_options(**{_SQLITE_AUTOCOMMIT: True})
+            yield conn
+        else:
+            with conn.begin():
+                yield conn
 
 
 def is_duplicate_error(exc: sa.exc.IntegrityError) -> bool:

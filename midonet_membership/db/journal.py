@@ -47,15 +47,20 @@ def utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
 
 
+# Built once: building an INSERT with .values() per task cost more than executing it.
+_INSERT_TASK = sa.insert(tasks)
+
+
 def record(conn: Connection, type_: str, data_type: str, resource_id: str, data: Any, *,
            tenant_id: str | None, transaction_id: str, requested_by: str | None = None,
            requested_from: str | None = None) -> None:
     """Append one task inside the caller's transaction."""
-    conn.execute(sa.insert(tasks).values(
-        type=type_, data_type=data_type, resource_id=resource_id,
-        data=None if data is None else json.dumps(data, sort_keys=True),
-        tenant_id=tenant_id, transaction_id=transaction_id, created_at=utcnow(),
-        requested_by=_clip(requested_by, 255), requested_from=_clip(requested_from, 64)))
+    conn.execute(_INSERT_TASK, {
+        "type": type_, "data_type": data_type, "resource_id": resource_id,
+        "data": None if data is None else json.dumps(data, sort_keys=True),
+        "tenant_id": tenant_id, "transaction_id": transaction_id, "created_at": utcnow(),
+        "requested_by": _clip(requested_by, 255),
+        "requested_from": _clip(requested_from, 64)})
     # On PostgreSQL a trigger (migration 0003) NOTIFYs the importer at commit.
     conn.info["wrote_task"] = True
 

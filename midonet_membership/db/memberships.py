@@ -70,15 +70,17 @@ class AgentMemberships:
 
     @retry_transient
     def get(self, context: RequestContext, id_: str) -> dict[str, Any]:
-        with reader(self.engine) as conn:
-            row = conn.execute(sa.select(memberships).where(memberships.c.id == id_)).first()
+        with reader(self.engine, single_statement=True) as conn:
+            row = conn.execute(_SHOW, {"id": id_}).first()
         if row is None:
             raise exceptions.AgentMembershipNotFound(id=id_)
-        return dict(row._mapping)
+        return row._asdict()
 
     @retry_transient
     def list(self, context: RequestContext, query: ListQuery) -> list[dict[str, Any]]:
-        with reader(self.engine) as conn:
+        # The page is one statement (the marker's existence is checked apart only when the
+        # page is empty, as PostgreSQL's autocommit reads do too).
+        with reader(self.engine, single_statement=True) as conn:
             return keyset_select(conn, memberships, query)
 
     @retry_transient
@@ -96,6 +98,16 @@ class AgentMemberships:
                                                 **audit_of(context)))
         with writer(self.engine) as conn:
             return delete_with_task(conn, id_, audit_of(context))
+
+
+# The hot path's statements, built once: building (and cache-keying) a SQLAlchemy statement
+# per request cost more than its execution on SQLite (cProfile, bench/api.py).
+_SHOW = sa.select(memberships).where(memberships.c.id == sa.bindparam("id"))
+_INSERT = sa.insert(memberships)
+_DELETE_RETURNING = (sa.delete(memberships).where(memberships.c.id == sa.bindparam("id"))
+                     .returning(*memberships.c))
+_SELECT_FOR_DELETE = _SHOW.with_for_update()
+_DELETE = sa.delete(memberships).where(memberships.c.id == sa.bindparam("id"))
 
 
 def _insert_in_one_statement(conn: sa.Connection, row: dict[str, str], owner: str | None,
@@ -137,7 +149,7 @@ def insert_with_tasks(conn: sa.Connection, rows: Sequence[dict[str, str]],
                       owners: Sequence[str | None], audit: dict[str, str | None]) -> None:
     """The rows and one CREATE task each, in the caller's transaction (also Neutron's);
     ``owners`` are the tasks' tenant ids, ``audit`` the rest of :func:`audit_of`."""
-    conn.execute(sa.insert(memberships), rows)
+    conn.execute(_INSERT, rows)
     for row, owner in zip(rows, owners, strict=True):
         journal.record(conn, journal.CREATE, journal.AGENTMEMBERSHIP, row["id"], row,
                        **{**audit, "tenant_id": owner})
@@ -148,7 +160,7 @@ def delete_with_task(conn: sa.Connection, id_: str, audit: dict[str, str | None]
     caller's transaction; whether a row was there."""
     row = _delete_returning(conn, id_)
     if row is not None:
-        journal.record(conn, journal.DELETE, journal.AGENTMEMBERSHIP, id_, dict(row._mapping),
+        journal.record(conn, journal.DELETE, journal.AGENTMEMBERSHIP, id_, row._asdict(),
                        **audit)
     return row is not None
 
@@ -168,13 +180,11 @@ def conflict_of(conn: sa.Connection, rows: Sequence[dict[str, str]]) -> exceptio
 
 def _delete_returning(conn: sa.Connection, id_: str) -> sa.Row | None:
     """Delete one row and return it; one statement where the database has RETURNING."""
-    where = memberships.c.id == id_
     if conn.dialect.delete_returning:
-        return conn.execute(sa.delete(memberships).where(where)
-                            .returning(*memberships.c)).first()
-    row = conn.execute(sa.select(memberships).where(where).with_for_update()).first()
+        return conn.execute(_DELETE_RETURNING, {"id": id_}).first()
+    row = conn.execute(_SELECT_FOR_DELETE, {"id": id_}).first()
     if row is not None:
-        conn.execute(sa.delete(memberships).where(where))
+        conn.execute(_DELETE, {"id": id_})
     return row
 
 

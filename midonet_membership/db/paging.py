@@ -2,10 +2,16 @@
 
 A page deep in a large table costs what the first page costs, because the database seeks
 straight to the marker through the index instead of counting rows.
+
+The statements are built once per query *shape* (table, order, filtered columns, whether
+there is a limit and a marker) with every value a bound parameter: building and
+cache-keying a SQLAlchemy statement per request cost more than the database did (0.3 ms of
+a 1.4 ms SQLite list, cProfile).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,34 +22,58 @@ from midonet_membership.paging import ListQuery
 
 def keyset_select(conn: Connection, table: sa.Table, query: ListQuery,
                   primary_key: str = "id") -> list[dict[str, Any]]:
-    order = query.order(primary_key)
-    columns = [table.c[name] for name, _ in order]
-    stmt = sa.select(table)
-    for name, values in query.filters.items():
-        stmt = stmt.where(table.c[name].in_(list(values)))
-    stmt = stmt.order_by(*[column.asc() if asc else column.desc()
-                           for column, (_, asc) in zip(columns, order, strict=True)])
+    order = tuple(query.order(primary_key))
+    filtered = tuple(sorted(query.filters))
+    params: dict[str, Any] = {f"filter_{name}": list(query.filters[name]) for name in filtered}
     if query.limit:
-        stmt = stmt.limit(query.limit)
+        params["limit"] = query.limit
     rows = None
     if query.marker is not None:
-        # The marker's sort values as scalar subqueries: one round trip, index range scan.
-        marker = tuple(sa.select(column).where(table.c[primary_key] == query.marker)
-                       .scalar_subquery() for column in columns)
-        rows = conn.execute(stmt.where(_after(columns, [asc for _, asc in order], marker))).all()
+        params["marker"] = query.marker
+        rows = conn.execute(_page(table, order, filtered, bool(query.limit), True,
+                                  primary_key), params).all()
         if not rows and not _exists(conn, table, primary_key, query.marker):
             rows = None  # an unknown marker is ignored, as Neutron does
     if rows is None:
-        rows = conn.execute(stmt).all()
-    result = [dict(row._mapping) for row in rows]
+        params.pop("marker", None)
+        rows = conn.execute(_page(table, order, filtered, bool(query.limit), False,
+                                  primary_key), params).all()
+    # zip with the names once: Row._asdict() rebuilds the key list for every row.
+    names = table.c.keys()
+    result = [dict(zip(names, row, strict=True)) for row in rows]
     if query.page_reverse:
         result.reverse()
     return result
 
 
+@functools.cache
+def _page(table: sa.Table, order: tuple[tuple[str, bool], ...], filtered: tuple[str, ...],
+          limited: bool, after_marker: bool, primary_key: str) -> sa.Select:
+    """The page statement of one query shape; parameters ``filter_<name>`` (lists),
+    ``limit`` and ``marker``."""
+    columns = [table.c[name] for name, _ in order]
+    stmt = sa.select(table)
+    for name in filtered:
+        stmt = stmt.where(table.c[name].in_(sa.bindparam(f"filter_{name}", expanding=True)))
+    stmt = stmt.order_by(*[column.asc() if asc else column.desc()
+                           for column, (_, asc) in zip(columns, order, strict=True)])
+    if limited:
+        stmt = stmt.limit(sa.bindparam("limit", type_=sa.Integer))
+    if after_marker:
+        # The marker's sort values as scalar subqueries: one round trip, index range scan.
+        marker = tuple(sa.select(column).where(table.c[primary_key] == sa.bindparam("marker"))
+                       .scalar_subquery() for column in columns)
+        stmt = stmt.where(_after(columns, [asc for _, asc in order], marker))
+    return stmt
+
+
+@functools.cache
+def _exists_statement(table: sa.Table, primary_key: str) -> sa.Select:
+    return sa.select(table.c[primary_key]).where(table.c[primary_key] == sa.bindparam("id"))
+
+
 def _exists(conn: Connection, table: sa.Table, primary_key: str, value: str) -> bool:
-    return conn.execute(sa.select(table.c[primary_key])
-                        .where(table.c[primary_key] == value)).first() is not None
+    return conn.execute(_exists_statement(table, primary_key), {"id": value}).first() is not None
 
 
 def _after(columns: list[sa.Column], ascending: list[bool], values: tuple) -> sa.ColumnElement:
