@@ -161,12 +161,24 @@ def _task(row: sa.Row) -> Task:
     return Task(**row._mapping)
 
 
+# The importer runs these after every commit; built once, like the API's statements.
+_TASKS_FROM_START = (sa.select(tasks).order_by(tasks.c.id)
+                     .limit(sa.bindparam("limit", type_=sa.Integer)))
+_TASKS_AFTER = _TASKS_FROM_START.where(tasks.c.id > sa.bindparam("position"))
+_MOVE_POSITION = (sa.update(task_state)
+                  .where(task_state.c.id == 1,
+                         sa.or_(task_state.c.last_processed_id.is_(None),
+                                task_state.c.last_processed_id < sa.bindparam("task_id")))
+                  .values(last_processed_id=sa.bindparam("task_id"),
+                          updated_at=sa.bindparam("updated_at")))
+
+
 def tasks_after(conn: Connection, position: int | None, limit: int) -> list[Task]:
     """Committed tasks with ``id > position``, in id order."""
-    stmt = sa.select(tasks).order_by(tasks.c.id).limit(limit)
-    if position is not None:
-        stmt = stmt.where(tasks.c.id > position)
-    return [_task(r) for r in conn.execute(stmt)]
+    if position is None:
+        return [_task(r) for r in conn.execute(_TASKS_FROM_START, {"limit": limit})]
+    return [_task(r) for r in conn.execute(_TASKS_AFTER, {"limit": limit,
+                                                          "position": position})]
 
 
 def pending_tasks(conn: Connection, high: int | None, ranges: Sequence[tuple[int, int]],
@@ -198,15 +210,12 @@ def last_processed_id(conn: Connection) -> int | None:
 
 def set_last_processed(engine: Engine, task_id: int) -> None:
     """Copy the importer's position back; it only moves forward (it may lag, never lead)."""
-    col = task_state.c.last_processed_id
     with writer(engine) as conn:
         if conn.dialect.name == "postgresql":
             # Losing this update in a crash is harmless (the NSDB holds the real position),
             # so it need not wait for the WAL flush the API's own commits are queued behind.
             conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-        conn.execute(sa.update(task_state)
-                     .where(task_state.c.id == 1, sa.or_(col.is_(None), col < task_id))
-                     .values(last_processed_id=task_id, updated_at=utcnow()))
+        conn.execute(_MOVE_POSITION, {"task_id": task_id, "updated_at": utcnow()})
 
 
 def list_tasks(engine: Engine, unprocessed: bool = False) -> tuple[list[Task], int | None]:
