@@ -140,13 +140,14 @@ class Server:
         self.token = ""
 
     needs_token = True
+    env: dict[str, str] = {}  # added to the processes' environment
 
     def start(self, timeout: float = 60) -> Server:
         self.log = open(self.log_path, "ab")
         for command in self.commands:
             self.procs.append(subprocess.Popen(
                 command, stdout=self.log, stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"}))
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env}))
         deadline = time.monotonic() + timeout
         token_file = self.state / "admin-token"
         while time.monotonic() < deadline:

@@ -75,6 +75,15 @@ def trivial_app(responses: dict[str, tuple[int, int]]) -> Callable:
     return app
 
 
+def app_from_environment() -> Callable:
+    """The trivial app with ``FLOOR_RESPONSES`` (JSON) from the environment: for servers
+    started by an import string (granian ``--factory``)."""
+    import os
+
+    return trivial_app({op: tuple(v) for op, v in
+                        json.loads(os.environ["FLOOR_RESPONSES"]).items()})
+
+
 def serve_floor(layout: str, port: int, responses: dict[str, tuple[int, int]]) -> None:
     """Serve the trivial app as the layout serves ours, until SIGTERM."""
     from midonet_membership.api import server

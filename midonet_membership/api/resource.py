@@ -71,6 +71,8 @@ class Resource:
 
     def visible(self, item: dict[str, Any], fields: list[str] | None = None) -> dict[str, Any]:
         shown = self.visible_attributes
+        if not fields and item.keys() <= shown:
+            return item  # nothing to hide (a row's own fresh dict): no copy per row
         return {k: v for k, v in item.items() if k in shown and (not fields or k in fields)}
 
 
