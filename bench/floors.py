@@ -108,18 +108,20 @@ PG_SQL = {
         "WITH new_membership AS (INSERT INTO midonet_agent_memberships (id, ip_address) "
         "VALUES (%(id)s, %(ip_address)s) RETURNING id) "
         "INSERT INTO midonet_tasks (type, data_type, resource_id, data, tenant_id, "
-        "transaction_id, created_at) SELECT 'CREATE', 'AGENTMEMBERSHIP', new_membership.id, "
-        "%(data)s, %(tenant_id)s, %(transaction_id)s, %(created_at)s FROM new_membership "
+        "transaction_id, created_at, requested_by, requested_from) SELECT 'CREATE', "
+        "'AGENTMEMBERSHIP', new_membership.id, %(data)s, %(tenant_id)s, %(transaction_id)s, "
+        "%(created_at)s, %(requested_by)s, %(requested_from)s FROM new_membership "
         "RETURNING midonet_tasks.id"),
     "show": "SELECT id, ip_address FROM midonet_agent_memberships WHERE id = %(id)s",
     "delete": (
         "WITH deleted_membership AS (DELETE FROM midonet_agent_memberships WHERE id = %(id)s "
         "RETURNING id, ip_address) "
         "INSERT INTO midonet_tasks (type, data_type, resource_id, data, tenant_id, "
-        "transaction_id, created_at) SELECT 'DELETE', 'AGENTMEMBERSHIP', "
-        "deleted_membership.id, CAST(jsonb_build_object('id', deleted_membership.id, "
-        "'ip_address', deleted_membership.ip_address) AS TEXT), %(tenant_id)s, "
-        "%(transaction_id)s, %(created_at)s FROM deleted_membership RETURNING midonet_tasks.id"),
+        "transaction_id, created_at, requested_by, requested_from) SELECT 'DELETE', "
+        "'AGENTMEMBERSHIP', deleted_membership.id, CAST(jsonb_build_object('id', "
+        "deleted_membership.id, 'ip_address', deleted_membership.ip_address) AS TEXT), "
+        "%(tenant_id)s, %(transaction_id)s, %(created_at)s, %(requested_by)s, "
+        "%(requested_from)s FROM deleted_membership RETURNING midonet_tasks.id"),
     "list_first_page": ("SELECT id, ip_address FROM midonet_agent_memberships "
                         "ORDER BY id LIMIT 100"),
     "list_deep_page": ("SELECT id, ip_address FROM midonet_agent_memberships "
@@ -127,7 +129,8 @@ PG_SQL = {
 }
 
 SQLITE_TASK = ("INSERT INTO midonet_tasks (type, data_type, resource_id, data, tenant_id, "
-               "transaction_id, created_at) VALUES (?, 'AGENTMEMBERSHIP', ?, ?, ?, ?, ?)")
+               "transaction_id, created_at, requested_by, requested_from) "
+               "VALUES (?, 'AGENTMEMBERSHIP', ?, ?, ?, ?, ?, 'admin', '127.0.0.1')")
 SQLITE_SQL = {
     "create": ["BEGIN IMMEDIATE",
                "INSERT INTO midonet_agent_memberships (id, ip_address) VALUES (?, ?)",
@@ -201,7 +204,8 @@ class DatabaseFloor:
                                "data": json.dumps({"id": id_, "ip_address": ip},
                                                   sort_keys=True),
                                "transaction_id": f"req-{uuid.uuid4()}",
-                               "created_at": _created_at()}).fetchall()
+                               "created_at": _created_at(), "requested_by": "admin",
+                               "requested_from": "127.0.0.1"}).fetchall()
 
         def show(conn: Any, item: tuple[str, str]) -> None:
             conn.execute(sql, {"id": item[0]}).fetchall()
