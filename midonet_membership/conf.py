@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 
 from oslo_config import cfg
 
@@ -151,6 +152,25 @@ METRICS_OPTS = [
 ]
 
 
+NSDB_IDENTITIES = {
+    "cluster": "the importer, `midonet-db-manage nsdb-init` and `nsdb-host-add`: creates "
+               "the tree and alone writes the zone, the members and the position. Keep it "
+               "in a file only the cluster nodes read",
+    "agent": "one agent: writes only its own host record (provisioned for this identity "
+             "by `midonet-db-manage nsdb-host-add`)",
+    "api": "the API workers: read-only; may stay unset (the tree is world-readable)",
+}
+
+
+def _identity_opts(identity: str, who: str) -> list[cfg.Opt]:
+    return [
+        cfg.StrOpt("username", help=f"ZooKeeper digest user of the {identity} identity "
+                                    f"({who}). Unset: the credentials of [nsdb] connection, "
+                                    "if any."),
+        cfg.StrOpt("password", secret=True, help=f"Password of the {identity} identity."),
+    ]
+
+
 def register_opts(conf: cfg.ConfigOpts = cfg.CONF) -> None:
     conf.register_opts(DEFAULT_OPTS)
     conf.register_opts(MIDONET_OPTS, group="MIDONET")
@@ -160,6 +180,8 @@ def register_opts(conf: cfg.ConfigOpts = cfg.CONF) -> None:
     conf.register_opts(AGENT_OPTS, group="agent")
     conf.register_opts(AUDIT_OPTS, group="audit")
     conf.register_opts(METRICS_OPTS, group="metrics")
+    for identity, who in NSDB_IDENTITIES.items():
+        conf.register_opts(_identity_opts(identity, who), group=f"nsdb_{identity}")
 
 
 def list_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
@@ -172,6 +194,8 @@ def list_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
         ("agent", AGENT_OPTS),
         ("audit", AUDIT_OPTS),
         ("metrics", METRICS_OPTS),
+        *((f"nsdb_{identity}", _identity_opts(identity, who))
+          for identity, who in NSDB_IDENTITIES.items()),
     ]
 
 
@@ -179,8 +203,26 @@ def database_url(conf: cfg.ConfigOpts = cfg.CONF) -> str:
     return conf.database.connection or _sqlite_in_state_dir(conf, "neutron.sqlite")
 
 
-def nsdb_url(conf: cfg.ConfigOpts = cfg.CONF) -> str:
-    return conf.nsdb.connection or _sqlite_in_state_dir(conf, "nsdb.sqlite")
+def nsdb_url(conf: cfg.ConfigOpts = cfg.CONF, identity: str | None = None) -> str:
+    """The NSDB URL, with ``[nsdb_<identity>]``'s credentials when that section sets them.
+
+    ``[nsdb] connection`` names the servers and the root and may carry no secret at all,
+    so a neutron.conf shared by every API worker holds no cluster password; each process
+    adds its own identity's section (a separate ``--config-file``). Credentials written in
+    the URL itself are used when the identity's section is empty.
+    """
+    url = conf.nsdb.connection or _sqlite_in_state_dir(conf, "nsdb.sqlite")
+    if identity is None or not url.startswith("zookeeper://"):
+        return url
+    section = conf[f"nsdb_{identity}"]
+    if not section.username:
+        return url
+    scheme, _, rest = url.partition("://")
+    netloc, slash, path = rest.partition("/")
+    hosts = netloc.rpartition("@")[2]
+    credentials = (urllib.parse.quote(section.username, safe="") + ":"
+                   + urllib.parse.quote(section.password or "", safe=""))
+    return f"{scheme}://{credentials}@{hosts}{slash}{path}"
 
 
 def _sqlite_in_state_dir(conf: cfg.ConfigOpts, name: str) -> str:

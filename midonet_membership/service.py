@@ -101,7 +101,8 @@ def all_in_one(conf: cfg.ConfigOpts, agent_count: int = 0) -> None:
     from midonet_membership.api.server import ThreadedServer
 
     engine = prepare_database(conf)
-    api_nsdb = nsdb.connect(config.nsdb_url(conf), liveness_timeout=conf.agent.liveness_timeout)
+    api_nsdb = nsdb.connect(config.nsdb_url(conf, "api"), role="api",
+                            liveness_timeout=conf.agent.liveness_timeout)
     metrics.register_probes({**metrics.database_probes(engine), **metrics.nsdb_probes(api_nsdb)},
                             {"process": "api"})
     app = make_app(conf, engine, api_nsdb, metrics_page=make_wsgi_app())
@@ -140,7 +141,7 @@ def _local_agent(conf: cfg.ConfigOpts, index: int):
     from midonet_membership.agent import start_agent
 
     state_dir = os.path.join(conf.state_dir, "agents", str(index))
-    return start_agent(conf, config.nsdb_url(conf), state_dir,
+    return start_agent(conf, config.nsdb_url(conf, "agent"), state_dir,
                        hostname=f"{socket.gethostname()}-agent-{index}")
 
 
@@ -162,7 +163,7 @@ def importer(conf: cfg.ConfigOpts) -> None:
     metrics.register_probes(metrics.database_probes(engine), {"process": "importer"})
     metrics.serve(conf.metrics.importer_listen)
     print(f"midonet-membership importer: {_redacted(config.database_url(conf))} -> "
-          f"{_redacted(config.nsdb_url(conf))}", flush=True)
+          f"{_redacted(config.nsdb_url(conf, 'cluster'))}", flush=True)
     _wait_for_signal()
     stop.set()
     thread.join(timeout=10)
@@ -175,7 +176,7 @@ def _start_importer(conf: cfg.ConfigOpts, engine, stop: threading.Event,
     from midonet_membership.cluster import importer as cluster
     from midonet_membership.cluster.wakeup import Wakeup
 
-    url = config.nsdb_url(conf)
+    url = config.nsdb_url(conf, "cluster")
     store = nsdb.connect(url, role="cluster")
     metrics.register_probes(metrics.nsdb_probes(store), {"process": "importer"})
     metrics.register_probes(metrics.importer_probes(engine, store))
@@ -205,7 +206,7 @@ def api(conf: cfg.ConfigOpts) -> None:
         from midonet_membership import nsdb
 
         registry = metrics.multiprocess_registry()
-        master_nsdb = nsdb.connect(config.nsdb_url(conf),
+        master_nsdb = nsdb.connect(config.nsdb_url(conf, "api"), role="api",
                                    liveness_timeout=conf.agent.liveness_timeout)
         metrics.register_probes({**metrics.database_probes(engine),
                                  **metrics.nsdb_probes(master_nsdb)}, {"process": "api"},
@@ -221,8 +222,11 @@ def api(conf: cfg.ConfigOpts) -> None:
         from midonet_membership import nsdb
 
         engine = db_engine.create_engine(config.database_url(conf), pool_size=conf.api_threads)
+        # The API's own identity (none needed: it only reads), never the cluster's; it
+        # starts without ZooKeeper and answers 503 on the agents API until it is back.
         return make_app(conf, engine, nsdb.connect(
-            config.nsdb_url(conf), liveness_timeout=conf.agent.liveness_timeout))
+            config.nsdb_url(conf, "api"), role="api",
+            liveness_timeout=conf.agent.liveness_timeout))
     serve_workers(app_factory, conf.bind_host, conf.bind_port, conf.api_workers,
                   conf.api_threads)
 

@@ -84,7 +84,7 @@ def run_agent(conf: cfg.ConfigOpts, state_dir: str | None = None, dry_run: bool 
     """``midonet-membership agent``: run one agent until SIGINT/SIGTERM (or ``stop``)."""
     dataplane = make_dataplane(conf, dry_run)
     try:
-        running = start_agent(conf, config.nsdb_url(conf), state_dir or conf.state_dir,
+        running = start_agent(conf, config.nsdb_url(conf, "agent"), state_dir or conf.state_dir,
                               dataplane)
     except BaseException:
         dataplane.close()

@@ -16,7 +16,7 @@ from midonet_membership import exceptions
 from midonet_membership.context import RequestContext
 from midonet_membership.db.engine import reader, retry_transient, writer
 from midonet_membership.db.models import agent_descriptions, memberships
-from midonet_membership.nsdb.base import NSDB, HostStatus, ObservedState
+from midonet_membership.nsdb.base import NSDB, HostStatus, NSDBUnavailable, ObservedState
 from midonet_membership.paging import ListQuery, apply_in_memory
 
 AGENT_TYPE = "Midonet agent"
@@ -33,7 +33,10 @@ class Agents:
         return [dict(a) for a in apply_in_memory(self._all(), query)]
 
     def get(self, context: RequestContext, id_: str) -> dict[str, Any]:
-        status = self.nsdb.get_host(id_)
+        try:
+            status = self.nsdb.get_host(id_)
+        except NSDBUnavailable as exc:
+            raise _unavailable(exc) from None
         if status is None:
             raise exceptions.AgentNotFound(id=id_)
         return self._agents([status])[0]
@@ -52,7 +55,11 @@ class Agents:
         return self.get(context, id_)
 
     def _all(self) -> list[dict[str, Any]]:
-        return self._agents(self.nsdb.list_hosts())
+        try:
+            hosts = self.nsdb.list_hosts()
+        except NSDBUnavailable as exc:
+            raise _unavailable(exc) from None
+        return self._agents(hosts)
 
     def _agents(self, hosts: list[HostStatus]) -> list[dict[str, Any]]:
         with reader(self.engine) as conn:
@@ -61,6 +68,13 @@ class Agents:
                                                 agent_descriptions.c.description)).all())
         return [_agent(status, ips.get(status.host.id), notes.get(status.host.id))
                 for status in hosts]
+
+
+def _unavailable(exc: NSDBUnavailable) -> exceptions.ServiceUnavailable:
+    """The agents live in the NSDB; the memberships do not, and keep working."""
+    return exceptions.ServiceUnavailable(
+        f"The agents list is unavailable: the NSDB cannot be read ({exc}); "
+        "agent-memberships still work, and agents return when the NSDB does.")
 
 
 def _agent(status: HostStatus, tunnel_ip: str | None, description: str | None) -> dict:

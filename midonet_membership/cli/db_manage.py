@@ -22,6 +22,7 @@ from cliff.columns import FormattableColumn
 from cliff.command import Command
 from cliff.lister import Lister
 from cliff.show import ShowOne
+from kazoo.exceptions import KazooException
 from oslo_config import cfg
 from sqlalchemy.engine import Engine
 
@@ -165,7 +166,7 @@ class TunnelZoneShow(ShowOne):
     def take_action(self, parsed: argparse.Namespace) -> tuple[tuple, tuple]:
         from midonet_membership import nsdb
 
-        url = config.nsdb_url(self.app.conf)
+        url = config.nsdb_url(self.app.conf, "api")
         if url.startswith("sqlite:///") and not os.path.exists(url.removeprefix("sqlite:///")):
             raise CommandError(f"No NSDB at {url.removeprefix('sqlite:///')}: wrong "
                                "--state-dir or --config-file, or the cluster never ran")
@@ -194,7 +195,7 @@ class Resync(_DbCommand, Lister):
     def take_action(self, parsed: argparse.Namespace) -> tuple[tuple, list[tuple]]:
         from midonet_membership import nsdb
 
-        url = config.nsdb_url(self.app.conf)
+        url = config.nsdb_url(self.app.conf, "cluster")
         started = time.monotonic()
         try:
             with nsdb.connect(url, role="cluster") as store:
@@ -268,9 +269,68 @@ def resync(engine: Engine, store,
     raise CommandError("the importer kept applying while resync compared; try again")
 
 
+class NsdbInit(ShowOne):
+    """Create the NSDB tree with the cluster identity's ACLs ([nsdb_cluster] credentials).
+
+    The importer does the same when it starts; no other process creates any of it. Run it
+    again to correct the ACLs of a tree made by an older version.
+    """
+
+    def take_action(self, parsed: argparse.Namespace) -> tuple[tuple, tuple]:
+        from midonet_membership import nsdb
+
+        url = config.nsdb_url(self.app.conf, "cluster")
+        try:
+            with nsdb.connect(url, role="cluster") as store:
+                nodes = getattr(store, "layout", lambda: [url])()
+                owner = getattr(store, "user", "") or "anyone (no credentials: open ACLs)"
+        except (nsdb.NSDBError, KazooException) as exc:
+            raise CommandError(f"NSDB {redacted(url)}: {type(exc).__name__}: {exc}") from None
+        return ("nsdb", "nodes", "owner"), (redacted(url), "\n".join(nodes), owner)
+
+
+class NsdbHostAdd(ShowOne):
+    """Provision a host: create its NSDB record, writable only by a new agent identity.
+
+    Prints that identity's credentials once (only their digest is stored): put them in the
+    host's agent configuration as ``[nsdb_agent] username/password``. Again for a host
+    that exists: new credentials, the old ones stop working.
+    """
+
+    def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
+        parser = super().get_parser(prog_name)
+        parser.add_argument("host_id", help="the host's id (host_uuid in its "
+                                            "midonet_host_id.properties)")
+        return parser
+
+    def take_action(self, parsed: argparse.Namespace) -> tuple[tuple, tuple]:
+        import secrets
+        import uuid
+
+        from midonet_membership import nsdb
+
+        try:
+            host_id = str(uuid.UUID(parsed.host_id))
+        except ValueError:
+            raise CommandError(f"{parsed.host_id!r} is not a host id (a UUID)") from None
+        url = config.nsdb_url(self.app.conf, "cluster")
+        if not url.startswith("zookeeper://"):
+            raise CommandError("host provisioning is for a ZooKeeper NSDB with credentials; "
+                               f"{redacted(url)} has no identities")
+        password = secrets.token_urlsafe(24)
+        try:
+            with nsdb.connect(url, role="cluster") as store:
+                store.provision_host(host_id, host_id, password)
+        except (nsdb.NSDBError, KazooException) as exc:
+            raise CommandError(f"NSDB {redacted(url)}: {type(exc).__name__}: {exc}") from None
+        return (("host_id", "nsdb_agent_username", "nsdb_agent_password"),
+                (host_id, host_id, password))
+
+
 COMMANDS: dict[str, type[Command]] = {
     "upgrade": Upgrade, "current": Current, "task-list": TaskList, "task-clean": TaskClean,
     "task-resource": TaskResource, "tunnel-zone-show": TunnelZoneShow, "resync": Resync,
+    "nsdb-init": NsdbInit, "nsdb-host-add": NsdbHostAdd,
 }
 
 

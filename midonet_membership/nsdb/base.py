@@ -208,6 +208,10 @@ class NSDBError(Exception):
     """Base of every error an NSDB backend raises on purpose."""
 
 
+class NSDBUnavailable(NSDBError):
+    """The NSDB cannot be reached now (a reader that started without it keeps trying)."""
+
+
 class PositionConflict(NSDBError):
     """The stored position is not the one the caller expected: someone else applied."""
 

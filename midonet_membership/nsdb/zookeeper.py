@@ -22,13 +22,20 @@ read per apply. An agent whose host is not a member watches
 only its own ``tunnel_zone_member_hosts`` node (and the zone) and is not woken by the changes
 among the others.
 
-Security: with ``user:password@`` in the URL, every node this connection creates carries a
-digest ACL: its identity may do everything, the world may only read. The cluster
-(``role="cluster"``) creates the tree, so it alone writes the zone, the members and the
-position; ``/hosts`` also lets anyone create a child, and each agent (``role="agent"``, which
-never creates the tree) owns its own host record and liveness node. Without credentials
-nodes are open. ``role=None`` (a reader such as the API) creates the tree like the cluster
-if it is missing, owned by its own identity: give it the cluster's credentials.
+Security (``user:password@`` in the URL; see the README's threat model): three identities.
+The **cluster** (``role="cluster"``: the importer, ``midonet-db-manage nsdb-init`` and
+``nsdb-host-add``) alone creates the tree, and every node it creates carries
+``[cluster: all, world: read]``: it alone writes the zone, the members, the position and the
+leader election. ``/hosts`` grants nobody but the cluster ``create``: a host record exists
+only once the cluster provisioned it (``provision_host``) with ``[cluster: all, <host's own
+digest identity>: read|write|create|delete, world: read]``, so an **agent**
+(``role="agent"``) writes its own record and its liveness child and nothing else, and nobody
+can squat a host id the admin has not provisioned, nor one provisioned for someone else.
+The **api** (``role="api"``, the default) creates nothing: it only reads, connects in the
+background, and raises :class:`NSDBUnavailable` while ZooKeeper is unreachable. No role but
+the cluster creates any part of the tree, so a process started first cannot leave nodes with
+its own or open ACLs. Without credentials every node is open (development only) and an
+agent creates its own record under the cluster's ``/hosts``.
 """
 
 from __future__ import annotations
@@ -43,10 +50,17 @@ import urllib.parse
 from collections.abc import Sequence
 
 from kazoo.client import KazooClient, KazooState, TransactionRequest
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError
+from kazoo.exceptions import (
+    BadVersionError,
+    KazooException,
+    NoAuthError,
+    NodeExistsError,
+    NoNodeError,
+)
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import EventType, WatchedEvent
-from kazoo.security import OPEN_ACL_UNSAFE, make_acl, make_digest_acl
+from kazoo.retry import KazooRetry
+from kazoo.security import ACL, OPEN_ACL_UNSAFE, make_acl, make_digest_acl
 
 from midonet_membership.nsdb.base import (
     NSDB,
@@ -55,6 +69,7 @@ from midonet_membership.nsdb.base import (
     HostStatus,
     ImportPosition,
     NSDBError,
+    NSDBUnavailable,
     Op,
     PositionConflict,
     RemoveMember,
@@ -74,7 +89,15 @@ from midonet_membership.nsdb.zookeeper_wire import (
 )
 
 LOG = logging.getLogger(__name__)
-ROLES = ("cluster", "agent", None)
+ROLES = ("cluster", "agent", "api")
+WORLD_READ = make_acl("world", "anyone", read=True)
+
+
+def host_acl(cluster_acl: ACL, user: str, password: str) -> list[ACL]:
+    """A provisioned host record: the host's identity writes it and its children (liveness)
+    but may neither delete it (that is ``/hosts``'s delete right) nor change its ACL."""
+    return [cluster_acl, make_digest_acl(user, password, read=True, write=True, create=True,
+                                         delete=True), WORLD_READ]
 
 
 def parse_members(children: list[str]) -> dict[str, str]:
@@ -82,15 +105,17 @@ def parse_members(children: list[str]) -> dict[str, str]:
 
 
 class ZooKeeperNSDB(NSDB):
-    """Options: ``role`` ("cluster", "agent" or None: which ACLs to write), ``timeout``
-    (connect, seconds), ``liveness_timeout`` (the session timeout, seconds)."""
+    """Options: ``role`` ("cluster", "agent" or "api": what this identity may do, see the
+    module doc), ``timeout`` (connect, seconds), ``liveness_timeout`` (the session timeout,
+    seconds)."""
 
     def __init__(self, url: str, role: str | None = None, timeout: float = 10.0,
                  liveness_timeout: float = 10.0,
                  jute_maxbuffer: int | str = DEFAULT_JUTE_MAXBUFFER,
                  **_ignored: object) -> None:
+        role = role or "api"
         if role not in ROLES:
-            raise NSDBError(f"unknown NSDB role {role!r}: use 'cluster', 'agent' or none")
+            raise NSDBError(f"unknown NSDB role {role!r}: use 'cluster', 'agent' or 'api'")
         parts = urllib.parse.urlsplit(url)
         hosts = parts.netloc.rpartition("@")[2]
         self.root = parts.path.rstrip("/") or "/midonet"
@@ -99,48 +124,63 @@ class ZooKeeperNSDB(NSDB):
         self._max_members = max_members_per_apply(url, jute_maxbuffer)
         user = urllib.parse.unquote(parts.username or "")
         password = urllib.parse.unquote(parts.password or "")
+        self.user = user
         auth = [("digest", f"{user}:{password}")] if user else None
-        # The session timeout is the liveness timeout: a dead agent's ephemeral liveness
-        # node disappears when its session expires. ``timeout`` bounds the connect.
-        self.client = KazooClient(hosts=hosts, timeout=liveness_timeout, auth_data=auth,
-                                  handler=PollThreadingHandler())
-        try:
-            self.client.start(timeout=timeout)
-        except KazooTimeoutError:
-            self.client.close()
-            raise NSDBError(f"cannot reach ZooKeeper at {hosts} within {timeout:g} s") from None
-        read = make_acl("world", "anyone", read=True)
         self.secure = bool(user)
         if user:  # secure by default: credentials always mean digest ACLs
-            self._own_acl = [make_digest_acl(user, password, all=True), read]
-            self._hosts_acl = [make_digest_acl(user, password, all=True),
-                               make_acl("world", "anyone", read=True, create=True)]
+            self._own_acl = [make_digest_acl(user, password, all=True), WORLD_READ]
+            self._hosts_acl = self._own_acl  # nobody else creates host records
         else:
             self._own_acl = self._hosts_acl = OPEN_ACL_UNSAFE
+        # The session timeout is the liveness timeout: a dead agent's ephemeral liveness
+        # node disappears when its session expires. ``timeout`` bounds the connect.
+        # Recipes (the leader lock) create nodes with ``default_acl``: ours, not open.
+        # The API reconnects for ever: it must come back by itself when ZooKeeper does.
+        self.client = KazooClient(
+            hosts=hosts, timeout=liveness_timeout, auth_data=auth,
+            handler=PollThreadingHandler(), default_acl=self._own_acl,
+            connection_retry=KazooRetry(max_tries=-1, max_delay=2.0) if role == "api"
+            else None)
+        if role == "api":
+            # Start without waiting: the memberships API must serve while ZooKeeper is down.
+            self.client.start_async().wait(min(timeout, 2.0))
+        else:
+            try:
+                self.client.start(timeout=timeout)
+            except KazooTimeoutError:
+                self.client.close()
+                raise NSDBError(f"cannot reach ZooKeeper at {hosts} within {timeout:g} s"
+                                ) from None
         self.zone_path = f"{self.root}/tunnel_zone"
         self.members_path = f"{self.root}/tunnel_zone_members"
         self.member_hosts_path = f"{self.root}/tunnel_zone_member_hosts"
         self.hosts_path = f"{self.root}/hosts"
         self.position_path = f"{self.root}/importer/position"
         self._watches: list[_ZooKeeperWatch] = []
-        if role != "agent":
+        if role == "cluster":
             self.ensure_layout()
 
-    def ensure_layout(self) -> None:
-        """Create the tree (idempotent); the cluster does it at connect, so it owns the tree.
+    def layout(self) -> list[str]:
+        """The nodes of the tree that exist before any member or host: the cluster's."""
+        return [self.root, self.members_path, self.member_hosts_path,
+                f"{self.root}/importer", self.position_path, self.hosts_path]
 
-        An agent never calls it: with ACLs, the nodes it created would be its own.
+    def ensure_layout(self) -> None:
+        """Create the tree (idempotent) with the cluster's ACLs, and correct the ACLs of
+        nodes that exist with others (a tree an older version or another identity made).
+
+        Only the cluster calls it (at connect, and ``midonet-db-manage nsdb-init``).
         """
-        for path in (self.root, self.members_path, self.member_hosts_path,
-                     f"{self.root}/importer"):
-            self.client.ensure_path(path, acl=self._own_acl)
-        self.client.ensure_path(self.hosts_path, acl=self._hosts_acl)
-        try:
-            self.client.create(self.position_path, b"", acl=self._own_acl)
-        except NodeExistsError:
-            pass
-        if self.role == "cluster":
-            self._add_missing_member_hosts()
+        if self.role != "cluster":
+            raise NSDBError(f"the {self.role} identity does not create the NSDB tree: run "
+                            "the cluster or `midonet-db-manage nsdb-init`")
+        for path in self.layout():
+            acl = self._hosts_acl if path == self.hosts_path else self._own_acl
+            try:  # the root's parents (if any) are created with ``default_acl``: ours
+                self.client.create(path, b"", acl=acl, makepath=path == self.root)
+            except NodeExistsError:
+                self._correct_acl(path, acl)
+        self._add_missing_member_hosts()
 
     def _add_missing_member_hosts(self) -> None:
         """A tree written before member-host nodes existed gets them for its members."""
@@ -150,6 +190,30 @@ class ZooKeeperNSDB(NSDB):
                 self.client.create(f"{self.member_hosts_path}/{host}", b"", acl=self._own_acl)
             except NodeExistsError:
                 pass
+
+    def _correct_acl(self, path: str, acl: list[ACL]) -> None:
+        current, _stat = self.client.get_acls(path)
+        if sorted(map(str, current)) == sorted(map(str, acl)):
+            return
+        try:
+            self.client.set_acls(path, acl)
+        except NoAuthError:
+            raise NSDBError(f"{path} exists with ACLs {current} that this identity "
+                            f"({self.user or 'anonymous'}) may not change: it was created "
+                            "by another identity; remove the tree or use that one") from None
+        LOG.warning("NSDB %s had ACLs %s; set to the cluster's", path, current)
+
+    def provision_host(self, host_id: str, user: str, password: str) -> None:
+        """Create (or re-key) host ``host_id``'s record, writable only by digest identity
+        ``user:password`` (the agent's) and the cluster. An admin step: see nsdb-host-add."""
+        if self.role != "cluster" or not self.secure:
+            raise NSDBError("provisioning a host needs the cluster's credentials")
+        path = f"{self.hosts_path}/{host_id}"
+        acl = host_acl(self._own_acl[0], user, password)
+        try:
+            self.client.create(path, b"", acl=acl)
+        except NodeExistsError:
+            self.client.set_acls(path, acl)
 
     # -- position ------------------------------------------------------------------------------
     def max_ops_per_apply(self) -> int:
@@ -247,15 +311,17 @@ class ZooKeeperNSDB(NSDB):
 
     # -- tunnel zone ---------------------------------------------------------------------------
     def get_tunnel_zone(self) -> TunnelZone | None:
+        self._require_connection()
         try:
-            data, _ = self.client.get(self.zone_path)
+            data, _ = self._get(self.client.get_async(self.zone_path))
         except NoNodeError:
             return None
         return TunnelZone(**json.loads(data))
 
     def list_members(self) -> dict[str, str]:
+        self._require_connection()
         try:
-            return parse_members(self.client.get_children(self.members_path))
+            return parse_members(self._get(self.client.get_children_async(self.members_path)))
         except NoNodeError:
             return {}
 
@@ -268,24 +334,40 @@ class ZooKeeperNSDB(NSDB):
     def register_host(self, host: Host) -> None:
         data = json.dumps(host_record(host)).encode()
         path = f"{self.hosts_path}/{host.id}"
-        # A secured agent must not create the tree (the nodes would be its own): it waits
-        # for the cluster to make ``/hosts``. Without credentials nothing is owned anyway.
-        owner_only = self.role == "agent" and self.secure
-        if owner_only:
-            self._wait_for(self.hosts_path)
+        # Nobody but the cluster creates the tree: an agent started first waits for
+        # ``/hosts``. A secured agent writes the record the cluster provisioned for it, and
+        # waits for the admin to provision it.
+        not_provisioned = (f"host {host.id} is not provisioned in the NSDB: an admin runs "
+                           f"`midonet-db-manage nsdb-host-add {host.id}` (cluster "
+                           "credentials) and gives this agent the [nsdb_agent] credentials "
+                           "it prints")
+        self._wait_for(self.hosts_path, "start the cluster or run `midonet-db-manage "
+                                        "nsdb-init` (they create the NSDB tree) before the "
+                                        "agents")
         try:
-            self.client.create(path, data, acl=self._own_acl, makepath=not owner_only)
-        except NodeExistsError:
-            self.client.set(path, data)
+            if self.secure:
+                self._wait_for(path, not_provisioned)
+                self.client.set(path, data)
+                return
+            try:
+                self.client.create(path, data, acl=self._own_acl)
+            except NodeExistsError:
+                self.client.set(path, data)
+        except NoNodeError:
+            raise NSDBError(not_provisioned) from None
+        except NoAuthError:
+            raise NSDBError(f"the NSDB refuses identity {self.user or 'anonymous'!r} the "
+                            f"record of host {host.id}: it was provisioned for another "
+                            "identity (check [nsdb_agent] username/password and the host "
+                            "id file)") from None
 
-    def _wait_for(self, path: str) -> None:
+    def _wait_for(self, path: str, hint: str) -> None:
         """Block up to ``timeout`` seconds until ``path`` exists (an agent started first)."""
         appeared = threading.Event()
         deadline = time.monotonic() + self.timeout
         while not self.client.exists(path, watch=lambda _event: appeared.set()):
             if not appeared.wait(max(0.0, deadline - time.monotonic())):
-                raise NSDBError(f"{path} does not exist after {self.timeout:g} s: start the "
-                                "cluster (it creates the NSDB tree) before secured agents")
+                raise NSDBError(f"{path} does not exist after {self.timeout:g} s: {hint}")
             appeared.clear()
 
     def heartbeat(self, host_id: str) -> None:
@@ -297,15 +379,36 @@ class ZooKeeperNSDB(NSDB):
             self.client.create(path, now, acl=self._own_acl, ephemeral=True)
 
     def list_hosts(self) -> list[HostStatus]:
+        self._require_connection()
         try:
-            ids = sorted(self.client.get_children(self.hosts_path))
+            ids = sorted(self._get(self.client.get_children_async(self.hosts_path)))
         except NoNodeError:
             return []
         return self._hosts(ids)
 
     def get_host(self, host_id: str) -> HostStatus | None:
         """Two reads, not the whole tree: agents read their peers' VTEP MACs with it."""
+        self._require_connection()
         return next(iter(self._hosts([host_id])), None)
+
+    def _require_connection(self) -> None:
+        """The API fails at once while disconnected: kazoo would queue its read until it
+        reconnects, and a request (or a metrics scrape) would hang meanwhile. Agents and
+        the cluster keep kazoo's waiting."""
+        if self.role == "api" and not self.client.connected:
+            raise NSDBUnavailable("ZooKeeper is unreachable (reconnecting)")
+
+    def _get(self, reply):
+        """A reply; for the API, NSDBUnavailable when the connection goes (NoNodeError
+        passes)."""
+        if self.role != "api":
+            return reply.get()
+        try:
+            return reply.get(timeout=self.timeout)
+        except NoNodeError:
+            raise
+        except (KazooException, KazooTimeoutError) as exc:
+            raise NSDBUnavailable(f"ZooKeeper did not answer: {type(exc).__name__}") from None
 
     def _hosts(self, ids: list[str]) -> list[HostStatus]:
         records = [self.client.get_async(f"{self.hosts_path}/{i}") for i in ids]
@@ -313,11 +416,14 @@ class ZooKeeperNSDB(NSDB):
         hosts = []
         for record, beat in zip(records, beats, strict=True):
             try:
-                data = json.loads(record.get()[0])
+                raw = self._get(record)[0]
             except NoNodeError:
                 continue
+            if not raw:  # provisioned, its agent has not registered yet
+                continue
+            data = json.loads(raw)
             try:
-                beat_at = datetime.datetime.fromisoformat(beat.get()[0].decode())
+                beat_at = datetime.datetime.fromisoformat(self._get(beat)[0].decode())
                 alive = True
             except NoNodeError:
                 beat_at, alive = None, False

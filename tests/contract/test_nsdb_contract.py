@@ -11,6 +11,7 @@ import uuid
 import pytest
 from kazoo.client import KazooClient, KazooState
 from kazoo.exceptions import ConnectionLoss, NoAuthError, SessionExpiredError
+from kazoo.security import OPEN_ACL_UNSAFE
 
 from midonet_membership import nsdb
 from midonet_membership.nsdb import (
@@ -285,12 +286,15 @@ def test_a_tree_from_before_member_host_nodes_gets_them_when_the_cluster_starts(
 
 
 def test_agents_cannot_make_themselves_members(zookeeper_server):
-    """ZooKeeper digest ACLs: only the cluster identity writes the zone."""
+    """ZooKeeper digest ACLs: only the cluster identity writes the zone; an agent writes
+    only the host record provisioned for its identity."""
     hosts = f"127.0.0.1:{zookeeper_server.client_port}"
     root = f"/acl-{uuid.uuid4().hex[:12]}"
     with nsdb.connect(f"zookeeper://cluster:cluster-secret@{hosts}{root}",
                       role="cluster") as cluster:
         cluster.apply([SetTunnelZone(ZONE), AddMember("good", "198.51.100.1")], None, 1)
+        cluster.provision_host("rogue", "rogue", "rogue-secret")
+        cluster.provision_host("other", "other", "other-secret")
         rogue = nsdb.connect(f"zookeeper://rogue:rogue-secret@{hosts}{root}", role="agent")
         rogue.register_host(Host("rogue", "rogue-host"))
         rogue.heartbeat("rogue")
@@ -309,12 +313,18 @@ def test_agents_cannot_make_themselves_members(zookeeper_server):
             raw.set(f"{root}/tunnel_zone", b'{"id": "x", "name": "DEFAULT", "type": "gre"}')
         with pytest.raises(NoAuthError):
             raw.delete(f"{root}/tunnel_zone_members/good@198.51.100.1")
+        with pytest.raises(NoAuthError):  # squatting a host id nobody provisioned yet
+            raw.create(f"{root}/hosts/{uuid.uuid4()}", b"{}")
+        with pytest.raises(NoAuthError):  # nor deleting its own record, nor re-keying it
+            raw.delete(f"{root}/hosts/rogue", recursive=False)
+        with pytest.raises(NoAuthError):
+            raw.set_acls(f"{root}/hosts/rogue", OPEN_ACL_UNSAFE)
         other = nsdb.connect(f"zookeeper://other:other-secret@{hosts}{root}", role="agent")
         other.register_host(Host("other", "other-host"))
         other.heartbeat("other")
         with pytest.raises(NoAuthError):
             raw.set(f"{root}/hosts/other", b"{}")
-        with pytest.raises(NoAuthError):
+        with pytest.raises(nsdb.NSDBError, match="provisioned for another identity"):
             rogue.register_host(Host("other", "hijacked"))
         with pytest.raises(NoAuthError):
             rogue.heartbeat("other")
@@ -354,6 +364,9 @@ def test_secured_agent_started_first_waits_for_the_cluster_tree(zookeeper_server
         registered.start()
         with nsdb.connect(f"zookeeper://cluster:cluster-secret@{hosts}{root}",
                           role="cluster") as cluster:
+            time.sleep(0.2)
+            assert registered.is_alive()  # the tree is there; h1 is not provisioned yet
+            cluster.provision_host("h1", "agent", "agent-secret")
             registered.join(10)
             assert not registered.is_alive()
             agent.heartbeat("h1")

@@ -12,55 +12,18 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.fixtures.servers import Server, free_port
+from tests.fixtures.servers import ProductionApi, Server
 
 PATH = "/v2.0/agent-memberships"
 TWO_MB = b'{"agent_membership": {"id": "' + b"a" * (2 << 20) + b'"}}'
 TRIES = 20
-
-
-class _Production:
-    """``midonet-membership api`` (gunicorn, one worker) on SQLite."""
-
-    def __init__(self, state_dir: Path, database_url: str) -> None:
-        self.state_dir = state_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        conf = state_dir / "neutron.conf"
-        conf.write_text(f"[database]\nconnection = {database_url}\n")
-        self.log = open(state_dir / "api.log", "wb")
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "midonet-membership"), "api", "--config-file",
-             str(conf), "--state-dir", str(state_dir), "--bind", f"127.0.0.1:{self.port}",
-             "--workers", "1"], stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                assert self.process.poll() is None, (state_dir / "api.log").read_text()
-                assert time.monotonic() < deadline, "the api did not start"
-                time.sleep(0.1)
-
-    @property
-    def token(self) -> str:
-        return (self.state_dir / "admin-token").read_text().strip()
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=15)
-        self.log.close()
 
 
 @pytest.fixture(scope="module", params=["all-in-one", "api"])
@@ -69,7 +32,7 @@ def server(request, make_database, tmp_path_factory) -> Iterator:
     if request.param == "all-in-one":
         srv = Server(state_dir, make_database("sqlite"), {}, []).start()
     else:
-        srv = _Production(state_dir, make_database("sqlite"))
+        srv = ProductionApi(state_dir, make_database("sqlite"))
     yield srv
     srv.stop()
 

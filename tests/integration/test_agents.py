@@ -243,7 +243,9 @@ def test_an_agent_cannot_make_itself_a_member(zookeeper_server):
     root = urllib.parse.urlsplit(url("x")).path
     cluster = nsdb.connect(url("cluster"), role="cluster")
     cluster.apply([SetTunnelZone(ZONE)], None, 1)
-    host_id = str(uuid.uuid4())
+    host_id, other_id = str(uuid.uuid4()), str(uuid.uuid4())
+    cluster.provision_host(host_id, "agent", "agent-secret")  # nsdb-host-add's part
+    cluster.provision_host(other_id, "other", "other-secret")
     agent = _agent(url("agent"), host_id)
     intruder = KazooClient(f"127.0.0.1:{zookeeper_server.client_port}",
                            auth_data=[("digest", "agent:agent-secret")])
@@ -261,7 +263,7 @@ def test_an_agent_cannot_make_itself_a_member(zookeeper_server):
                                                 b'"type": "gre"}')
         with pytest.raises(NoAuthError):
             intruder.set(f"{root}/importer/position", b"999")
-        other = _agent(url("other"), str(uuid.uuid4()))
+        other = _agent(url("other"), other_id)
         with pytest.raises(NoAuthError):  # nor may it rewrite another host's record
             intruder.set(f"{root}/hosts/{other.host_id}", b"{}")
         other.stop()
@@ -284,6 +286,8 @@ def test_secured_zookeeper_end_to_end(make_database, zookeeper_server):
     url = _secured(zookeeper_server)
     with _running_importer(make_database, url("cluster")) as engine:
         host_id = str(uuid.uuid4())
+        with nsdb.connect(url("cluster"), role="cluster") as cluster:
+            cluster.provision_host(host_id, "agent", "agent-secret")
         agent = _agent(url("agent"), host_id)
         try:
             AgentMemberships(engine).create(RequestContext.admin(),
