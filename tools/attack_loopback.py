@@ -10,8 +10,8 @@ lines, huge and numerous headers, lying Content-Length, chunked garbage, slow an
 bodies, oversized bodies), and prints one JSON report. It exits 1 when any answer was a 5xx
 (other than 501/505, the statuses HTTP prescribes for a method or version the server does
 not implement), when any NSDB write went through, when the zone or the hosts changed, or
-when the API stopped answering; 0 otherwise. Only 127.0.0.1 is ever contacted; every loop is bounded in count and
-time, and it stops by itself.
+when the API stopped answering; 0 otherwise. Only 127.0.0.1 is ever contacted; every loop
+is bounded in count and time, and it stops by itself.
 """
 
 from __future__ import annotations
