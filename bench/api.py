@@ -801,6 +801,11 @@ def main() -> int:
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
                         help="before each run wait up to S seconds for the machine to be "
                              "idle (a shared machine: other users' load lowers the figures)")
+    parser.add_argument("--reference", choices=("measured", "quoted"), default="measured",
+                        help="measured (default): stock neutron 29's address-scopes, neutron "
+                             "29 serving our plugin and our api server, in this run on one "
+                             "MariaDB database (bench/neutron_reference.py; needs "
+                             "tools/ensure-openstack); quoted: only the issue's constants")
     args = parser.parse_args()
     QUIET["max_wait"] = args.wait_quiet
     args.requests = 200 if args.quick else 1000  # POSTs (then shows, DELETEs) per run
@@ -865,11 +870,27 @@ def main() -> int:
             failed |= any(figures[f"c{c}"][op]["errors"]
                           or figures["vs_floor"][f"c{c}"][op]["floor_errors"]
                           for c in CONCURRENCY for op in OPERATIONS)
+    if args.reference == "measured":
+        out["reference_neutron29_measured"] = _measured_reference(args)
     out["total_seconds"] = round(time.perf_counter() - began, 1)
     out["seconds_waiting_for_quiet"] = round(QUIET["waited"], 1)
     print(json.dumps(out, indent=2))
     print(table(out), file=sys.stderr, flush=True)
     return 1 if failed else 0
+
+
+def _measured_reference(args: argparse.Namespace) -> dict:
+    """The three-way reference of bench/neutron_reference.py, with this run's duration."""
+    import neutron_reference
+
+    if not (neutron_reference.NEUTRON_VENV / "bin" / "gunicorn").exists():
+        return {"skipped": "no neutron venv: run tools/ensure-openstack"}
+    try:
+        return neutron_reference.measure(neutron_reference.parser().parse_args(
+            ["--seconds", str(args.seconds), "--seed", "100" if args.quick else "200"]))
+    except Exception as exc:  # report it in the document; our own figures still stand
+        log(f"the neutron reference failed: {exc}")
+        return {"failed": str(exc)[-2000:]}
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ through our server reach the same DEFAULT tunnel zone through our importer.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -94,19 +95,30 @@ def test_neutron_lists_our_extension_and_keystone_decides(neutron_server, keysto
     assert admin.delete(f"{PATH}/{host}").status == 204
 
 
+def _restart_with_protocol(server: NeutronServer, protocol: str) -> None:
+    text = server.config_file.read_text()
+    assert text.count("tunnel_protocol = ") == 1
+    server.config_file.write_text(re.sub(r"tunnel_protocol = \w+",
+                                         f"tunnel_protocol = {protocol}", text))
+    server.stop()
+    server.start()
+
+
 def test_the_plugin_writes_config_once_and_again_on_a_change(neutron_server):
     url = neutron_server.database_url
+    config_id = "00000000-0000-0000-0000-000000000001"
     first = _config_tasks(url)
-    assert first[0] == {"type": "CREATE", "data": {
-        "id": "00000000-0000-0000-0000-000000000001", "tunnel_protocol": "vxlan"}}
-    assert len(first) == 1
-    neutron_server.stop()
+    assert first == [{"type": "CREATE", "data": {"id": config_id, "tunnel_protocol": "vxlan"}}]
     try:
-        neutron_server.start()  # the same [MIDONET]: nothing new
+        _restart_with_protocol(neutron_server, "vxlan")  # the same [MIDONET]: nothing new
         assert _config_tasks(url) == first
+        _restart_with_protocol(neutron_server, "gre")
+        assert _config_tasks(url)[1:] == [
+            {"type": "UPDATE", "data": {"id": config_id, "tunnel_protocol": "gre"}}]
     finally:
-        neutron_server.stop()
-        neutron_server.start()
+        _restart_with_protocol(neutron_server, "vxlan")
+    assert _config_tasks(url)[2:] == [
+        {"type": "UPDATE", "data": {"id": config_id, "tunnel_protocol": "vxlan"}}]
 
 
 def _members(url: str) -> dict[str, str]:

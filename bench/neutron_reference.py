@@ -1,0 +1,309 @@
+"""The stock-Neutron reference, measured in the same run instead of quoted.
+
+Three targets, one MariaDB database, one load generator, one auth mode:
+
+- ``neutron29_address_scopes``: stock neutron 29 serving its own ``address-scopes`` (a small
+  admin-created resource of core Neutron: what Neutron itself costs per request);
+- ``neutron29_agent_memberships``: the same neutron-server serving our plugin's
+  ``agent-memberships`` (tests/fixtures/neutron.py's layout, ``.venv-neutron``);
+- ``ours_agent_memberships``: ``midonet-membership api`` on the same database.
+
+Both servers are gunicorn, 1 worker x 8 threads, ``auth_strategy = noauth`` (no Keystone in
+the measured path; Neutron's noauth makes every caller an admin, ours is given
+``X-Roles: admin``), on MariaDB because Neutron's migrations do not run on PostgreSQL. Each
+operation runs ``--seconds`` over one keep-alive connection per client (concurrency 1 by
+default, like the issue's reference) after ``--seed`` items were created through the API:
+POST, GET of one item, ``GET ?limit=100`` and DELETE. The machine is shared: ``other_load``
+is the share of CPU time other processes took during the run.
+
+    .venv/bin/python bench/neutron_reference.py [--seconds 5] [--seed 200] [--concurrency 1]
+
+Prints one JSON document on stdout; progress on stderr. Needs ``tools/ensure-openstack``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+NEUTRON_VENV = Path(os.environ.get("MM_NEUTRON_VENV", ROOT / ".venv-neutron"))
+BIN = Path(sys.executable).parent
+MARIADB_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/mysql"
+SETTINGS = {"server": "gunicorn, 1 worker x 8 threads", "auth_strategy": "noauth",
+            "database": "MariaDB on 127.0.0.1, one database shared by all three"}
+
+
+def log(message: str) -> None:
+    print(f"[neutron-reference] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Process:
+    """A server subprocess in its own session, ready when its port answers GET /."""
+
+    def __init__(self, command: list[str], cwd: Path, env: dict[str, str], port: int) -> None:
+        self.port = port
+        self.log_path = cwd / f"server-{port}.log"
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 180
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{command} exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{command} did not start")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def start_neutron(state: Path, database_url: str) -> Process:
+    port = free_port()
+    (state / "neutron.conf").write_text(
+        "[DEFAULT]\ncore_plugin = ml2\nservice_plugins = midonet-membership\n"
+        f"auth_strategy = noauth\napi_paste_config = {state / 'api-paste.ini'}\n"
+        f"state_path = {state / 'state'}\n"
+        f"[database]\nconnection = {database_url}\n"
+        "[ml2]\nmechanism_drivers =\ntype_drivers = flat\ntenant_network_types =\n"
+        f"[oslo_concurrency]\nlock_path = {state / 'lock'}\n")
+    shutil.copy(NEUTRON_VENV / "etc" / "neutron" / "api-paste.ini", state / "api-paste.ini")
+    (state / "gunicorn.conf.py").write_text(
+        'wsgi_app = "neutron.wsgi.api:application"\n'
+        f'bind = "127.0.0.1:{port}"\nworkers = 1\nthreads = 8\ntimeout = 120\n')
+    done = subprocess.run([str(NEUTRON_VENV / "bin" / "neutron-db-manage"), "--config-file",
+                           str(state / "neutron.conf"), "upgrade", "heads"],
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError("neutron-db-manage failed:\n" + done.stderr[-3000:])
+    return Process([str(NEUTRON_VENV / "bin" / "gunicorn")], state,
+                   {**os.environ, "OS_NEUTRON_CONFIG_DIR": str(state),
+                    "OS_NEUTRON_CONFIG_FILES": "neutron.conf"}, port)
+
+
+def start_ours(state: Path, database_url: str) -> Process:
+    port = free_port()
+    (state / "ours.conf").write_text(f"[DEFAULT]\nauth_strategy = noauth\n"
+                                     f"[database]\nconnection = {database_url}\n")
+    return Process([str(BIN / "midonet-membership"), "api", "--config-file",
+                    str(state / "ours.conf"), "--state-dir", str(state / "ours"), "--bind",
+                    f"127.0.0.1:{port}", "--workers", "1", "--threads", "8"],
+                   state, dict(os.environ), port)
+
+
+class Resource:
+    """What a target's four operations send."""
+
+    def __init__(self, collection: str, member_key: str, body) -> None:
+        self.collection, self.member_key, self.body = collection, member_key, body
+
+
+MEMBERSHIPS = Resource("/v2.0/agent-memberships", "agent_membership",
+                       lambda n: {"agent_membership": {
+                           "id": str(uuid.uuid4()),
+                           "ip_address": f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}"}})
+ADDRESS_SCOPES = Resource("/v2.0/address-scopes", "address_scope",
+                          lambda n: {"address_scope": {"name": f"scope-{n}",
+                                                       "ip_version": 4, "shared": False}})
+HEADERS = {"Content-Type": "application/json", "Accept": "application/json",
+           "X-Roles": "admin", "X-User-Id": "bench"}
+
+
+def _send(conn: http.client.HTTPConnection, method: str, path: str,
+          body: dict | None) -> tuple[int, bytes]:
+    conn.request(method, path, body=None if body is None else json.dumps(body),
+                 headers=HEADERS)
+    resp = conn.getresponse()
+    return resp.status, resp.read()
+
+
+class Counter:
+    """Serial numbers for created items, unique across the whole run."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.lock = threading.Lock()
+
+    def next(self) -> int:
+        with self.lock:
+            self.n += 1
+            return self.n
+
+
+def run_operation(port: int, resource: Resource, op: str, ids: list[str], seconds: float,
+                  concurrency: int, serial: Counter) -> dict:
+    """``op`` for ``seconds`` on ``concurrency`` keep-alive connections."""
+    latencies: list[float] = []
+    errors = [0]
+    created: list[str] = []
+    to_delete = list(ids)
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        while time.perf_counter() < stop_at:
+            if op == "create":
+                request = ("POST", resource.collection, resource.body(serial.next()))
+            elif op == "show":
+                request = ("GET", f"{resource.collection}/{ids[len(latencies) % len(ids)]}",
+                           None)
+            elif op == "list_limit_100":
+                request = ("GET", f"{resource.collection}?limit=100", None)
+            else:
+                with lock:
+                    if not to_delete:
+                        break
+                    target = to_delete.pop()
+                request = ("DELETE", f"{resource.collection}/{target}", None)
+            start = time.perf_counter()
+            status, raw = _send(conn, *request)
+            elapsed = time.perf_counter() - start
+            with lock:
+                latencies.append(elapsed)
+                if not 200 <= status < 300:
+                    errors[0] += 1
+                elif op == "create":
+                    created.append(json.loads(raw)[resource.member_key]["id"])
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    ids.extend(created)
+    ordered = sorted(latencies)
+    return {"req_per_s": round(len(latencies) / elapsed, 1) if elapsed else 0,
+            "p50_ms": round(statistics.median(ordered) * 1000, 2) if ordered else None,
+            "p99_ms": round(ordered[int(len(ordered) * 0.99)] * 1000, 2) if ordered else None,
+            "requests": len(latencies), "errors": errors[0]}
+
+
+def bench_target(port: int, resource: Resource, args: argparse.Namespace,
+                 serial: Counter) -> dict:
+    ids: list[str] = []
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for _ in range(args.seed):
+        status, raw = _send(conn, "POST", resource.collection, resource.body(serial.next()))
+        if status != 201:
+            raise RuntimeError(f"seeding {resource.collection}: {status} {raw[:300]!r}")
+        ids.append(json.loads(raw)[resource.member_key]["id"])
+    conn.close()
+    figures = {}
+    for op in ("create", "show", "list_limit_100"):
+        figures[op] = run_operation(port, resource, op, ids, args.seconds, args.concurrency,
+                                    serial)
+    figures["delete"] = run_operation(port, resource, "delete", ids, args.seconds,
+                                      args.concurrency, serial)
+    return figures
+
+
+def _busy_ticks() -> tuple[int, int]:
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """The three targets on one fresh MariaDB database (dropped at the end)."""
+    name = f"mm_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(MARIADB_ADMIN, isolation_level="AUTOCOMMIT",
+                             poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+    url = sa.make_url(MARIADB_ADMIN).set(database=name).render_as_string(hide_password=False)
+    state = Path(tempfile.mkdtemp(prefix="mm-bench-neutron-"))
+    servers: list[Process] = []
+    serial = Counter()
+    busy0, total0 = _busy_ticks()
+    try:
+        log(f"neutron-db-manage upgrade heads + neutron-server on {name}")
+        neutron = start_neutron(state, url)
+        servers.append(neutron)
+        log("midonet-membership api on the same database")
+        ours = start_ours(state, url)
+        servers.append(ours)
+        result = {}
+        for key, port, resource in (
+                ("neutron29_address_scopes", neutron.port, ADDRESS_SCOPES),
+                ("neutron29_agent_memberships", neutron.port, MEMBERSHIPS),
+                ("ours_agent_memberships", ours.port, MEMBERSHIPS)):
+            log(key)
+            result[key] = bench_target(port, resource, args, serial)
+    finally:
+        for server in servers:
+            server.stop()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.dispose()
+        shutil.rmtree(state, ignore_errors=True)
+    busy1, total1 = _busy_ticks()
+    return {"settings": {**SETTINGS, "concurrency": args.concurrency,
+                         "seconds_per_operation": args.seconds, "seeded_items": args.seed,
+                         "cpus": os.cpu_count()},
+            "machine_busy_share": round((busy1 - busy0) / max(1, total1 - total0), 2),
+            **result}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--seed", type=int, default=200)
+    p.add_argument("--concurrency", type=int, default=1)
+    return p
+
+
+def main() -> int:
+    args = parser().parse_args()
+    if not (NEUTRON_VENV / "bin" / "gunicorn").exists():
+        log(f"no neutron venv at {NEUTRON_VENV}: run tools/ensure-openstack")
+        return 2
+    out = measure(args)
+    print(json.dumps(out, indent=2))
+    errors = sum(f["errors"] for k, v in out.items() if k.endswith("s")
+                 and isinstance(v, dict) for f in v.values() if isinstance(f, dict)
+                 and "errors" in f)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
