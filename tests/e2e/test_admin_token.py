@@ -17,6 +17,7 @@ import pytest
 
 from midonet_membership.api.auth import AdminTokenError, ensure_admin_token
 from tests.e2e.test_cli import ok, run
+from tests.fixtures.servers import free_port
 
 BIN = Path(sys.executable).parent
 NOBODY = 65534
@@ -85,7 +86,7 @@ def test_the_server_refuses_to_start_on_a_readable_token(tmp_path):
     conf.write_text(f"[database]\nconnection = sqlite:///{tmp_path}/db.sqlite\n")
     result = subprocess.run(
         [str(BIN / "midonet-membership"), "all-in-one", "--config-file", str(conf),
-         "--state-dir", str(tmp_path), "--bind", "127.0.0.1:0"],
+         "--state-dir", str(tmp_path), "--bind", f"127.0.0.1:{free_port()}"],
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result
     assert "Traceback" not in result.stderr

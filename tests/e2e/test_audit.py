@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from tests.e2e.test_cli import ok, run
-from tests.fixtures.servers import ApiClient
+from tests.fixtures.servers import ApiClient, free_port
 
 PATH = "/v2.0/agent-memberships"
 
@@ -133,7 +133,8 @@ def test_audit_without_keystone_stops_start_up(tmp_path):
                     "[audit]\nenabled = true\n")
     result = subprocess.run(
         [str(Path(sys.executable).parent / "midonet-membership"), "all-in-one",
-         "--config-file", str(conf), "--state-dir", str(tmp_path), "--bind", "127.0.0.1:0"],
+         "--config-file", str(conf), "--state-dir", str(tmp_path),
+         "--bind", f"127.0.0.1:{free_port()}"],
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "[audit] enabled needs auth_strategy = keystone" in result.stderr
