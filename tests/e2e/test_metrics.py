@@ -127,6 +127,15 @@ def test_agent_state_series_follow_the_agents_api(server):
             assert value(samples, "midonet_agent_last_heartbeat_timestamp_seconds",
                          host_id=agent["id"]) > time.time() - 30
         assert value(samples, "midonet_agent_zone_updates_total", host_id=member) >= 1
+        assert ("midonet_agent_admission_drops_total", (("host_id", member),)) in samples
+        deadline = time.monotonic() + 10
+        while True:  # the member reports the position it applied: the importer's, once idle
+            samples = scrape(server.url + "/metrics")
+            position = value(samples, "midonet_importer_position")
+            if value(samples, "midonet_agent_zone_position", host_id=member) == position > 0:
+                break
+            assert time.monotonic() < deadline, samples
+            time.sleep(0.1)
 
         other = next(a["id"] for a in agents if a["id"] != member)
         assert api.post(MEMBERSHIPS, {"agent_membership": {
