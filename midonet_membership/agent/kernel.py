@@ -172,9 +172,13 @@ class KernelDataPlane:
         self.overlay_address = overlay_address
         # flags=0: the default flags would silently create a missing namespace.
         self._ipr = IPRoute(netns=netns, flags=0) if netns else IPRoute()
-        self._nft = Nft(netns)
+        try:
+            self._nft = Nft(netns)
+            self.kinds = self._probe_kinds()
+        except BaseException:
+            self._ipr.close()  # its helper process must not outlive a refused start
+            raise
         self._lock = threading.Lock()
-        self.kinds = self._probe_kinds()
         self._members: frozenset[str] | None = None  # the nft set as last written
         self._table_absent = False  # known to be absent (we removed it), not just unknown
         self._peers: frozenset[str] = frozenset()  # peers of the last successful apply
