@@ -104,6 +104,14 @@ def _restart_with_protocol(server: NeutronServer, protocol: str) -> None:
     server.start()
 
 
+def test_a_keystone_outage_is_503_in_neutron_too(neutron_server, keystone):
+    fresh = keystone.new_token("admin")  # not in neutron-server's token cache yet
+    with keystone.outage():
+        resp = ApiClient(neutron_server.url, token=fresh).get(PATH)
+        assert resp.status == 503, resp  # keystonemiddleware's answer, not 401
+    assert ApiClient(neutron_server.url, token=fresh).get(PATH).status == 200
+
+
 def test_the_plugin_writes_config_once_and_again_on_a_change(neutron_server):
     url = neutron_server.database_url
     config_id = "00000000-0000-0000-0000-000000000001"
