@@ -92,7 +92,7 @@ from midonet_membership.nsdb.base import (
 )
 
 LOG = logging.getLogger(__name__)
-MAX_GAPS_PER_READ = 200  # gap ranges named in one read; more are read in later steps
+MAX_GAPS_PER_READ = 200  # gap ranges named in one read; more are read in rotation
 BEHIND_SECONDS = 5.0  # catch-up progress is logged while the oldest pending task is this old
 PROGRESS_INTERVAL = 2.0  # ...checked (one count query) and logged at most this often
 GAP_CHECK_INTERVAL = 0.1  # seconds between asking whether open gaps are final
@@ -125,6 +125,7 @@ class Importer:
         self.position = ImportPosition()
         self.max_ops = nsdb.max_ops_per_apply()
         self._next_gap_check = 0.0
+        self._gap_window = 0  # which MAX_GAPS_PER_READ gaps the next read names (rotating)
 
     def sync_position(self) -> None:
         """Start from the NSDB's position: the only one that is authoritative."""
@@ -141,7 +142,17 @@ class Importer:
         total = 0
         started = last_check = time.monotonic()
         logged = False
-        while consumed := self.step():
+        idle_steps = 0
+        while True:
+            consumed = self.step()
+            if not consumed:
+                # With more open gaps than one read names, each step reads the next window
+                # of them: caught up only once every window was read without progress.
+                idle_steps += 1
+                if idle_steps >= self._gap_windows():
+                    break
+                continue
+            idle_steps = 0
             total += consumed
             now = time.monotonic()
             if now - last_check >= PROGRESS_INTERVAL:
@@ -157,6 +168,9 @@ class Importer:
             LOG.info("importer caught up: %d tasks applied in %.1f s (%.0f tasks/s)", total,
                      elapsed, total / elapsed if elapsed else 0)
         return total
+
+    def _gap_windows(self) -> int:
+        return max(1, -(-len(self.position.gaps) // MAX_GAPS_PER_READ))
 
     def backlog(self) -> tuple[int, float]:
         """Tasks still to apply and the age in seconds of the oldest of them."""
@@ -191,7 +205,9 @@ class Importer:
     def _plan(self) -> _Plan:
         position = self.position
         final: set[Gap] = set()
-        listed = position.gaps[:MAX_GAPS_PER_READ]
+        start = self._gap_window % self._gap_windows() * MAX_GAPS_PER_READ
+        self._gap_window += 1
+        listed = position.gaps[start:start + MAX_GAPS_PER_READ]
         with reader(self.engine) as conn:
             if position.gaps and time.monotonic() >= self._next_gap_check:
                 # Asked BEFORE the read that must still miss their ids; not at every step

@@ -216,3 +216,32 @@ def test_resync_rebuilds_the_zone_and_says_what_changed(make_database, nsdb_url,
     assert json.loads(again.stdout) == [] and "nothing changed" in again.stderr
     with nsdb.connect(nsdb_url, role="cluster") as store:
         assert store.list_members() == _members_table(engine)
+
+
+def test_more_open_gaps_than_one_read_names_are_all_read(make_database, tmp_path,
+                                                         monkeypatch):
+    """Open gaps beyond one read's window are read in rotation, not starved."""
+    monkeypatch.setattr("midonet_membership.cluster.importer.MAX_GAPS_PER_READ", 2)
+    engine = _engine(make_database("postgresql"))
+    api = AgentMemberships(engine)
+    with nsdb.connect(f"sqlite:///{tmp_path / 'nsdb.sqlite'}", role="cluster") as store:
+        importer = Importer(engine, store)
+        held, hosts = [], []
+        for n in range(5):  # five held ids, each followed by a committed one
+            conn = engine.connect()
+            conn.begin()
+            host = str(uuid.uuid4())
+            _add_task(conn, host, _ip(n), f"req-held-{n}")
+            held.append((conn, host))
+            other = str(uuid.uuid4())
+            api.create(RequestContext.admin(), [{"id": other, "ip_address": _ip(100 + n)}])
+            hosts.append(other)
+        importer.catch_up()
+        assert set(store.list_members()) == set(hosts)
+        assert len(store.get_import_position().gaps) == 5
+        for conn, host in reversed(held):  # the last window first
+            conn.commit()
+            conn.close()
+            hosts.append(host)
+            importer.catch_up()
+            assert set(store.list_members()) == set(hosts)
