@@ -33,6 +33,7 @@ test: venv-test
 	tools/ensure-openstack
 	tools/ensure-chromium
 	tools/ensure-prometheus
+	tools/ensure-galera
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.hosts",
     "tests.fixtures.browser",
     "tests.fixtures.neutron",
+    "tests.fixtures.galera",
 ]

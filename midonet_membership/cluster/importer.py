@@ -126,6 +126,7 @@ class Importer:
         self.max_ops = nsdb.max_ops_per_apply()
         self._next_gap_check = 0.0
         self._gap_window = 0  # which MAX_GAPS_PER_READ gaps the next read names (rotating)
+        self._galera: bool | None = None  # learnt at the first read
 
     def sync_position(self) -> None:
         """Start from the NSDB's position: the only one that is authoritative."""
@@ -209,6 +210,10 @@ class Importer:
         self._gap_window += 1
         listed = position.gaps[start:start + MAX_GAPS_PER_READ]
         with reader(self.engine) as conn:
+            if self._galera is None:
+                self._galera = inflight.is_galera(conn)
+            if self._galera:
+                inflight.read_causally(conn)
             if position.gaps and time.monotonic() >= self._next_gap_check:
                 # Asked BEFORE the read that must still miss their ids; not at every step
                 # (a gap costs nothing while open: tasks behind it do not wait for it).

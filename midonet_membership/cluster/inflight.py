@@ -18,9 +18,11 @@ will be.
   (needs the PROCESS privilege); settled when none of them is left.
 - **Galera**: each node lists only its own transactions (a remote one is replicated only
   at commit), so the evidence is the union over every node in ``wsrep_incoming_addresses``,
-  reached with the importer's own credentials. A recorded node that cannot be reached
-  settles only when it has left the primary component (a node outside it cannot commit;
-  its local transactions are aborted when it rejoins).
+  reached with the importer's own credentials, and the importer reads with
+  ``wsrep_sync_wait`` so that what committed on another node is visible to its next read.
+  A recorded node that cannot be reached settles only when it has left the primary
+  component (a node outside it cannot commit; its local transactions are aborted when it
+  rejoins).
 - **SQLite**: writers are serialised and a rolled-back id is reused, so a gap is final at
   once (it can only come from deleted rows).
 
@@ -95,6 +97,20 @@ def settled(conn: Connection, evidences: Iterable[str | None]) -> set[str]:
     return done
 
 
+def is_galera(conn: Connection) -> bool:
+    """Whether ``conn`` is a node of a Galera cluster (its reads then need a causality wait:
+    see :func:`read_causally`)."""
+    return conn.dialect.name in ("mysql", "mariadb") and bool(_galera_nodes(conn))
+
+
+def read_causally(conn: Connection) -> None:
+    """Make this connection's reads see every transaction committed anywhere in the cluster
+    before they start (``wsrep_sync_wait``). Without it a write set certified on another
+    node but not applied here yet is in flight nowhere and visible nowhere: a gap holding
+    it would look final."""
+    conn.exec_driver_sql("SET SESSION wsrep_sync_wait = 1")
+
+
 def _innodb_in_flight(conn: Connection) -> list[str]:
     return [str(r) for r in conn.exec_driver_sql(
         "SELECT trx_id FROM information_schema.innodb_trx "
@@ -115,17 +131,29 @@ def _galera_in_flight(conn: Connection) -> dict[str, list[str] | None]:
     result: dict[str, list[str] | None] = {}
     for node in _galera_nodes(conn):
         host, _, port = node.rpartition(":")
-        engine = sa.create_engine(url.set(host=host, port=int(port)),
-                                  poolclass=sa.pool.NullPool,
-                                  connect_args={"connect_timeout": 2})
+        engine = _node_engine(url.set(host=host, port=int(port)))
         try:
             with engine.connect() as node_conn:
                 result[node] = _innodb_in_flight(node_conn)
         except sa.exc.DBAPIError:
             result[node] = None
-        finally:
-            engine.dispose()
+            engine.dispose()  # a node that died: reconnect from scratch next time
     return result
+
+
+_node_engines: dict[str, sa.Engine] = {}
+
+
+def _node_engine(url: sa.URL) -> sa.Engine:
+    """One small pool per Galera node: asked at every gap check, a new connection each
+    time would cost more than the question."""
+    key = url.render_as_string(hide_password=False)
+    engine = _node_engines.get(key)
+    if engine is None:
+        engine = _node_engines[key] = sa.create_engine(
+            url, pool_size=1, max_overflow=2, pool_pre_ping=True,
+            connect_args={"connect_timeout": 2})
+    return engine
 
 
 def _galera_settled(evidence: str, now: dict[str, list[str] | None],
