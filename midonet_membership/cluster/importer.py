@@ -17,8 +17,10 @@ therefore never waits for an id and never skips one:
   reflects. The NSDB stores it in the same atomic step as the ops, compared-and-set as a
   whole, so a crash, a restart or a deposed leader can neither skip nor repeat a task.
 - Each step reads, in ONE statement (one snapshot), the tasks with ``id > high`` or inside
-  an open gap. A task that commits late, however late, lies in a gap and is read by the
-  first step after its commit.
+  an open gap (at most ``MAX_GAPS_PER_READ`` gap ranges per read; more are named in
+  rotation, and a catch-up ends only after a whole rotation without progress). A task that
+  commits late, however late, lies in a gap and is read by the first catch-up after its
+  commit. On Galera the read waits for causality (``wsrep_sync_wait``).
 - A gap is tracked until the database says it is final, never by a timeout: the first
   sight records which transactions were in flight (:mod:`.inflight`: PostgreSQL's
   snapshot xmax, InnoDB's ``innodb_trx``, on Galera every node's); once all of those
