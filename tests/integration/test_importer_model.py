@@ -153,7 +153,7 @@ def test_random_interleavings_converge_exactly_once(make_database, tmp_path, bac
 
     try:
         run_state_machine_as_test(fresh, settings=settings(
-            max_examples=150, stateful_step_count=30, deadline=None,
+            max_examples=80, stateful_step_count=30, deadline=None,
             suppress_health_check=list(HealthCheck)))
     finally:
         engine.dispose()
