@@ -58,11 +58,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _bind_address(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:9696`` for IPv6); HOST may be empty (keep the configured one)."""
+    """``HOST:PORT`` (``[::1]:9696`` for IPv6); HOST may be empty (keep the configured one),
+    port 0 asks for any free port."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise argparse.ArgumentTypeError(
-            f"{value!r} is not HOST:PORT with a port from 1 to 65535 (e.g. 127.0.0.1:9696)")
+            f"{value!r} is not HOST:PORT with a port from 0 to 65535 (e.g. 127.0.0.1:9696)")
     return host.strip("[]"), int(port)
 
 
