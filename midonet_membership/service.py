@@ -232,9 +232,20 @@ def api(conf: cfg.ConfigOpts) -> None:
                   conf.api_threads)
 
 
+def _api_metrics_wanted(args: argparse.Namespace) -> bool:
+    """Whether ``[metrics] api_listen`` is set; a bad configuration is reported later, by
+    the same parse inside ``main``'s error handling."""
+    try:
+        return bool(_configure(args).metrics.api_listen)
+    except Exception:
+        return False
+
+
 def _collect_worker_metrics() -> None:
-    """``api``: each gunicorn worker writes its samples to a fresh directory, and the master
-    serves them all on ``[metrics] api_listen`` (prometheus_client's multiprocess mode).
+    """``api`` with ``[metrics] api_listen``: each gunicorn worker writes its samples to a
+    fresh directory, and the master serves them all there (prometheus_client's multiprocess
+    mode; without a listen address the workers' samples stay in memory, unserved, and cost
+    no file writes).
 
     prometheus_client reads the variable when it is first imported, so this runs before
     anything imports it; a later import would silently lose every worker's samples.
@@ -284,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from midonet_membership.demo import run_demo
         return run_demo()
-    if args.command == "api":
+    if args.command == "api" and _api_metrics_wanted(args):
         _collect_worker_metrics()
     # Only now: the agent package imports prometheus_client.
     from midonet_membership.agent.dataplane import DataPlaneError
