@@ -39,13 +39,7 @@ class AgentMemberships:
     def create(self, context: RequestContext, items: Sequence[dict[str, str]]) -> list[dict]:
         """Insert every membership and its CREATE task in one transaction (bulk = atomic)."""
         refuse_duplicates_within(items)
-        if self.max_bulk is not None and len(items) > self.max_bulk:
-            raise exceptions.BadRequest(
-                resource="agent_membership",
-                msg=f"a bulk request may create at most {self.max_bulk} agent memberships "
-                    f"(it names {len(items)}): the cluster applies one request atomically "
-                    "and the NSDB's transaction size limit (ZooKeeper's jute.maxbuffer) "
-                    "holds no more; split it into several requests")
+        refuse_oversized(items, self.max_bulk)
         rows = [{"id": m["id"], "ip_address": m["ip_address"]} for m in items]
         # The original contract's tenant_id lives in the task only (the table has no column).
         owners = [m.get("tenant_id") or context.project_id for m in items]
@@ -186,6 +180,18 @@ def _delete_returning(conn: sa.Connection, id_: str) -> sa.Row | None:
     if row is not None:
         conn.execute(_DELETE, {"id": id_})
     return row
+
+
+def refuse_oversized(items: Sequence[dict[str, str]], max_bulk: int | None) -> None:
+    """Refuse a bulk larger than one NSDB apply holds (``max_bulk``, None: no limit): the
+    cluster applies a request's tasks atomically, so a larger one could never be applied."""
+    if max_bulk is not None and len(items) > max_bulk:
+        raise exceptions.BadRequest(
+            resource="agent_membership",
+            msg=f"a bulk request may create at most {max_bulk} agent memberships "
+                f"(it names {len(items)}): the cluster applies one request atomically "
+                "and the NSDB's transaction size limit (ZooKeeper's jute.maxbuffer) "
+                "holds no more; split it into several requests")
 
 
 def refuse_duplicates_within(items: Sequence[dict[str, str]]) -> None:

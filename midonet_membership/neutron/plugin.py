@@ -29,6 +29,7 @@ from midonet_membership.db.models import memberships as memberships_table
 from midonet_membership.db.paging import keyset_select
 from midonet_membership.neutron import definition
 from midonet_membership.neutron import extensions as our_extensions
+from midonet_membership.nsdb import max_ops_per_apply
 from midonet_membership.paging import ListQuery
 
 LOG = logging.getLogger(__name__)
@@ -39,10 +40,11 @@ _CANONICAL_ID = definition.RESOURCE_ATTRIBUTE_MAP[definition.COLLECTION_NAME]["i
 def register_opts(conf: cfg.ConfigOpts = cfg.CONF) -> None:
     """``[MIDONET]`` in neutron.conf: the same options as our server's (``conf.MIDONET_OPTS``)."""
     conf.register_opts(config.MIDONET_OPTS, group="MIDONET")
+    conf.register_opts(config.NSDB_OPTS, group="nsdb")
 
 
 def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
-    return [("MIDONET", config.MIDONET_OPTS)]
+    return [("MIDONET", config.MIDONET_OPTS), ("nsdb", config.NSDB_OPTS)]
 
 
 @functools.cache
@@ -73,6 +75,9 @@ class AgentMembershipPlugin(service_base.ServicePluginBase):
         neutron_extensions.append_api_extensions_path(our_extensions.__path__)
         register_opts()
         self._record_config()
+        # The importer reads [nsdb] from the same neutron.conf; unset: no NSDB bound known.
+        connection = cfg.CONF.nsdb.connection
+        self._max_bulk = max_ops_per_apply(connection) if connection else None
 
     @classmethod
     def get_plugin_type(cls) -> str:
@@ -109,6 +114,7 @@ class AgentMembershipPlugin(service_base.ServicePluginBase):
     def _create(self, context, items: list[dict]) -> list[dict]:
         try:
             memberships.refuse_duplicates_within(items)
+            memberships.refuse_oversized(items, self._max_bulk)
         except exceptions.MembershipError as exc:
             _raise_as_neutron(exc)
         rows = [{"id": m["id"], "ip_address": m["ip_address"]} for m in items]

@@ -129,6 +129,30 @@ def test_the_plugin_writes_config_once_and_again_on_a_change(neutron_server):
         {"type": "UPDATE", "data": {"id": config_id, "tunnel_protocol": "vxlan"}}]
 
 
+def test_the_plugin_refuses_a_bulk_larger_than_one_nsdb_apply(neutron_server, zookeeper_url):
+    """The same bound as our server's (tests/integration/test_bulk_limit.py), read from the
+    [nsdb] connection in neutron.conf that the importer uses too."""
+    limit = nsdb.max_ops_per_apply(zookeeper_url)
+    too_many = [{"id": str(uuid.uuid4()), "ip_address": f"198.51.{100 + n // 250}.{1 + n % 250}"}
+                for n in range(limit + 1)]
+    original = neutron_server.config_file.read_text()
+    try:
+        neutron_server.config_file.write_text(
+            original + f"[nsdb]\nconnection = {zookeeper_url}\n")
+        neutron_server.stop()
+        neutron_server.start()
+        refused = neutron_server.client().post(PATH, {"agent_memberships": too_many})
+        assert refused.status == 400, refused
+        message = refused.json["NeutronError"]["message"]
+        assert f"at most {limit} agent memberships" in message, message
+        listed = neutron_server.client().get(PATH).json["agent_memberships"]
+        assert not {m["id"] for m in listed} & {m["id"] for m in too_many}  # nothing written
+    finally:
+        neutron_server.config_file.write_text(original)
+        neutron_server.stop()
+        neutron_server.start()
+
+
 def _members(url: str) -> dict[str, str]:
     with nsdb.connect(url) as store:
         return store.list_members()
