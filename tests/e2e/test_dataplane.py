@@ -25,6 +25,7 @@ from tests.fixtures.servers import Server
 
 MEMBERSHIPS = "/v2.0/agent-memberships"
 DEVICE = "mm-vxlan0"
+FORGED = "forged0"
 WAIT = 10.0
 
 
@@ -153,6 +154,13 @@ def forge(host: LabHost, victims: list[tuple[LabHost, str]], device: str) -> Non
                      state=0x80)
 
 
+def unforge(host: LabHost, device: str) -> None:
+    from pyroute2 import NetNS
+
+    with NetNS(host.netns, flags=0) as ns:
+        ns.link("del", index=ns.link_lookup(ifname=device)[0])
+
+
 @pytest.fixture
 def mesh(make_database, start_server, lab) -> Iterator[Mesh]:
     """Hosts a, b, c with agents, and a rogue namespace without one."""
@@ -183,8 +191,9 @@ def test_only_members_reach_each_other_and_intruders_are_counted(mesh):
                                               (vtep_mac(mesh.ids["b"]), b.tunnel_ip)])
     assert mesh.kernel["a"].members() == {b.tunnel_ip}
 
-    # C is registered but not a member; it tries anyway, like the rogue
-    forge(c, [(a, mesh.ids["a"]), (b, mesh.ids["b"])], DEVICE)
+    # C is registered but not a member; it tries anyway, like the rogue. Not under the agent's
+    # own device name: C's pending agent rightly reconciles that one away (every 2 s).
+    forge(c, [(a, mesh.ids["a"]), (b, mesh.ids["b"])], FORGED)
     drops_before = {n: mesh.kernel[n].drops() for n in "ab"}
     for source in ("c", "rogue"):
         for target in "ab":
@@ -196,14 +205,15 @@ def test_only_members_reach_each_other_and_intruders_are_counted(mesh):
         mesh.wait_view(name, "the kernel's drop counter", admission_drops=dropped)
     assert mesh.reaches("a", "b")  # members unaffected
 
-    mesh.activate("c")  # its agent takes the forged device over and rebuilds it
+    unforge(c, FORGED)  # C gives up its own attempt; the admin then activates it
+    mesh.activate("c")
     mesh.wait_view("c", "built", state="active", tunnels=2, peers=2)
     for name in "ab":
         mesh.wait_view(name, "the new peer", state="active", tunnels=2)
     for source, target in (("a", "b"), ("a", "c"), ("b", "c"), ("c", "a"), ("c", "b")):
         assert mesh.lab.wait_for_ping(mesh.hosts[source], mesh.hosts[target].overlay_ip, 5)
     assert mesh.kernel["c"].vxlan_devices() == [DEVICE]
-    assert len(mesh.kernel["c"].fdb()) == 4  # no forged entry survived the takeover
+    assert len(mesh.kernel["c"].fdb()) == 4  # one flooding and one unicast entry per peer
     assert not mesh.ping("rogue", "c")
 
     mesh.deactivate("b")
