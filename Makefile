@@ -45,8 +45,10 @@ screenshots: venv-test
 lint: venv-test
 	$(BIN)/ruff check .
 
-## The API against its floors (bench/api.py): the table on the terminal, the JSON in var/.
+## The API against its floors and neutron 29 (bench/api.py): the tables on the terminal,
+## the JSON in var/.
 bench: venv-test
+	tools/ensure-openstack neutron
 	mkdir -p var
 	$(BIN)/python bench/api.py $(BENCH_ARGS) > var/bench-api.json
 	@echo "all figures: var/bench-api.json"

@@ -1,0 +1,156 @@
+"""Where a request's time goes inside our WSGI app, without an HTTP server or a client.
+
+The app is built as ``midonet-membership api`` builds it (``make_app`` with token auth, the
+schema migrated and the CONFIG task written by ``prepare_database``) on a fresh database
+(``--database postgresql``: a new ``mm_bench_<random>`` database on 127.0.0.1, dropped at
+the end; ``sqlite``: a temporary file), seeded with ``--rows`` memberships. Then, for each
+operation, ``--requests`` WSGI calls ``app(environ, start_response)`` in one thread, each
+answered 2xx or the run fails: the app's own time per request (µs, best of three rounds:
+other users' load only ever adds), the Python function calls per request (cProfile, a
+count that does not depend on the machine's load) and, with ``--top N``, the N frames with
+the most own time under cProfile.
+
+    .venv/bin/python bench/profile_app.py [--database postgresql|sqlite] [--requests 2000]
+                                          [--rows 10000] [--top 12]
+
+Prints one JSON document on stdout. No importer runs: in the all-in-one it shares the
+process (bench/api.py measures that), here only the request path is looked at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import pstats
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from api import posted_ip, seed, with_postgresql, with_sqlite  # bench/api.py
+
+BASE = "/v2.0/agent-memberships"
+
+
+def build_app(database_url: str, state: Path) -> tuple[Callable, str]:
+    """The app and its admin token, configured as bench/api.py's servers are."""
+    from oslo_config import cfg
+
+    from midonet_membership import conf as config
+    from midonet_membership import nsdb
+    from midonet_membership.api import make_app
+    from midonet_membership.api.auth import ensure_admin_token
+    from midonet_membership.service import prepare_database
+
+    conf_file = state / "neutron.conf"
+    conf_file.write_text(f"[database]\nconnection = {database_url}\n")
+    conf = cfg.CONF
+    config.load(["--config-file", str(conf_file)], conf)
+    conf.set_override("state_dir", str(state))
+    engine = prepare_database(conf)
+    token = ensure_admin_token(conf.admin_token_file)
+    app = make_app(conf, engine, nsdb.connect(config.nsdb_url(conf, "api"), role="api",
+                                              liveness_timeout=conf.agent.liveness_timeout))
+    return app, token
+
+
+def environ(method: str, path: str, token: str, body: bytes = b"") -> dict[str, Any]:
+    path, _, query = path.partition("?")
+    return {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
+            "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "9696", "SERVER_PROTOCOL": "HTTP/1.1",
+            "REMOTE_ADDR": "127.0.0.1", "HTTP_HOST": "127.0.0.1:9696",
+            "HTTP_X_AUTH_TOKEN": token, "HTTP_ACCEPT": "application/json",
+            "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
+            "wsgi.input": io.BytesIO(body), "wsgi.url_scheme": "http",
+            "wsgi.errors": sys.stderr, "wsgi.multithread": True,
+            "wsgi.multiprocess": False, "wsgi.run_once": False, "wsgi.version": (1, 0)}
+
+
+def requests_of(op: str, n: int, round_: int, marker: str, token: str) -> list[dict]:
+    """Fresh environs for ``n`` requests of ``op`` (creates and deletes of round ``round_``'s
+    own memberships; a delete deletes what the same round's create made)."""
+    ids = [str(uuid.uuid5(uuid.NAMESPACE_OID, f"{round_}-{i}")) for i in range(n)]
+    if op == "create":
+        return [environ("POST", BASE, token, json.dumps({"agent_membership": {
+            "id": id_, "ip_address": posted_ip(round_ * n + i)}}).encode())
+            for i, id_ in enumerate(ids)]
+    if op in ("show", "delete"):
+        method = "GET" if op == "show" else "DELETE"
+        return [environ(method, f"{BASE}/{id_}", token) for id_ in ids]
+    query = "?limit=100" + (f"&marker={marker}" if op == "list_deep_page" else "")
+    return [environ("GET", BASE + query, token) for _ in range(n)]
+
+
+OPERATIONS = ("create", "show", "list_first_page", "list_deep_page", "delete")
+
+
+def run(app: Callable, requests: list[dict]) -> None:
+    statuses: list[str] = []
+
+    def start_response(status: str, headers: list, exc_info=None) -> None:
+        statuses.append(status)
+    for env in requests:
+        b"".join(app(env, start_response))
+        if not statuses[-1].startswith("2"):
+            raise RuntimeError(f"{env['REQUEST_METHOD']} {env['PATH_INFO']}: {statuses[-1]}")
+
+
+def profile(database_url: str, args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory(prefix="mm-profile-") as state:
+        app, token = build_app(database_url, Path(state))
+        ids = seed(database_url, args.rows)
+        marker = ids[int(len(ids) * 0.9)]
+        result: dict[str, Any] = {}
+        times: dict[str, list[float]] = {op: [] for op in OPERATIONS}
+        for round_ in range(3):
+            for op in OPERATIONS:
+                batch = requests_of(op, args.requests, round_, marker, token)
+                started = time.perf_counter()
+                run(app, batch)
+                times[op].append((time.perf_counter() - started) / len(batch))
+        for op in OPERATIONS:
+            profiler = cProfile.Profile()
+            batch = requests_of(op, args.requests, 3, marker, token)
+            profiler.enable()  # round 3, in the same order: the show reads its creates
+            run(app, batch)
+            profiler.disable()
+            stats = pstats.Stats(profiler)
+            result[op] = {"us_per_request": round(min(times[op]) * 1e6, 1),
+                          "rounds_us": [round(t * 1e6, 1) for t in times[op]],
+                          "calls_per_request": round(stats.total_calls / len(batch), 1)}
+            if args.top:
+                result[op]["top_own_time"] = _top(stats, args.top, len(batch))
+        return result
+
+
+def _top(stats: pstats.Stats, n: int, requests: int) -> list[str]:
+    """The frames with the most own time: 'file:line(function) µs/request calls/request'."""
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:n]
+    return [f"{Path(f).name}:{line}({fn}) {tt / requests * 1e6:.1f} us {nc / requests:.1f} calls"
+            for (f, line, fn), (_cc, nc, tt, _ct, _callers) in rows]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database", choices=("postgresql", "sqlite"), default="postgresql")
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--rows", type=int, default=10000)
+    parser.add_argument("--top", type=int, default=0)
+    args = parser.parse_args()
+    runner = with_postgresql if args.database == "postgresql" else with_sqlite
+    out = {"benchmark": "our WSGI app in-process (bench/profile_app.py)",
+           "settings": {"database": args.database, "requests_per_operation": args.requests,
+                        "rows": args.rows, "auth": "token", "threads": 1,
+                        "http_server": "none", "importer": "none"},
+           "operations": runner(lambda url: profile(url, args))}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
