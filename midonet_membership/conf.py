@@ -76,6 +76,12 @@ CLUSTER_OPTS = [
                  help="Ignored."),
     cfg.IntOpt("batch_size", default=500, min=1,
                help="Most tasks applied to the NSDB in one atomic transaction."),
+    cfg.FloatOpt("batch_window", default=0.005, min=0, max=1.0,
+                 help="Seconds the importer lets pass after applying tasks before it reads "
+                      "again, so that a stream of commits is applied in batches rather than "
+                      "one NSDB transaction per task (in the all-in-one that work shares a "
+                      "process with the API). A change that arrives while the importer is "
+                      "idle is applied at once; 0 reads again at once."),
 ]
 
 AGENT_OPTS = [

@@ -188,7 +188,8 @@ def _start_importer(conf: cfg.ConfigOpts, engine, stop: threading.Event,
 
     def run() -> None:
         try:
-            cluster.run(engine, store, url, wakeup, stop, batch_size=conf.cluster.batch_size)
+            cluster.run(engine, store, url, wakeup, stop, batch_size=conf.cluster.batch_size,
+                        batch_window=conf.cluster.batch_window)
         finally:
             wakeup.stop()
             store.close()

@@ -370,8 +370,9 @@ def _with_evidence(position: ImportPosition, evidence: str | None) -> ImportPosi
 
 
 def run(engine: Engine, nsdb: NSDB, nsdb_url: str, wakeup: Wakeup, stop: threading.Event,
-        batch_size: int = 500, **_retired: object) -> None:
-    """Campaign for leadership; while leading, import until stopped or deposed."""
+        batch_size: int = 500, batch_window: float = 0.0, **_retired: object) -> None:
+    """Campaign for leadership; while leading, import until stopped or deposed
+    (``batch_window``: ``[cluster] batch_window``)."""
     identifier = f"importer-{uuid.uuid4()}"
     metrics.importer().leader.set(0)  # a standby shows 0, not nothing
     while not stop.is_set():
@@ -381,7 +382,8 @@ def run(engine: Engine, nsdb: NSDB, nsdb_url: str, wakeup: Wakeup, stop: threadi
                     return
                 metrics.importer().leader.set(1)
                 try:
-                    _lead(Importer(engine, nsdb, batch_size=batch_size), wakeup, stop, lost)
+                    _lead(Importer(engine, nsdb, batch_size=batch_size), wakeup, stop, lost,
+                          batch_window)
                 finally:
                     metrics.importer().leader.set(0)
         except Exception as exc:  # e.g. ZooKeeper unreachable while campaigning
@@ -419,7 +421,12 @@ class Outage:
 
 
 def _lead(importer: Importer, wakeup: Wakeup, stop: threading.Event,
-          lost: threading.Event) -> None:
+          lost: threading.Event, batch_window: float = 0.0) -> None:
+    """Import at every wake-up. After a catch-up that applied tasks, ``batch_window``
+    passes before the next read: under a stream of commits each apply then carries what
+    arrived meanwhile instead of one task (each apply is a read, an NSDB transaction and a
+    position update, whatever its size), while a change arriving at an idle importer is read
+    at once."""
     synced = False
     outage = Outage()
     while not stop.is_set() and not lost.is_set():
@@ -427,12 +434,14 @@ def _lead(importer: Importer, wakeup: Wakeup, stop: threading.Event,
             if not synced:
                 importer.sync_position()
                 synced = True
-            importer.catch_up()
+            applied = importer.catch_up()
         except Exception as exc:  # a database or NSDB outage: retry, never die
             synced = False
             stop.wait(outage.failed(exc))
             continue
         outage.succeeded()
+        if applied and batch_window:
+            stop.wait(batch_window)
         wakeup.wait()
     if lost.is_set():
         LOG.warning("leadership lost; campaigning again")

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -245,3 +246,50 @@ def test_more_open_gaps_than_one_read_names_are_all_read(make_database, tmp_path
             hosts.append(host)
             importer.catch_up()
             assert set(store.list_members()) == set(hosts)
+
+
+def test_a_stream_of_commits_is_applied_in_batches_and_an_idle_change_at_once(
+        make_database, tmp_path):
+    """``[cluster] batch_window``: after an apply the importer lets the window pass, so a
+    stream of 20 single-membership commits (each its own transaction and wake-up) reaches
+    the NSDB in a few applies, not 20; a change made while it is idle is not held back."""
+    from midonet_membership.cluster import importer as cluster
+    from midonet_membership.cluster.wakeup import Wakeup
+
+    window = 2.0
+    engine = _engine(make_database("sqlite"))
+    api = AgentMemberships(engine)
+    nsdb_url = f"sqlite:///{tmp_path / 'nsdb.sqlite'}"
+    wakeup = Wakeup(poll_interval=0.02)
+    wakeup.listen_in_process()
+    stop = threading.Event()
+    with nsdb.connect(nsdb_url, role="cluster") as real:
+        store = RecordingNSDB(real)
+        thread = threading.Thread(target=cluster.run, args=(engine, store, nsdb_url, wakeup,
+                                                            stop),
+                                  kwargs={"batch_window": window}, daemon=True)
+        thread.start()
+        try:
+            first = str(uuid.uuid4())
+            written = time.monotonic()
+            api.create(RequestContext.admin(), [{"id": first, "ip_address": _ip(0)}])
+            _wait_until(lambda: first in real.list_members(), timeout=window)
+            assert time.monotonic() - written < window, "an idle change waited for the window"
+            applies_before = len(store.applies)
+            stream = [str(uuid.uuid4()) for _ in range(20)]
+            for n, host in enumerate(stream, 1):
+                api.create(RequestContext.admin(), [{"id": host, "ip_address": _ip(n)}])
+            _wait_until(lambda: set(stream) <= set(real.list_members()), timeout=10 * window)
+            assert len(store.applies) - applies_before <= 3, store.applies[applies_before:]
+            assert real.list_members() == _members_table(engine)
+        finally:
+            stop.set()
+            wakeup.stop()
+            thread.join(10)
+
+
+def _wait_until(condition, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s"
+        time.sleep(0.005)
