@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
+import orjson
 import webob
 import webob.util
 
@@ -160,8 +161,9 @@ def with_pages(api: Callable, pages: dict[str, Callable], console: Callable) -> 
 def _response(status: int, body: Any, request_id: str,
               head: bool) -> tuple[str, list[tuple[str, str]], bytes]:
     """Status line, headers and body, built directly: a webob.Response only to set these
-    few headers cost a tenth of a show (cProfile)."""
-    payload = b"" if body is None or head else json.dumps(body).encode()
+    few headers cost a tenth of a show, and json.dumps a tenth of a list page (cProfile;
+    orjson encodes a page of 100 in a tenth of json's time)."""
+    payload = b"" if body is None or head else orjson.dumps(body)
     headers = [("x-openstack-request-id", request_id)]
     if body is not None:
         headers.append(("Content-Type", JSON))

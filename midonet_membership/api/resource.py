@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import urllib.parse
 from types import ModuleType
@@ -69,6 +70,15 @@ class Resource:
     def visible_attributes(self) -> frozenset[str]:
         return frozenset(n for n, a in self.attributes.items() if a.get("is_visible"))
 
+    def visible_all(self, items: list[dict[str, Any]],
+                    fields: list[str] | None = None) -> list[dict[str, Any]]:
+        """:meth:`visible` of each item, without a call per row of a page when no row has
+        anything to hide (the usual page: a third of the cost of the calls)."""
+        if fields or not self.visible_attributes.issuperset(itertools.chain.from_iterable(
+                items)):  # every row's keys, in one C loop
+            return [self.visible(i, fields) for i in items]
+        return items
+
     def visible(self, item: dict[str, Any], fields: list[str] | None = None) -> dict[str, Any]:
         shown = self.visible_attributes
         if not fields and item.keys() <= shown:
@@ -103,8 +113,8 @@ class Controller:
     def index(self, req: webob.Request, context: RequestContext) -> tuple[int, dict]:
         query, fields = self._list_query(req)
         items = self.plugin.list(context, query) if self._allowed("get", context) else []
-        body: dict[str, Any] = {
-            self.resource.collection: [self.resource.visible(i, fields) for i in items]}
+        body: dict[str, Any] = {self.resource.collection: self.resource.visible_all(items,
+                                                                                   fields)}
         if query.limit:
             body[f"{self.resource.collection}_links"] = self._links(req, items, query)
         return 200, body
