@@ -12,6 +12,9 @@ class MembershipError(Exception):
 
     code = 500
     message = "An unknown error occurred."
+    #: The body's ``type`` where Neutron reports the error under webob's name (``HTTP...``);
+    #: ``None``: the class name.
+    webob_name: str | None = None
 
     def __init__(self, message: str | None = None, **kwargs: object) -> None:
         self.msg = message if message is not None else self.message % kwargs
@@ -19,16 +22,13 @@ class MembershipError(Exception):
 
     @property
     def type(self) -> str:
-        return type(self).__name__
+        return self.webob_name or type(self).__name__
 
 
 class BadRequest(MembershipError):
     code = 400
     message = "Bad %(resource)s request: %(msg)s."
-
-    @property
-    def type(self) -> str:  # Neutron reports validation failures under webob's name
-        return "HTTPBadRequest"
+    webob_name = "HTTPBadRequest"  # Neutron reports validation failures under webob's name
 
 
 class InvalidInput(BadRequest):
@@ -38,28 +38,19 @@ class InvalidInput(BadRequest):
 class RequestEntityTooLarge(MembershipError):
     code = 413
     message = "Request body is larger than %(limit)d bytes."
-
-    @property
-    def type(self) -> str:
-        return "HTTPRequestEntityTooLarge"
+    webob_name = "HTTPRequestEntityTooLarge"
 
 
 class NotAuthenticated(MembershipError):
     code = 401
     message = "Authentication required."
-
-    @property
-    def type(self) -> str:
-        return "HTTPUnauthorized"
+    webob_name = "HTTPUnauthorized"
 
 
 class ServiceUnavailable(MembershipError):
     code = 503
     message = "%(service)s is temporarily unavailable; retry later."
-
-    @property
-    def type(self) -> str:
-        return "HTTPServiceUnavailable"
+    webob_name = "HTTPServiceUnavailable"
 
 
 class PolicyNotAuthorized(MembershipError):
@@ -74,10 +65,7 @@ class NotFound(MembershipError):
 
 class ResourceNotFound(NotFound):
     message = "The resource could not be found."
-
-    @property
-    def type(self) -> str:
-        return "HTTPNotFound"
+    webob_name = "HTTPNotFound"
 
 
 class AgentMembershipNotFound(NotFound):
@@ -95,10 +83,7 @@ class ExtensionNotFound(NotFound):
 class MethodNotAllowed(MembershipError):
     code = 405
     message = "%(method)s is not allowed on %(resource)s; allowed: %(allowed)s."
-
-    @property
-    def type(self) -> str:
-        return "HTTPMethodNotAllowed"
+    webob_name = "HTTPMethodNotAllowed"
 
 
 class Conflict(MembershipError):
