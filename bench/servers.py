@@ -47,16 +47,20 @@ REQUESTS = {"show (90 B body)": ("GET", f"{BASE}/x", None),
             "list limit=100 (9,000 B body)": ("GET", f"{BASE}?limit=100", None)}
 
 
+def granian_command(port: int, factory: str) -> list[str]:
+    """granian's WSGI interface, 1 worker x 8 blocking threads, serving ``factory()``."""
+    return [str(BIN / "granian"), "--interface", "wsgi", "--workers", "1",
+            "--blocking-threads", "8", "--host", "127.0.0.1", "--port", str(port),
+            "--log-level", "warning", "--factory", "--working-dir", str(Path(__file__).parent),
+            factory]
+
+
 class CandidateServer(FloorServer):
     def __init__(self, candidate: str) -> None:
         layout = "all-in-one" if candidate.startswith("cheroot") else "api-1x8+importer"
         super().__init__(layout, RESPONSES)
         if candidate.startswith("granian"):
-            self.commands = [[str(BIN / "granian"), "--interface", "wsgi", "--workers", "1",
-                              "--blocking-threads", "8", "--host", "127.0.0.1", "--port",
-                              str(self.port), "--log-level", "warning", "--factory",
-                              "--working-dir", str(Path(__file__).parent),
-                              "floors:app_from_environment"]]
+            self.commands = [granian_command(self.port, "floors:app_from_environment")]
             self.env = {"FLOOR_RESPONSES": json.dumps(RESPONSES)}
 
 
@@ -72,11 +76,7 @@ class OurAppServer(Server):
         if candidate.startswith("gunicorn"):
             self.commands = self.commands[:1]  # the api command, not the importer
         elif candidate.startswith("granian"):
-            self.commands = [[str(BIN / "granian"), "--interface", "wsgi", "--workers", "1",
-                              "--blocking-threads", "8", "--host", "127.0.0.1", "--port",
-                              str(self.port), "--log-level", "warning", "--factory",
-                              "--working-dir", str(Path(__file__).parent),
-                              "servers:our_app_from_environment"]]
+            self.commands = [granian_command(self.port, "servers:our_app_from_environment")]
         else:
             self.commands = [[sys.executable, __file__, "--serve-cheroot", str(self.port)]]
 
