@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.servers import ApiClient
+from tests.fixtures.servers import ApiClient, start_with_agents
 
 AGENTS = "/v2.0/agents"
 
@@ -21,14 +21,10 @@ def _host_ids(server) -> list[str]:
 
 @pytest.fixture(scope="module")
 def server(request, make_database, tmp_path_factory):
-    from tests.fixtures.servers import Server
-    srv = Server(tmp_path_factory.mktemp("state"), make_database("sqlite"),
-                 {"agent": {"heartbeat_interval": "0.2", "liveness_timeout": "1"}},
-                 ["--agents", "3"]).start()
-    deadline = time.monotonic() + 20
-    while len(_host_ids(srv)) < 3 or len(srv.client().get(AGENTS).json["agents"]) < 3:
-        assert time.monotonic() < deadline, srv.output()
-        time.sleep(0.1)
+    srv = start_with_agents(tmp_path_factory.mktemp("state"), make_database("sqlite"), 3,
+                            liveness_timeout="1")
+    # an agent keeps its host id file before it registers, so every listed agent has one
+    assert len(_host_ids(srv)) == 3, srv.output()
     yield srv
     srv.stop()
 

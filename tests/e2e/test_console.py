@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.servers import Server
+from tests.fixtures.servers import Server, start_with_agents
 
 pytestmark = pytest.mark.slow
 
@@ -40,13 +40,8 @@ def _screenshot(page, path: Path, **kw) -> None:
 
 @pytest.fixture(scope="module")
 def server(make_database, tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("state"), make_database("sqlite"),
-                 {"agent": {"heartbeat_interval": "0.2", "liveness_timeout": "2"}},
-                 ["--agents", "2"]).start()
-    deadline = time.monotonic() + 20
-    while len(srv.client().get(AGENTS).json["agents"]) < 2:
-        assert time.monotonic() < deadline, srv.output()
-        time.sleep(0.1)
+    srv = start_with_agents(tmp_path_factory.mktemp("state"), make_database("sqlite"), 2,
+                            liveness_timeout="2")
     yield srv
     srv.stop()
 

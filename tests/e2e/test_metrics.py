@@ -13,7 +13,7 @@ import uuid
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fixtures.servers import Server
+from tests.fixtures.servers import start_with_agents
 
 AGENTS = "/v2.0/agents"
 MEMBERSHIPS = "/v2.0/agent-memberships"
@@ -34,13 +34,8 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def server(make_database, tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("state"), make_database("sqlite"),
-                 {"agent": {"heartbeat_interval": "0.2", "liveness_timeout": "2"}},
-                 ["--agents", "2"]).start()
-    deadline = time.monotonic() + 20
-    while len(srv.client().get(AGENTS).json["agents"]) < 2:
-        assert time.monotonic() < deadline, srv.output()
-        time.sleep(0.1)
+    srv = start_with_agents(tmp_path_factory.mktemp("state"), make_database("sqlite"), 2,
+                            liveness_timeout="2")
     yield srv
     srv.stop()
 
