@@ -9,6 +9,7 @@ a temporary directory, so that an ordinary ``make test`` leaves the tree clean.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -62,6 +63,17 @@ def _login(page, server: Server, token: str | None = None) -> None:
 
 def _row(page, agent: dict):
     return page.get_by_role("row").filter(has=page.get_by_role("rowheader", name=agent["host"]))
+
+
+@contextlib.contextmanager
+def _activated(api, agent: dict, ip_address: str):
+    """``agent`` a member with ``ip_address`` (activated through the API) for the block."""
+    assert api.post(MEMBERSHIPS, {"agent_membership": {
+        "id": agent["id"], "ip_address": ip_address}}).status == 201
+    try:
+        yield
+    finally:
+        api.delete(f"{MEMBERSHIPS}/{agent['id']}")
 
 
 def test_browser_gets_the_console_and_api_clients_the_versions(server):
@@ -137,9 +149,7 @@ def test_cancelled_deactivation_changes_nothing(page, server):
 
     agent = _agents(server)[1]
     api = server.client()
-    assert api.post(MEMBERSHIPS, {"agent_membership": {
-        "id": agent["id"], "ip_address": "198.51.100.61"}}).status == 201
-    try:
+    with _activated(api, agent, "198.51.100.61"):
         _login(page, server)
         _row(page, agent).get_by_role("button", name=f"Deactivate {agent['host']}").click()
         page.get_by_role("dialog", name="Deactivate host?").get_by_role(
@@ -147,8 +157,6 @@ def test_cancelled_deactivation_changes_nothing(page, server):
         time.sleep(1.5)  # a poll or two: the membership must still be there
         assert api.get(f"{MEMBERSHIPS}/{agent['id']}").status == 200
         expect(_row(page, agent).get_by_role("cell").nth(3)).to_have_text("yes, 198.51.100.61")
-    finally:
-        api.delete(f"{MEMBERSHIPS}/{agent['id']}")
 
 
 def test_changes_made_elsewhere_show_without_a_reload(page, server):
@@ -160,16 +168,12 @@ def test_changes_made_elsewhere_show_without_a_reload(page, server):
     expect(_row(page, agent).get_by_role("cell").nth(3)).to_have_text("no")
     api = server.client()
     started = time.monotonic()
-    assert api.post(MEMBERSHIPS, {"agent_membership": {
-        "id": agent["id"], "ip_address": "198.51.100.62"}}).status == 201
-    try:
+    with _activated(api, agent, "198.51.100.62"):
         # One poll period is 1 s; the margin is for a loaded machine, not for a slower poll.
         expect(_row(page, agent).get_by_role("cell").nth(3)).to_have_text(
             "yes, 198.51.100.62", timeout=5000)
         shown_after = time.monotonic() - started
         assert shown_after < 5
-    finally:
-        api.delete(f"{MEMBERSHIPS}/{agent['id']}")
     expect(_row(page, agent).get_by_role("cell").nth(3)).to_have_text("no", timeout=5000)
 
 
@@ -178,9 +182,7 @@ def test_api_errors_are_shown_as_the_api_words_them(page, server):
 
     first, second = _agents(server)
     api = server.client()
-    assert api.post(MEMBERSHIPS, {"agent_membership": {
-        "id": second["id"], "ip_address": "198.51.100.63"}}).status == 201
-    try:
+    with _activated(api, second, "198.51.100.63"):
         _login(page, server)
         _row(page, first).get_by_role("button", name=f"Activate {first['host']}").click()
         dialog = page.get_by_role("dialog", name="Activate host")
@@ -191,5 +193,3 @@ def test_api_errors_are_shown_as_the_api_words_them(page, server):
                 "id": first["id"], "ip_address": typed}}).json["NeutronError"]["message"]
             expect(dialog.get_by_role("alert")).to_have_text(refused)
         assert api.get(f"{MEMBERSHIPS}/{first['id']}").status == 404
-    finally:
-        api.delete(f"{MEMBERSHIPS}/{second['id']}")
