@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.databases import require_server
-from tests.fixtures.servers import BIN, ApiClient, free_port
+from tests.fixtures.servers import BIN, ApiClient, free_port, stop_process
 
 pytestmark = pytest.mark.slow
 
@@ -54,13 +54,7 @@ class Process:
                            + self.log_path.read_text())
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.log.close()
 
 
