@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 import uuid
 
@@ -16,23 +15,16 @@ from midonet_membership.cluster import inflight
 from midonet_membership.cluster.importer import Importer
 from midonet_membership.context import RequestContext
 from midonet_membership.db import engine as db_engine
-from midonet_membership.db import journal, migration
+from midonet_membership.db import journal
 from midonet_membership.db.memberships import AgentMemberships
-from midonet_membership.db.models import memberships, tasks
-
-
-def _engine(url: str):
-    migration.upgrade(url)
-    return db_engine.create_engine(url)
-
-
-def _members_table(engine) -> dict[str, str]:
-    with engine.connect() as conn:
-        return dict(conn.execute(sa.select(memberships.c.id, memberships.c.ip_address)).all())
-
-
-def _ip(n: int) -> str:
-    return f"198.51.{100 + n // 250}.{n % 250 + 1}"
+from midonet_membership.db.models import tasks
+from tests.integration.test_importer_reader import (
+    _add_task,
+    _catch_up_while_writing,
+    _engine,
+    _ip,
+    _members_table,
+)
 
 
 def test_config_creates_the_zone_once_and_a_new_protocol_changes_its_type(make_database,
@@ -74,14 +66,7 @@ def test_memberships_converge_under_concurrent_writers(make_database, nsdb_url):
 
     with nsdb.connect(nsdb_url, role="cluster") as store:
         importer = Importer(engine, store, batch_size=37)
-        threads = [threading.Thread(target=client, args=(s,)) for s in range(4)]
-        for t in threads:
-            t.start()
-        while any(t.is_alive() for t in threads):
-            importer.catch_up()
-        for t in threads:
-            t.join()
-        importer.catch_up()
+        _catch_up_while_writing(importer, client, 4)
         assert store.list_members() == _members_table(engine)
         with engine.connect() as conn:
             assert store.get_position() == conn.execute(sa.select(sa.func.max(tasks.c.id))).scalar()
@@ -98,10 +83,7 @@ def test_a_task_that_commits_late_is_applied_and_does_not_hold_later_ones(make_d
         importer.catch_up()
         slow = engine.connect()
         slow.begin()
-        slow.execute(sa.insert(memberships).values(id=early, ip_address=_ip(1)))
-        journal.record(slow, journal.CREATE, journal.AGENTMEMBERSHIP, early,
-                       {"id": early, "ip_address": _ip(1)}, tenant_id=None,
-                       transaction_id="req-slow")
+        _add_task(slow, early, _ip(1), "req-slow")
         AgentMemberships(engine).create(RequestContext.admin(),
                                         [{"id": late, "ip_address": _ip(2)}])
         importer.catch_up()

@@ -26,7 +26,7 @@ from midonet_membership.db import journal
 from midonet_membership.db.memberships import AgentMemberships
 from midonet_membership.db.models import memberships
 from midonet_membership.nsdb.base import AddMember
-from tests.integration.test_importer_reader import RecordingNSDB, _engine, _ip
+from tests.integration.test_importer_reader import RecordingNSDB, _add_task, _engine, _ip
 
 HOLD_SECONDS = 60.0
 
@@ -126,10 +126,7 @@ def test_a_transaction_held_for_60s_holds_nothing_back(make_database, tmp_path, 
             held_host = str(uuid.uuid4())
             held = engine.connect()
             held.begin()
-            held.execute(sa.insert(memberships).values(id=held_host, ip_address=_ip(6000)))
-            journal.record(held, journal.CREATE, journal.AGENTMEMBERSHIP, held_host,
-                           {"id": held_host, "ip_address": _ip(6000)}, tenant_id=None,
-                           transaction_id="req-held")
+            _add_task(held, held_host, _ip(6000), "req-held")
             held_since = time.monotonic()
 
             busy = [str(uuid.uuid4()) for _ in range(1000)]

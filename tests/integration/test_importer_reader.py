@@ -65,6 +65,18 @@ def _add_task(conn, host: str, ip: str, transaction_id: str) -> None:
                    transaction_id=transaction_id)
 
 
+def _catch_up_while_writing(importer: Importer, writer, threads: int) -> None:
+    """``writer(i)`` in ``threads`` threads, the importer catching up all along and once after."""
+    running = [threading.Thread(target=writer, args=(i,)) for i in range(threads)]
+    for t in running:
+        t.start()
+    while any(t.is_alive() for t in running):
+        importer.catch_up()
+    for t in running:
+        t.join()
+    importer.catch_up()
+
+
 @pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
 def test_interleaved_transactions_are_each_applied_whole(make_database, tmp_path, backend):
     """T1 takes ids 1 and 3, T2 ids 2 and 4: each reaches the NSDB in one apply."""
@@ -110,14 +122,7 @@ def test_two_bulk_writers_never_split_a_transaction(make_database, nsdb_url):
     with nsdb.connect(nsdb_url, role="cluster") as real:
         store = RecordingNSDB(real)
         importer = Importer(engine, store, batch_size=30)
-        threads = [threading.Thread(target=writer, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        while any(t.is_alive() for t in threads):
-            importer.catch_up()
-        for t in threads:
-            t.join()
-        importer.catch_up()
+        _catch_up_while_writing(importer, writer, 2)
         assert store.list_members() == _members_table(engine)
         applied = [{op.host_id for op in ops if isinstance(op, AddMember)}
                    for ops in store.applies]
