@@ -239,21 +239,29 @@ function askActivate(id) {
   dialog.showModal();
 }
 
-$("activate-form").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  const dialog = $("activate-dialog");
+// The "<name>-dialog" submits to ``request(dialog)``, then closes and refreshes the table; the
+// API's refusal stays in the dialog ("<name>-error"). "<name>-cancel" closes it.
+function onDialogSubmit(name, request) {
+  const dialog = $(`${name}-dialog`);
+  $(`${name}-form`).addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    try {
+      await request(dialog);
+      dialog.close();
+      await refresh();
+    } catch (e) {
+      $(`${name}-error`).textContent = e.message;
+    }
+  });
+  $(`${name}-cancel`).addEventListener("click", () => dialog.close());
+}
+
+onDialogSubmit("activate", (dialog) => {
   const chosen = dialog.querySelector("input[name=ip]:checked");
   const ip = chosen && chosen.value ? chosen.value : $("ip-typed").value.trim();
-  try {
-    await api("POST", "/v2.0/agent-memberships",
-              {agent_membership: {id: dialog.dataset.agentId, ip_address: ip}});
-    dialog.close();
-    await refresh();
-  } catch (e) {
-    $("activate-error").textContent = e.message;
-  }
+  return api("POST", "/v2.0/agent-memberships",
+             {agent_membership: {id: dialog.dataset.agentId, ip_address: ip}});
 });
-$("activate-cancel").addEventListener("click", () => $("activate-dialog").close());
 
 // -- deactivate -----------------------------------------------------------------------------
 function askDeactivate(id) {
@@ -266,18 +274,8 @@ function askDeactivate(id) {
   dialog.showModal();
 }
 
-$("deactivate-form").addEventListener("submit", async (ev) => {
-  ev.preventDefault();
-  const dialog = $("deactivate-dialog");
-  try {
-    await api("DELETE", `/v2.0/agent-memberships/${dialog.dataset.agentId}`);
-    dialog.close();
-    await refresh();
-  } catch (e) {
-    $("deactivate-error").textContent = e.message;
-  }
-});
-$("deactivate-cancel").addEventListener("click", () => $("deactivate-dialog").close());
+onDialogSubmit("deactivate", (dialog) =>
+  api("DELETE", `/v2.0/agent-memberships/${dialog.dataset.agentId}`));
 
 // -- zone and journal -----------------------------------------------------------------------
 function renderStatus(status) {
