@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from midonet_membership.agent.lab import Lab, LabHost
+from midonet_membership.agent.lab import Lab, LabHost, forge_vxlan
 
 MEMBERSHIPS = "/v2.0/agent-memberships"
 
@@ -153,26 +153,6 @@ class Deployment:
                              timeout=0.5, interval=0.1)
 
 
-def forge_rogue(rogue: LabHost, victims: list[tuple[LabHost, str]]) -> None:
-    """The rogue's own VXLAN device on the deployment's VNI, flooding to the victims, with
-    static ARP entries naming their overlay IPs and VTEP MACs: all it could know or guess."""
-    from pyroute2 import NetNS
-
-    from midonet_membership.agent.kernel import vtep_mac
-
-    with NetNS(rogue.netns, flags=0) as ns:
-        ul0 = ns.link_lookup(ifname="ul0")[0]
-        ns.link("add", ifname="rogue0", kind="vxlan", vxlan_id=1, vxlan_port=4789,
-                vxlan_local=rogue.tunnel_ip, vxlan_link=ul0)
-        index = ns.link_lookup(ifname="rogue0")[0]
-        ns.addr("add", index=index, address=rogue.overlay_ip, prefixlen=24)
-        ns.link("set", index=index, state="up")
-        for victim, host_id in victims:
-            ns.fdb("append", ifindex=index, lladdr="00:00:00:00:00:00", dst=victim.tunnel_ip)
-            ns.neigh("add", ifindex=index, dst=victim.overlay_ip, lladdr=vtep_mac(host_id),
-                     state=0x80)
-
-
 def _say(text: str = "") -> None:
     print(text, flush=True)
 
@@ -225,7 +205,8 @@ def run_demo() -> int:
             demo.start_agent(name)
             demo.wait_until(name, state="pending")
             _say(f"   agent {name} registered as {demo.ids[name]}: pending, no tunnels")
-        forge_rogue(demo.hosts["rogue"], [(demo.hosts[n], demo.ids[n]) for n in "ab"])
+        forge_vxlan(demo.hosts["rogue"], [(demo.hosts[n], demo.ids[n]) for n in "ab"],
+                    "rogue0")
         _say("   the rogue has a VXLAN device on the same VNI, with forged FDB and ARP "
              "entries toward a and b; it has no agent and no membership")
 

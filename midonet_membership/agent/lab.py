@@ -56,6 +56,27 @@ def remove_leftovers(prefix: str = PREFIX) -> list[str]:
     return removed
 
 
+def forge_vxlan(host: LabHost, victims: list[tuple[LabHost, str]], device: str) -> None:
+    """What a rogue does: its own VXLAN ``device`` on the deployment's VNI in ``host``,
+    flooding to the victims' tunnel IPs, with static ARP entries naming their overlay IPs
+    and VTEP MACs (``victims``: each host with its host id), all it could know or guess."""
+    from pyroute2 import NetNS
+
+    from midonet_membership.agent.kernel import vtep_mac
+
+    with NetNS(host.netns, flags=0) as ns:
+        ul0 = ns.link_lookup(ifname="ul0")[0]
+        ns.link("add", ifname=device, kind="vxlan", vxlan_id=1, vxlan_port=4789,
+                vxlan_local=host.tunnel_ip, vxlan_link=ul0)
+        index = ns.link_lookup(ifname=device)[0]
+        ns.addr("add", index=index, address=host.overlay_ip, prefixlen=24)
+        ns.link("set", index=index, state="up")
+        for victim, host_id in victims:
+            ns.fdb("append", ifindex=index, lladdr="00:00:00:00:00:00", dst=victim.tunnel_ip)
+            ns.neigh("add", ifindex=index, dst=victim.overlay_ip, lladdr=vtep_mac(host_id),
+                     state=0x80)
+
+
 class Lab:
     """A bridge namespace and hosts on it; ``close`` (or leaving ``with``) removes them."""
 

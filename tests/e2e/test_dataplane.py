@@ -19,7 +19,7 @@ import pytest
 from midonet_membership import nsdb
 from midonet_membership.agent import Agent, interfaces
 from midonet_membership.agent.kernel import COUNTER, TABLE, KernelDataPlane, Nft, vtep_mac
-from midonet_membership.agent.lab import Lab, LabHost
+from midonet_membership.agent.lab import Lab, LabHost, forge_vxlan
 from tests.fixtures.hosts import require_kernel
 from tests.fixtures.servers import Server
 
@@ -136,24 +136,6 @@ class Mesh:
             kernel.close()
 
 
-def forge(host: LabHost, victims: list[tuple[LabHost, str]], device: str) -> None:
-    """What a rogue does: a VXLAN device with the deployment's VNI, flooding to the victims'
-    tunnel IPs, and static ARP entries naming their overlay IPs with their VTEP MACs."""
-    from pyroute2 import NetNS
-
-    with NetNS(host.netns, flags=0) as ns:
-        ul0 = ns.link_lookup(ifname="ul0")[0]
-        ns.link("add", ifname=device, kind="vxlan", vxlan_id=1, vxlan_port=4789,
-                vxlan_local=host.tunnel_ip, vxlan_link=ul0)
-        index = ns.link_lookup(ifname=device)[0]
-        ns.addr("add", index=index, address=host.overlay_ip, prefixlen=24)
-        ns.link("set", index=index, state="up")
-        for victim, host_id in victims:
-            ns.fdb("append", ifindex=index, lladdr="00:00:00:00:00:00", dst=victim.tunnel_ip)
-            ns.neigh("add", ifindex=index, dst=victim.overlay_ip, lladdr=vtep_mac(host_id),
-                     state=0x80)
-
-
 def unforge(host: LabHost, device: str) -> None:
     from pyroute2 import NetNS
 
@@ -178,7 +160,7 @@ def mesh(make_database, start_server, lab) -> Iterator[Mesh]:
 
 def test_only_members_reach_each_other_and_intruders_are_counted(mesh):
     a, b, c, rogue = (mesh.hosts[n] for n in ("a", "b", "c", "rogue"))
-    forge(rogue, [(a, mesh.ids["a"]), (b, mesh.ids["b"])], "rogue0")
+    forge_vxlan(rogue, [(a, mesh.ids["a"]), (b, mesh.ids["b"])], "rogue0")
     assert not mesh.ping("a", "b") and not mesh.ping("rogue", "a")  # no membership, no overlay
 
     mesh.activate("a")
@@ -193,7 +175,7 @@ def test_only_members_reach_each_other_and_intruders_are_counted(mesh):
 
     # C is registered but not a member; it tries anyway, like the rogue. Not under the agent's
     # own device name: C's pending agent rightly reconciles that one away (every 2 s).
-    forge(c, [(a, mesh.ids["a"]), (b, mesh.ids["b"])], FORGED)
+    forge_vxlan(c, [(a, mesh.ids["a"]), (b, mesh.ids["b"])], FORGED)
     drops_before = {n: mesh.kernel[n].drops() for n in "ab"}
     for source in ("c", "rogue"):
         for target in "ab":
