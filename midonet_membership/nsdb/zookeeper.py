@@ -56,6 +56,7 @@ from kazoo.exceptions import (
     NoAuthError,
     NodeExistsError,
     NoNodeError,
+    RolledBackError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import EventType, WatchedEvent
@@ -104,10 +105,16 @@ def parse_members(children: list[str]) -> dict[str, str]:
     return dict(child.split("@", 1) for child in children if "@" in child)
 
 
+def zone_record(zone: TunnelZone) -> dict[str, str]:
+    """The data of the ``tunnel_zone`` node, as JSON."""
+    return {"id": zone.id, "name": zone.name, "type": zone.type}
+
+
 class ZooKeeperNSDB(NSDB):
     """Options: ``role`` ("cluster", "agent" or "api": what this identity may do, see the
-    module doc), ``timeout`` (connect, seconds), ``liveness_timeout`` (the session timeout,
-    seconds)."""
+    module doc), ``timeout`` (seconds: the connect, an agent's wait for the tree and its
+    host record, an API read), ``liveness_timeout`` (the session timeout, seconds),
+    ``jute_maxbuffer`` (the servers' request limit, bytes: see ``max_ops_per_apply``)."""
 
     def __init__(self, url: str, role: str | None = None, timeout: float = 10.0,
                  liveness_timeout: float = 10.0,
@@ -129,9 +136,8 @@ class ZooKeeperNSDB(NSDB):
         self.secure = bool(user)
         if user:  # secure by default: credentials always mean digest ACLs
             self._own_acl = [make_digest_acl(user, password, all=True), WORLD_READ]
-            self._hosts_acl = self._own_acl  # nobody else creates host records
         else:
-            self._own_acl = self._hosts_acl = OPEN_ACL_UNSAFE
+            self._own_acl = OPEN_ACL_UNSAFE
         # The session timeout is the liveness timeout: a dead agent's ephemeral liveness
         # node disappears when its session expires. ``timeout`` bounds the connect.
         # Recipes (the leader lock) create nodes with ``default_acl``: ours, not open.
@@ -174,12 +180,12 @@ class ZooKeeperNSDB(NSDB):
         if self.role != "cluster":
             raise NSDBError(f"the {self.role} identity does not create the NSDB tree: run "
                             "the cluster or `midonet-db-manage nsdb-init`")
+        # Every node, ``/hosts`` included (nobody else creates host records), with ours.
         for path in self.layout():
-            acl = self._hosts_acl if path == self.hosts_path else self._own_acl
             try:  # the root's parents (if any) are created with ``default_acl``: ours
-                self.client.create(path, b"", acl=acl, makepath=path == self.root)
+                self.client.create(path, b"", acl=self._own_acl, makepath=path == self.root)
             except NodeExistsError:
-                self._correct_acl(path, acl)
+                self._correct_acl(path, self._own_acl)
         self._add_missing_member_hosts()
 
     def _add_missing_member_hosts(self) -> None:
@@ -256,7 +262,7 @@ class ZooKeeperNSDB(NSDB):
             tx.set_data(self.position_path, new.encode().encode())
             results = tx.commit()
             failure = next((r for r in results if isinstance(r, Exception)
-                            and type(r).__name__ != "RolledBackError"), None)
+                            and not isinstance(r, RolledBackError)), None)
             if failure is None:
                 return
             if isinstance(failure, BadVersionError):
@@ -278,7 +284,7 @@ class ZooKeeperNSDB(NSDB):
         before = dict(members)
         for op in ops:
             if isinstance(op, SetTunnelZone):
-                data = dataclass_dict(op.zone)
+                data = zone_record(op.zone)
                 if zone is None:
                     tx.create(self.zone_path, json.dumps(data).encode(), acl=self._own_acl)
                 elif zone != data:
@@ -437,8 +443,7 @@ class ZooKeeperNSDB(NSDB):
         self.client.close()
 
 
-def dataclass_dict(zone: TunnelZone) -> dict[str, str]:
-    return {"id": zone.id, "name": zone.name, "type": zone.type}
+_UNKNOWN = object()  # a watch's position before its first read
 
 
 class _ZooKeeperWatch(Watch):
@@ -661,5 +666,3 @@ class _ZooKeeperWatch(Watch):
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)
 
-
-_UNKNOWN = object()

@@ -17,16 +17,18 @@ DEFAULT_JUTE_MAXBUFFER = 0xFFFFF
 APPLY_RESERVE = 128 * 1024
 _WORST_HOST = "ffffffff-ffff-ffff-ffff-ffffffffffff"
 _WORST_IP = "223.255.255.255"  # the longest unicast tunnel endpoint
+_OP_HEADER = 9  # a multi-op's per-op header: type (int), done (bool), error (int)
 
 
 def max_members_per_apply(url: str, jute_maxbuffer: int | str = DEFAULT_JUTE_MAXBUFFER,
                           **_ignored: object) -> int:
     """How many member changes one multi-op can carry below ``jute.maxbuffer``.
 
-    Computed from ZooKeeper's wire format (jute) for the costliest change, a new member
-    (two creates with this identity's ACLs plus its entry in the published delta), so the
-    API can refuse a larger bulk without connecting; ``test_bulk_limit`` checks the
-    arithmetic against kazoo's own serializer and applies a bulk of exactly this size.
+    Computed from ZooKeeper's wire format (jute) for the costliest change: a new member (two
+    creates with this identity's ACLs) or a re-addressed one (a delete and a create),
+    whichever is larger, plus its entry in the published delta; so the API can refuse a
+    larger bulk without connecting. ``test_bulk_limit`` checks the arithmetic against
+    kazoo's own serializer and applies a bulk of exactly this size.
     """
     parts = urllib.parse.urlsplit(url)
     root = parts.path.rstrip("/") or "/midonet"
@@ -39,9 +41,6 @@ def max_members_per_apply(url: str, jute_maxbuffer: int | str = DEFAULT_JUTE_MAX
     in_delta = len(json.dumps({_WORST_HOST: _WORST_IP})) + 2  # '"id": "ip", '
     per_member = max(new_member, readdressed) + in_delta
     return max(1, (int(jute_maxbuffer) - APPLY_RESERVE) // per_member)
-
-
-_OP_HEADER = 9  # a multi-op's per-op header: type (int), done (bool), error (int)
 
 
 def _create_bytes(path: str, data: bytes, acl_bytes: int) -> int:
