@@ -254,7 +254,8 @@ class Importer:
         return sorted(fetched + more, key=lambda t: t.id)
 
     def _fitting(self, units: list[list[journal.Task]]) -> list[list[journal.Task]]:
-        """The leading transactions whose ops fit in one NSDB apply (at least one)."""
+        """The leading transactions that fit in one NSDB apply (at least one), counted in
+        tasks: a task translates to one op at most."""
         if self.max_ops is None:
             return units
         kept: list[list[journal.Task]] = []
@@ -300,10 +301,10 @@ class Importer:
         return _Plan(ops, _advanced(position, consumed, final, config_id, self.clock()),
                      len(consumed), failed)
 
-    def _record_poison(self, group: list[journal.Task], exc: PoisonTask) -> None:
+    def _record_poison(self, unit: list[journal.Task], exc: PoisonTask) -> None:
         """Skip policy: record every task of the transaction as failed, then go on."""
         failures = {}
-        for task in group:
+        for task in unit:
             try:
                 translate(task)
                 failures[task.id] = f"skipped with its transaction: {exc}"
