@@ -15,7 +15,11 @@ will be.
   plugin) write the membership row before the task row, so a writer has its xid before it
   takes its task id.
 - **MariaDB/MySQL (InnoDB)**: the ``trx_id`` set of ``information_schema.innodb_trx``
-  (needs the PROCESS privilege); settled when none of them is left.
+  (needs the PROCESS privilege); settled when none of them is left. That table is served
+  from a cache InnoDB refreshes only on a read that comes 0.1 s after the previous one (by
+  anyone): read more often, it stays stale for ever and misses a writer that has just taken
+  its task id. So a list counts only when it shows a canary transaction begun just before
+  (:func:`_innodb_in_flight`), and this process reads it at most every 0.11 s.
 - **Galera**: each node lists only its own transactions (a remote one is replicated only
   at commit), so the evidence is the union over every node in ``wsrep_incoming_addresses``,
   reached with the importer's own credentials, and the importer reads with
@@ -36,6 +40,8 @@ is logged once.
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Iterable
 
 import sqlalchemy as sa
@@ -66,7 +72,8 @@ def observe(conn: Connection) -> str | None:
                     return None  # a member we cannot see: ask again at the next step
                 return "galera:" + ";".join(f"{node}={','.join(ids)}"
                                             for node, ids in in_flight.items())
-            return "innodb:" + ",".join(_innodb_in_flight(conn))
+            in_flight = _innodb_in_flight(conn.engine)
+            return None if in_flight is None else "innodb:" + ",".join(in_flight)
     except sa.exc.DBAPIError as exc:
         _warn_once(dialect, f"cannot tell which transactions are in flight ({exc.orig}); "
                    "id gaps stay open until they can be told final")
@@ -86,9 +93,10 @@ def settled(conn: Connection, evidences: Iterable[str | None]) -> set[str]:
             "SELECT pg_snapshot_xmin(pg_current_snapshot())::text").scalar_one())
         done |= {e for e in pg if xmin >= int(e[3:])}
     innodb = {e for e in wanted if e.startswith("innodb:")}
-    if innodb:
-        running = set(_innodb_in_flight(conn))
-        done |= {e for e in innodb if not running & set(filter(None, e[7:].split(",")))}
+    running = _innodb_in_flight(conn.engine) if innodb else None
+    if running is not None:  # None: no fresh list now, nothing settles
+        done |= {e for e in innodb
+                 if not set(running) & set(filter(None, e[7:].split(",")))}
     galera = {e for e in wanted if e.startswith("galera:")}
     if galera:
         now = _galera_in_flight(conn)
@@ -111,10 +119,43 @@ def read_causally(conn: Connection) -> None:
     conn.exec_driver_sql("SET SESSION wsrep_sync_wait = 1")
 
 
-def _innodb_in_flight(conn: Connection) -> list[str]:
-    return [str(r) for r in conn.exec_driver_sql(
-        "SELECT trx_id FROM information_schema.innodb_trx "
-        "WHERE trx_mysql_thread_id <> CONNECTION_ID()").scalars()]
+# InnoDB refreshes information_schema.innodb_trx only on a read 0.1 s after the last one.
+INNODB_CACHE_IDLE = 0.11
+STALE_READS_BEFORE_WARNING = 100
+_last_innodb_read: dict[str, float] = {}
+_stale_innodb_reads: dict[str, int] = {}
+
+
+def _innodb_in_flight(engine: sa.Engine) -> list[str] | None:
+    """The server's InnoDB transactions in flight, from a list proven fresh: None when this
+    process read the list less than INNODB_CACHE_IDLE ago, or the list does not show the
+    canary transaction begun just before it (someone else keeps the cache from refreshing).
+    None is "no evidence now": the caller asks again at its next step.
+    """
+    key = engine.url.render_as_string(hide_password=True)
+    if time.monotonic() - _last_innodb_read.get(key, -math.inf) < INNODB_CACHE_IDLE:
+        return None
+    with engine.connect() as canary, engine.connect() as conn:
+        canary_thread = canary.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one()
+        canary.exec_driver_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+        rows = conn.exec_driver_sql(
+            "SELECT trx_id, trx_mysql_thread_id FROM information_schema.innodb_trx "
+            "WHERE trx_mysql_thread_id <> CONNECTION_ID()").all()
+        _last_innodb_read[key] = time.monotonic()
+        canary.rollback()
+    if not any(thread == canary_thread for _, thread in rows):
+        _note_stale(key)
+        return None
+    _stale_innodb_reads[key] = 0
+    return [str(trx) for trx, thread in rows if thread != canary_thread]
+
+
+def _note_stale(key: str) -> None:
+    _stale_innodb_reads[key] = stale = _stale_innodb_reads.get(key, 0) + 1
+    if stale == STALE_READS_BEFORE_WARNING:
+        LOG.warning("information_schema.innodb_trx on %s has stayed stale for %d reads: "
+                    "something reads it more often than every 0.1 s, so InnoDB never "
+                    "refreshes it; id gaps stay open until it does", key, stale)
 
 
 def _galera_nodes(conn: Connection) -> list[str]:
@@ -126,15 +167,15 @@ def _galera_nodes(conn: Connection) -> list[str]:
 
 
 def _galera_in_flight(conn: Connection) -> dict[str, list[str] | None]:
-    """node address -> its in-flight InnoDB transactions (None: unreachable now)."""
+    """node address -> its in-flight InnoDB transactions (None: unreachable now, or no
+    fresh list yet)."""
     url = conn.engine.url
     result: dict[str, list[str] | None] = {}
     for node in _galera_nodes(conn):
         host, _, port = node.rpartition(":")
         engine = _node_engine(url.set(host=host, port=int(port)))
         try:
-            with engine.connect() as node_conn:
-                result[node] = _innodb_in_flight(node_conn)
+            result[node] = _innodb_in_flight(engine)
         except sa.exc.DBAPIError:
             result[node] = None
             engine.dispose()  # a node that died: reconnect from scratch next time

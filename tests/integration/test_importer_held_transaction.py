@@ -117,6 +117,7 @@ def test_a_transaction_held_for_60s_holds_nothing_back(make_database, tmp_path, 
         thread.start()
         watcher = nsdb.connect(f"sqlite:///{tmp_path / 'nsdb.sqlite'}")
         watch = watcher.watch_tunnel_zone(propagation.on_zone)
+        held = engine.connect()
         try:
             idle = [str(uuid.uuid4()) for _ in range(200)]
             _run_writers(engine, api, propagation, idle, 0, burn_ids=False)
@@ -124,7 +125,6 @@ def test_a_transaction_held_for_60s_holds_nothing_back(make_database, tmp_path, 
             idle_p99 = _p99(propagation.latencies(idle))
 
             held_host = str(uuid.uuid4())
-            held = engine.connect()
             held.begin()
             _add_task(held, held_host, _ip(6000), "req-held")
             held_since = time.monotonic()
@@ -137,9 +137,9 @@ def test_a_transaction_held_for_60s_holds_nothing_back(make_database, tmp_path, 
             assert held_host not in propagation.seen
             assert store.get_import_position().gaps, "the held id's gap was given up"
             held.commit()
-            held.close()
             propagation.wait_for([held_host], 10)
         finally:
+            held.close()  # a failure must not leave its locks for DROP DATABASE to wait on
             stop.set()
             wakeup.notify()
             thread.join(timeout=10)

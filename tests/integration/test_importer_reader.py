@@ -298,3 +298,42 @@ def _wait_until(condition, timeout: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"not within {timeout} s"
         time.sleep(0.005)
+
+
+def test_a_gap_stays_open_while_a_monitor_keeps_innodb_trx_stale(make_database, tmp_path):
+    """InnoDB refreshes ``information_schema.innodb_trx`` only on a read 0.1 s after the
+    previous one: a monitoring tool polling it every 20 ms keeps it stale for ever, and a
+    list read from it misses a writer that has just taken its task id. That writer's gap
+    must stay open however long, and its task be applied once it commits (invariant 2)."""
+    engine = _engine(make_database("mariadb"))
+    api = AgentMemberships(engine)
+    stop = threading.Event()
+
+    def monitor() -> None:
+        with engine.connect() as conn:
+            while not stop.is_set():
+                conn.exec_driver_sql("SELECT count(*) FROM information_schema.innodb_trx").all()
+                time.sleep(0.02)
+    polling = threading.Thread(target=monitor, daemon=True)
+    polling.start()
+    held = engine.connect()
+    try:
+        with nsdb.connect(f"sqlite:///{tmp_path / 'nsdb.sqlite'}", role="cluster") as store:
+            importer = Importer(engine, store)
+            held.begin()
+            held_host, later = str(uuid.uuid4()), str(uuid.uuid4())
+            _add_task(held, held_host, _ip(1), "req-held")
+            api.create(RequestContext.admin(), [{"id": later, "ip_address": _ip(2)}])
+            until = time.monotonic() + 2.0
+            while time.monotonic() < until:  # gap checks every 0.1 s, all on a stale cache
+                importer.catch_up()
+                time.sleep(0.05)
+            assert later in store.list_members()
+            assert store.get_import_position().gaps, "the held writer's gap was given up"
+            held.commit()
+            importer.catch_up()
+            assert held_host in store.list_members()
+    finally:
+        stop.set()
+        polling.join(5)
+        held.close()
