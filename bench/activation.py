@@ -37,6 +37,7 @@ from collections.abc import Iterator  # noqa: E402
 
 import sqlalchemy as sa  # noqa: E402
 
+from midonet_membership.agent.dataplane import Built, RecordingDataPlane  # noqa: E402
 from tests.fixtures.databases import ADMIN_URLS  # noqa: E402
 from tests.fixtures.zookeeper import ZooKeeperNode, _free_port  # noqa: E402
 
@@ -101,8 +102,8 @@ def postgresql_database() -> Iterator[str]:
         admin.dispose()
 
 
-class _Reporter:
-    """A data plane that reports every state it is given to the parent process.
+class _Reporter(RecordingDataPlane):
+    """A dry-run data plane that also reports every state it is given to the parent process.
 
     One ``os.write`` of a short line on a pipe shared by all workers (atomic below
     PIPE_BUF): a ``multiprocessing.Queue`` would add a pickling feeder thread to every agent
@@ -110,12 +111,14 @@ class _Reporter:
     """
 
     def __init__(self, events_fd: int) -> None:
+        super().__init__()
         self.events_fd = events_fd
 
-    def apply(self, state) -> None:
+    def apply(self, state) -> Built:
         # Members only join during the run, so the peer count says who is up to date.
         os.write(self.events_fd, f"{state.host_id} {state.status} {len(state.peers)} "
                                  f"{time.time()}\n".encode())
+        return super().apply(state)
 
 
 class _Events:
@@ -142,7 +145,7 @@ def run_agents(zk_url: str, host_ids: list[str], events_fd: int, ready, stop) ->
     from midonet_membership.agent import Agent
 
     agents = [Agent(h, nsdb.connect(zk_url, role="agent"), _Reporter(events_fd),
-                    hostname=f"bench-{h[:8]}", heartbeat_interval=5.0).start()
+                    hostname=f"bench-{h[:8]}").start()
               for h in host_ids]
     ready.set()
     stop.wait()

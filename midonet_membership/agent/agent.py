@@ -223,17 +223,26 @@ class Agent:
         return dataclasses.replace(self.observed, zone_position=position)
 
     def _report_loop(self) -> None:
-        """Write the observed state into our own host record whenever it changes.
+        """Write the observed state into our own host record whenever it changes, at once
+        after a quiet heartbeat interval, else at most once per interval: every agent
+        reports after every zone change, so a stream of activations would cost a read and
+        a write per agent per activation (O(agents) NSDB writes each; bench/activation.py:
+        150 ms of agents' CPU per activation with 200 agents, p99 188 ms instead of 69 ms).
 
         ``zone_position`` is the importer's position read after the apply: every change up
         to it is applied unless a newer zone event is still on its way (then another report
         follows it).
         """
+        last_report = -math.inf
         while True:
             self._report_wanted.wait()
+            pause = last_report + self.heartbeat_interval - time.monotonic()
+            if pause > 0 and self._stop.wait(pause):
+                return
             self._report_wanted.clear()
             if self._stop.is_set():
                 return
+            last_report = time.monotonic()
             base = self.observed
             try:
                 observed = dataclasses.replace(base, zone_position=self.nsdb.get_position())
