@@ -14,7 +14,10 @@ sizes, served by the same server functions with the same settings) and each oper
 database floor (its minimal SQL through the same driver, no HTTP). An operation's floor adds
 the two's times per request; ``vs_floor`` gives ours as a fraction of it and
 ``verdict_vs_floor`` checks the issue's targets (>= 0.7 in the production layout, >= 0.6 in
-the all-in-one). The table of them goes to stderr at the end (``make bench``).
+the all-in-one). A fourth kind in each round, *HTTP + SQL* (the trivial app running the
+database floor's SQL before it answers, in the same server), shows how much of the floor a
+Python app reaches that does nothing but our SQL. The table of them goes to stderr at the
+end (``make bench``).
 
 The memberships table is first seeded with ``--rows`` rows (bulk INSERT straight into the
 database, then ANALYZE as autovacuum would), then, at concurrency 1 and 8 (keep-alive
@@ -218,14 +221,16 @@ class FloorServer(Server):
 
     needs_token = False
 
-    def __init__(self, layout: str, responses: dict[str, tuple[int, int]]) -> None:
+    def __init__(self, layout: str, responses: dict[str, tuple[int, int]],
+                 database_url: str | None = None) -> None:
         self.layout = layout
         self.state = Path(tempfile.mkdtemp(prefix="mm-bench-floor-"))
         self.port = free_port()
         self.log_path = self.state / "floor.log"
         self.commands = [[sys.executable, str(Path(__file__).with_name("floors.py")),
                           "--layout", layout, "--port", str(self.port),
-                          "--responses", json.dumps(responses)]]
+                          "--responses", json.dumps(responses)]
+                         + (["--database", database_url] if database_url else [])]
         self.procs = []
         self.token = ""
 
@@ -551,7 +556,7 @@ def bench_layout(database_url: str, layout: str, args: argparse.Namespace) -> di
     server = Server(database_url, layout)
     log(f"{layout} on {sa.make_url(database_url).get_backend_name()}: starting")
     server.start()
-    floor_server: FloorServer | None = None
+    floor_server = sql_server = None
     result: dict[str, Any] = {"command": " ".join(
         ["midonet-membership", *LAYOUTS[layout][0], "--config-file F --state-dir D --bind "
          f"127.0.0.1:{server.port}"] + ([" + midonet-membership importer"]
@@ -567,6 +572,7 @@ def bench_layout(database_url: str, layout: str, args: argparse.Namespace) -> di
         posted = Fresh()
         responses = _response_sizes(server, posted, deep_marker)
         floor_server = FloorServer(layout, responses).start()
+        sql_server = FloorServer(layout, responses, database_url).start()
         db_floor = DatabaseFloor(database_url)
         result["floors"] = {
             "http": {"app": "bench/floors.py trivial_app: reads the body, answers ours' "
@@ -574,24 +580,29 @@ def bench_layout(database_url: str, layout: str, args: argparse.Namespace) -> di
                      "responses_status_bytes": responses, **FLOOR_SERVING[layout]},
             "database": db_floor.setting(),
             "floor": "1 / (1/http_floor_req_per_s + 1/db_floor_req_per_s): the two "
-                     "floors' times per request added"}
+                     "floors' times per request added",
+            "http_sql": "the HTTP floor's app running the database floor's SQL before it "
+                        "answers (bench/floors.py --database): for comparison, not a floor"}
         for c in CONCURRENCY:
-            kinds = ("ours", "db_floor", "http_floor")
+            kinds = ("ours", "db_floor", "http_floor", "http_sql")
             runs: dict[str, dict[str, list[Run]]] = {
                 kind: {op: [] for op in OPERATIONS} for kind in kinds}
             ratios = []
-            for _ in range(args.repeats):  # alternating: ours, database floor, HTTP floor
+            for _ in range(args.repeats):  # alternating: ours, the floors, HTTP + SQL
                 ratios.append(_http_round(server, c, posted, deep_marker, args, runs["ours"]))
                 _db_round(db_floor, c, posted, deep_marker, args, runs["db_floor"])
                 _http_round(floor_server, c, posted, deep_marker, args, runs["http_floor"])
+                _http_round(sql_server, c, posted, deep_marker, args, runs["http_sql"])
             figures = {op: summarize(op_runs) for op, op_runs in runs["ours"].items()}
             figures["list_deep_page"]["p50_ratio_to_first_page"] = round(
                 statistics.median(ratios), 2)
             result[f"c{c}"] = figures
             http = {op: summarize(op_runs) for op, op_runs in runs["http_floor"].items()}
             db = {op: summarize(op_runs) for op, op_runs in runs["db_floor"].items()}
-            result.setdefault("floor_figures", {})[f"c{c}"] = {"http": http, "database": db}
-            result.setdefault("vs_floor", {})[f"c{c}"] = vs_floor(figures, http, db)
+            sql = {op: summarize(op_runs) for op, op_runs in runs["http_sql"].items()}
+            result.setdefault("floor_figures", {})[f"c{c}"] = {"http": http, "database": db,
+                                                               "http_sql": sql}
+            result.setdefault("vs_floor", {})[f"c{c}"] = vs_floor(figures, http, db, sql)
             log(f"  c={c}: " + ", ".join(
                 f"{op} {f['req_per_s']}/s = {result['vs_floor'][f'c{c}'][op]['fraction']} "
                 "of floor" + (f" ERRORS {f['errors']}" if f["errors"] else "")
@@ -600,7 +611,7 @@ def bench_layout(database_url: str, layout: str, args: argparse.Namespace) -> di
         if not server.alive():
             raise RuntimeError("the server died during the run:\n" + server.output())
     finally:
-        for s in (server, floor_server):
+        for s in (server, floor_server, sql_server):
             if s is not None:
                 s.stop()
                 s.cleanup()
@@ -671,9 +682,10 @@ def _response_sizes(server: Server, posted: Fresh,
     return sizes
 
 
-def vs_floor(ours: dict, http: dict, db: dict) -> dict:
+def vs_floor(ours: dict, http: dict, db: dict, sql: dict) -> dict:
     """Each operation's floor (the HTTP floor's and the database floor's times per request
-    added) and ours as a fraction of it (median runs' req/s)."""
+    added) and ours as a fraction of it (median runs' req/s); beside it the HTTP + SQL app
+    and what fraction of the floor that reaches."""
     out = {}
     for op in OPERATIONS:
         h, d, o = http[op]["req_per_s"], db[op]["req_per_s"], ours[op]["req_per_s"]
@@ -681,9 +693,12 @@ def vs_floor(ours: dict, http: dict, db: dict) -> dict:
         out[op] = {"http_floor_req_per_s": h, "db_floor_req_per_s": d,
                    "floor_req_per_s": round(floor, 1), "ours_req_per_s": o,
                    "fraction": round(o / floor, 2) if floor else None,
+                   "http_sql_req_per_s": sql[op]["req_per_s"],
+                   "http_sql_fraction": round(sql[op]["req_per_s"] / floor, 2) if floor
+                   else None,
                    "http_floor_p50_ms": http[op]["p50_ms"], "db_floor_p50_ms": db[op]["p50_ms"],
-                   "ours_p50_ms": ours[op]["p50_ms"],
-                   "floor_errors": http[op]["errors"] + db[op]["errors"]}
+                   "http_sql_p50_ms": sql[op]["p50_ms"], "ours_p50_ms": ours[op]["p50_ms"],
+                   "floor_errors": http[op]["errors"] + db[op]["errors"] + sql[op]["errors"]}
     return out
 
 
@@ -721,9 +736,10 @@ def neutron_verdict(reference: dict, results: dict) -> dict:
     in this run on one MariaDB database (NEUTRON_TARGETS, per operation and concurrency).
 
     ``x_address_scopes`` compares with stock neutron's own address-scopes (core Neutron's
-    cost per request), and ``x_neutron_vs_ours_on_postgresql`` takes ours from the
-    PostgreSQL production layout of this run instead (neutron's migrations do not run on
-    PostgreSQL, so that one crosses databases): both for information.
+    cost per request), ``x_neutron_vs_ours_on_postgresql`` takes ours from the PostgreSQL
+    production layout of this run instead (neutron's migrations do not run on PostgreSQL,
+    so that one crosses databases), and ``x_neutron_at_our_postgresql_floor`` what ours
+    would reach at that layout's floor (HTTP floor + database floor): all for information.
     """
     if "ours_agent_memberships" not in reference:
         return {"all_pass": False, "not_measured": reference}
@@ -737,12 +753,15 @@ def neutron_verdict(reference: dict, results: dict) -> dict:
             scopes = reference["neutron29_address_scopes"][key][op]["req_per_s"]
             pg_op = "list_first_page" if op == "list_limit_100" else op
             pg = ours_pg.get(key, {}).get(pg_op, {}).get("req_per_s")
+            floor = ours_pg.get("vs_floor", {}).get(key, {}).get(pg_op, {}).get(
+                "floor_req_per_s")
             checks[f"{key}_{op}"] = {
                 "ours_req_per_s": ours, "neutron_req_per_s": neutron,
                 "x_neutron": _ratio(ours, neutron), "target_x": target,
                 "pass": bool(neutron) and ours / neutron >= target,
                 "x_address_scopes": _ratio(ours, scopes),
-                "x_neutron_vs_ours_on_postgresql": _ratio(pg, neutron)}
+                "x_neutron_vs_ours_on_postgresql": _ratio(pg, neutron),
+                "x_neutron_at_our_postgresql_floor": _ratio(floor, neutron)}
     checks["errors"] = neutron_reference_errors(reference)
     checks["all_pass"] = checks["errors"] == 0 and all(
         v["pass"] for v in checks.values() if isinstance(v, dict))
@@ -785,11 +804,11 @@ def floor_verdict(layout: str, figures: dict) -> dict:
 def table(out: dict) -> str:
     """The issue's table: per layout, concurrency and operation, the floors and ours."""
     lines = ["| backend | layout | c | operation | HTTP floor | DB floor | floor | ours | "
-             "ours/floor | target | other load |", "|" + "---|" * 11]
+             "ours/floor | target | HTTP + SQL (/floor) | other load |", "|" + "---|" * 12]
     for backend, layouts in out["results"].items():
         for layout, figures in layouts.items():
             if "failed" in figures:
-                lines.append(f"| {backend} | {layout} | | FAILED | | | | | | | |")
+                lines.append(f"| {backend} | {layout} | | FAILED | | | | | | | | |")
                 continue
             for c in CONCURRENCY:
                 for op in OPERATIONS:
@@ -800,8 +819,10 @@ def table(out: dict) -> str:
                         f"| {backend} | {layout} | {c} | {op} | {v['http_floor_req_per_s']} | "
                         f"{v['db_floor_req_per_s']} | {v['floor_req_per_s']} | "
                         f"{v['ours_req_per_s']} | {v['fraction']} | {target} | "
+                        f"{v['http_sql_req_per_s']} ({v['http_sql_fraction']}) | "
                         f"{figures[f'c{c}'][op]['other_load']} |")
     lines.append("(req/s of the median of three alternating rounds; floor = 1/(1/HTTP + 1/DB); "
+                 "HTTP + SQL = the HTTP floor's app running the DB floor's SQL, not a floor; "
                  "other load = share of the machine other users' processes took during ours)")
     return "\n".join(lines + _neutron_table(out.get("verdict_vs_neutron29")))
 
@@ -813,13 +834,15 @@ def _neutron_table(verdict: dict | None) -> list[str]:
     if "not_measured" in verdict:
         return ["", f"neutron 29 reference not measured: {verdict['not_measured']}"]
     lines = ["", "| c | operation | neutron 29 + our plugin | ours (same MariaDB) | x | target | "
-             "x stock address-scopes | x, ours on PostgreSQL |", "|" + "---|" * 8]
+             "x stock address-scopes | x, ours on PostgreSQL | x at our PostgreSQL floor |",
+             "|" + "---|" * 9]
     for name, v in verdict.items():
         if isinstance(v, dict):
             c, op = name.split("_", 1)
             lines.append(f"| {c[1:]} | {op} | {v['neutron_req_per_s']} | {v['ours_req_per_s']} "
                          f"| {v['x_neutron']} | >= {v['target_x']} | {v['x_address_scopes']} "
-                         f"| {v['x_neutron_vs_ours_on_postgresql']} |")
+                         f"| {v['x_neutron_vs_ours_on_postgresql']} "
+                         f"| {v['x_neutron_at_our_postgresql_floor']} |")
     lines.append("(req/s, --seconds per operation, gunicorn 1x8 and noauth for both servers; "
                  f"errors: {verdict['errors']})")
     return lines

@@ -13,6 +13,11 @@ write the membership and its task atomically (PostgreSQL: one statement with a d
 CTE in autocommit, as ours; SQLite: BEGIN IMMEDIATE, two statements, COMMIT, writers of one
 process queued on a lock, as ours); a show is one primary-key SELECT; a list page one
 ``ORDER BY id LIMIT 100`` (the deep page ``WHERE id > marker``), in autocommit.
+
+*HTTP + SQL*: the trivial app running each operation's database floor SQL before it answers
+(``--database URL``): the server and the database in one process with nothing of ours in
+between. Not a floor of the issue's definition (that one adds the two floors' times), but
+what a Python WSGI app that only ran our SQL would reach: the rest is ours.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import sqlite3
 import sys
 import threading
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -54,19 +60,37 @@ def operation_of(method: str, path: str, query: str) -> str:
     return "list_first_page"
 
 
-def trivial_app(responses: dict[str, tuple[int, int]]) -> Callable:
+def trivial_app(responses: dict[str, tuple[int, int]],
+                database: DatabaseFloor | None = None) -> Callable:
     """A WSGI app answering each operation with ``(status, body size)``: reads the request
-    body (ours must), returns canned bytes of the same length as ours."""
+    body (ours must), returns canned bytes of the same length as ours. With ``database``,
+    it first runs the operation's database floor SQL (one connection per server thread):
+    the HTTP server and the database in one process, with nothing of ours in between."""
     reasons = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
     canned = {op: (reasons[status], b"x" * size) for op, (status, size) in responses.items()}
+    local = threading.local()
+
+    def run_sql(op: str, environ: dict, raw: bytes) -> None:
+        if not hasattr(local, "conn"):
+            local.conn = database.connect()
+        if op == "create":
+            member = json.loads(raw)["agent_membership"]
+            item: Any = (member["id"], member["ip_address"])
+        elif op in ("show", "delete"):
+            item = (environ["PATH_INFO"].rsplit("/", 1)[-1], "")
+        else:
+            item = urllib.parse.parse_qs(environ.get("QUERY_STRING", "")).get("marker",
+                                                                              [None])[0]
+        database.operation(op)(local.conn, item)
 
     def app(environ: dict, start_response: Callable) -> list[bytes]:
         length = int(environ.get("CONTENT_LENGTH") or 0)
-        if length:
-            environ["wsgi.input"].read(length)
-        status, body = canned[operation_of(environ["REQUEST_METHOD"],
-                                           environ.get("PATH_INFO", ""),
-                                           environ.get("QUERY_STRING", ""))]
+        raw = environ["wsgi.input"].read(length) if length else b""
+        op = operation_of(environ["REQUEST_METHOD"], environ.get("PATH_INFO", ""),
+                          environ.get("QUERY_STRING", ""))
+        if database is not None:
+            run_sql(op, environ, raw)
+        status, body = canned[op]
         headers = [("Content-Length", str(len(body)))]
         if body:
             headers.append(("Content-Type", "application/json"))
@@ -84,12 +108,13 @@ def app_from_environment() -> Callable:
                         json.loads(os.environ["FLOOR_RESPONSES"]).items()})
 
 
-def serve_floor(layout: str, port: int, responses: dict[str, tuple[int, int]]) -> None:
+def serve_floor(layout: str, port: int, responses: dict[str, tuple[int, int]],
+                database_url: str | None = None) -> None:
     """Serve the trivial app as the layout serves ours, until SIGTERM."""
     from midonet_membership.api import server
     from midonet_membership.service import _wait_for_signal
 
-    app = trivial_app(responses)
+    app = trivial_app(responses, DatabaseFloor(database_url) if database_url else None)
     serving = FLOOR_SERVING[layout]
     if "workers" in serving:
         server.serve_workers(lambda: app, "127.0.0.1", port, serving["workers"],
@@ -252,9 +277,11 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--responses", required=True,
                         help='JSON: {"create": [201, bytes], "show": [200, bytes], ...}')
+    parser.add_argument("--database", metavar="URL",
+                        help="also run each operation's database floor SQL on URL")
     args = parser.parse_args()
     responses = {op: tuple(v) for op, v in json.loads(args.responses).items()}
-    serve_floor(args.layout, args.port, responses)
+    serve_floor(args.layout, args.port, responses, args.database)
     return 0
 
 
