@@ -28,6 +28,7 @@ from oslo_config import cfg
 from sqlalchemy.engine import Engine
 
 from midonet_membership import exceptions
+from midonet_membership.api.app import error_response
 from midonet_membership.api.policies import Authorizer
 from midonet_membership.context import RequestContext
 from midonet_membership.db import journal
@@ -64,7 +65,7 @@ def pages(conf: cfg.ConfigOpts) -> tuple[Callable, dict[str, Callable]]:
     def static(environ: dict, start_response: Callable) -> Iterable[bytes]:
         req = webob.Request(environ)
         if req.method not in ("GET", "HEAD"):
-            return _error(exceptions.MethodNotAllowed(
+            return error_response(exceptions.MethodNotAllowed(
                 method=req.method, resource=req.path_info, allowed="GET"))(
                 environ, start_response)
         content_type, body = files[req.path_info]
@@ -87,13 +88,6 @@ def pages(conf: cfg.ConfigOpts) -> tuple[Callable, dict[str, Callable]]:
     return static, routes
 
 
-def _error(exc: exceptions.MembershipError) -> webob.Response:
-    response = webob.Response(status=exc.code, content_type="application/json", charset=None)
-    response.body = json.dumps({"NeutronError": {"type": exc.type, "message": exc.msg,
-                                                  "detail": ""}}).encode()
-    return response
-
-
 def keystone_login(conf: cfg.ConfigOpts) -> Callable:
     """``POST /console/keystone-token``: a password authentication passed through to
     Keystone (v3, project scope); answers ``{"token", "roles", "expires_at"}``."""
@@ -108,7 +102,7 @@ def keystone_login(conf: cfg.ConfigOpts) -> Callable:
             response = webob.Response(body=json.dumps(answer).encode(),
                                       content_type="application/json", charset=None)
         except exceptions.MembershipError as exc:
-            response = _error(exc)
+            response = error_response(exc)
         response.cache_control = "no-store"
         return response(environ, start_response)
     return login

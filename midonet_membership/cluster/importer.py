@@ -114,10 +114,9 @@ class Importer:
     def __init__(self, engine: Engine, nsdb: NSDB, batch_size: int = 500,
                  clock: Callable[[], float] = time.time,
                  observe: Callable[[Connection], str | None] = inflight.observe,
-                 settled: Callable[[Connection, set], set] = inflight.settled,
-                 **_retired: object) -> None:
+                 settled: Callable[[Connection, set], set] = inflight.settled) -> None:
         """``observe``/``settled`` are the in-flight evidence (see :mod:`.inflight`); a
-        test may replace them. ``gap_timeout`` (retired with the timeout) is ignored."""
+        test may replace them."""
         self.engine = engine
         self.nsdb = nsdb
         self.batch_size = batch_size
@@ -371,7 +370,7 @@ def _with_evidence(position: ImportPosition, evidence: str | None) -> ImportPosi
 
 
 def run(engine: Engine, nsdb: NSDB, nsdb_url: str, wakeup: Wakeup, stop: threading.Event,
-        batch_size: int = 500, batch_window: float = 0.0, **_retired: object) -> None:
+        batch_size: int = 500, batch_window: float = 0.0) -> None:
     """Campaign for leadership; while leading, import until stopped or deposed
     (``batch_window``: ``[cluster] batch_window``)."""
     identifier = f"importer-{uuid.uuid4()}"
