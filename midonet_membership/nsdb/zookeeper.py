@@ -347,6 +347,17 @@ class ZooKeeperNSDB(NSDB):
                            f"`midonet-db-manage nsdb-host-add {host.id}` (cluster "
                            "credentials) and gives this agent the [nsdb_agent] credentials "
                            "it prints")
+        wrong_identity = NSDBError(
+            f"the NSDB refuses identity {self.user or 'anonymous'!r} the record of host "
+            f"{host.id}: it was provisioned for another identity (check [nsdb_agent] "
+            "username/password and the host id file)")
+        try:  # the usual case, every report after the first: one round trip
+            self.client.set(path, data)
+            return
+        except NoNodeError:
+            pass
+        except NoAuthError:
+            raise wrong_identity from None
         self._wait_for(self.hosts_path, "start the cluster or run `midonet-db-manage "
                                         "nsdb-init` (they create the NSDB tree) before the "
                                         "agents")
@@ -362,10 +373,7 @@ class ZooKeeperNSDB(NSDB):
         except NoNodeError:
             raise NSDBError(not_provisioned) from None
         except NoAuthError:
-            raise NSDBError(f"the NSDB refuses identity {self.user or 'anonymous'!r} the "
-                            f"record of host {host.id}: it was provisioned for another "
-                            "identity (check [nsdb_agent] username/password and the host "
-                            "id file)") from None
+            raise wrong_identity from None
 
     def _wait_for(self, path: str, hint: str) -> None:
         """Block up to ``timeout`` seconds until ``path`` exists (an agent started first)."""
