@@ -72,8 +72,8 @@ class Resource:
 
     def visible_all(self, items: list[dict[str, Any]],
                     fields: list[str] | None = None) -> list[dict[str, Any]]:
-        """:meth:`visible` of each item, without a call per row of a page when no row has
-        anything to hide (the usual page: a third of the cost of the calls)."""
+        """:meth:`visible` of each item, without a call per row when no row has anything to
+        hide (the usual page): the calls were 37 µs of a 336 µs page (bench/profile_app.py)."""
         if fields or not self.visible_attributes.issuperset(itertools.chain.from_iterable(
                 items)):  # every row's keys, in one C loop
             return [self.visible(i, fields) for i in items]
