@@ -63,7 +63,8 @@ def _zookeeper_lock(url: str, identifier: str,
                     stop: threading.Event) -> Iterator[threading.Event | None]:
     from kazoo.client import KazooClient, KazooState
     from kazoo.exceptions import LockTimeout
-    from kazoo.security import make_acl, make_digest_acl
+
+    from midonet_membership.nsdb.zookeeper import owner_acl
 
     parts = urllib.parse.urlsplit(url)
     hosts = parts.netloc.rpartition("@")[2]
@@ -72,9 +73,7 @@ def _zookeeper_lock(url: str, identifier: str,
     if parts.username:
         user, password = (urllib.parse.unquote(p or "") for p in (parts.username, parts.password))
         auth = [("digest", f"{user}:{password}")]  # sent at connect; add_auth needs a session
-        # the lock's nodes are the cluster's like the rest of its tree, not open to all
-        acl = [make_digest_acl(user, password, all=True),
-               make_acl("world", "anyone", read=True)]
+        acl = owner_acl(user, password)  # the cluster's like the rest of its tree
     client = KazooClient(hosts=hosts, timeout=5.0, auth_data=auth, default_acl=acl)
     lost = threading.Event()
     client.add_listener(lambda state: lost.set() if state == KazooState.LOST else None)

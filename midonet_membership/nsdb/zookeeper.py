@@ -94,6 +94,11 @@ ROLES = ("cluster", "agent", "api")
 WORLD_READ = make_acl("world", "anyone", read=True)
 
 
+def owner_acl(user: str, password: str) -> list[ACL]:
+    """The nodes of a digest identity: it may do everything, the world only read."""
+    return [make_digest_acl(user, password, all=True), WORLD_READ]
+
+
 def host_acl(cluster_acl: ACL, user: str, password: str) -> list[ACL]:
     """A provisioned host record: the host's identity writes it and its children (liveness)
     but may neither delete it (that is ``/hosts``'s delete right) nor change its ACL."""
@@ -135,7 +140,7 @@ class ZooKeeperNSDB(NSDB):
         auth = [("digest", f"{user}:{password}")] if user else None
         self.secure = bool(user)
         if user:  # secure by default: credentials always mean digest ACLs
-            self._own_acl = [make_digest_acl(user, password, all=True), WORLD_READ]
+            self._own_acl = owner_acl(user, password)
         else:
             self._own_acl = OPEN_ACL_UNSAFE
         # The session timeout is the liveness timeout: a dead agent's ephemeral liveness
@@ -340,24 +345,23 @@ class ZooKeeperNSDB(NSDB):
     def register_host(self, host: Host) -> None:
         data = json.dumps(host_record(host)).encode()
         path = f"{self.hosts_path}/{host.id}"
-        # Nobody but the cluster creates the tree: an agent started first waits for
-        # ``/hosts``. A secured agent writes the record the cluster provisioned for it, and
-        # waits for the admin to provision it.
-        not_provisioned = (f"host {host.id} is not provisioned in the NSDB: an admin runs "
-                           f"`midonet-db-manage nsdb-host-add {host.id}` (cluster "
-                           "credentials) and gives this agent the [nsdb_agent] credentials "
-                           "it prints")
-        wrong_identity = NSDBError(
-            f"the NSDB refuses identity {self.user or 'anonymous'!r} the record of host "
-            f"{host.id}: it was provisioned for another identity (check [nsdb_agent] "
-            "username/password and the host id file)")
         try:  # the usual case, every report after the first: one round trip
             self.client.set(path, data)
             return
         except NoNodeError:
             pass
         except NoAuthError:
-            raise wrong_identity from None
+            raise self._wrong_identity(host.id) from None
+        self._create_host_record(host.id, path, data)
+
+    def _create_host_record(self, host_id: str, path: str, data: bytes) -> None:
+        """A first registration. Nobody but the cluster creates the tree: an agent started
+        first waits for ``/hosts``. A secured agent writes the record the cluster
+        provisioned for it, and waits for the admin to provision it."""
+        not_provisioned = (f"host {host_id} is not provisioned in the NSDB: an admin runs "
+                           f"`midonet-db-manage nsdb-host-add {host_id}` (cluster "
+                           "credentials) and gives this agent the [nsdb_agent] credentials "
+                           "it prints")
         self._wait_for(self.hosts_path, "start the cluster or run `midonet-db-manage "
                                         "nsdb-init` (they create the NSDB tree) before the "
                                         "agents")
@@ -373,7 +377,13 @@ class ZooKeeperNSDB(NSDB):
         except NoNodeError:
             raise NSDBError(not_provisioned) from None
         except NoAuthError:
-            raise wrong_identity from None
+            raise self._wrong_identity(host_id) from None
+
+    def _wrong_identity(self, host_id: str) -> NSDBError:
+        return NSDBError(
+            f"the NSDB refuses identity {self.user or 'anonymous'!r} the record of host "
+            f"{host_id}: it was provisioned for another identity (check [nsdb_agent] "
+            "username/password and the host id file)")
 
     def _wait_for(self, path: str, hint: str) -> None:
         """Block up to ``timeout`` seconds until ``path`` exists (an agent started first)."""
