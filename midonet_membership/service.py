@@ -97,13 +97,12 @@ def prepare_database(conf: cfg.ConfigOpts):
 def all_in_one(conf: cfg.ConfigOpts, agent_count: int = 0) -> None:
     from prometheus_client import make_wsgi_app
 
-    from midonet_membership import metrics, nsdb
+    from midonet_membership import metrics
     from midonet_membership.api import make_app
     from midonet_membership.api.server import ThreadedServer
 
     engine = prepare_database(conf)
-    api_nsdb = nsdb.connect(config.nsdb_url(conf, "api"), role="api",
-                            liveness_timeout=conf.agent.liveness_timeout)
+    api_nsdb = _api_nsdb(conf)
     metrics.register_probes({**metrics.database_probes(engine), **metrics.nsdb_probes(api_nsdb)},
                             {"process": "api"})
     app = make_app(conf, engine, api_nsdb, metrics_page=make_wsgi_app())
@@ -205,11 +204,8 @@ def api(conf: cfg.ConfigOpts) -> None:
 
     engine = prepare_database(conf)
     if conf.metrics.api_listen:
-        from midonet_membership import nsdb
-
         registry = metrics.multiprocess_registry()
-        master_nsdb = nsdb.connect(config.nsdb_url(conf, "api"), role="api",
-                                   liveness_timeout=conf.agent.liveness_timeout)
+        master_nsdb = _api_nsdb(conf)
         metrics.register_probes({**metrics.database_probes(engine),
                                  **metrics.nsdb_probes(master_nsdb)}, {"process": "api"},
                                 registry)
@@ -221,16 +217,20 @@ def api(conf: cfg.ConfigOpts) -> None:
     _write_endpoint(conf, f"http://{conf.bind_host}:{conf.bind_port}")
 
     def app_factory():
-        from midonet_membership import nsdb
-
         engine = db_engine.create_engine(config.database_url(conf), pool_size=conf.api_threads)
-        # The API's own identity (none needed: it only reads), never the cluster's; it
-        # starts without ZooKeeper and answers 503 on the agents API until it is back.
-        return make_app(conf, engine, nsdb.connect(
-            config.nsdb_url(conf, "api"), role="api",
-            liveness_timeout=conf.agent.liveness_timeout))
+        return make_app(conf, engine, _api_nsdb(conf))
     serve_workers(app_factory, conf.bind_host, conf.bind_port, conf.api_workers,
                   conf.api_threads)
+
+
+def _api_nsdb(conf: cfg.ConfigOpts):
+    """The API's NSDB connection, under the API's own identity (none needed: it only reads),
+    never the cluster's; it starts without ZooKeeper, and the agents API answers 503 until
+    ZooKeeper is back."""
+    from midonet_membership import nsdb
+
+    return nsdb.connect(config.nsdb_url(conf, "api"), role="api",
+                        liveness_timeout=conf.agent.liveness_timeout)
 
 
 def _api_metrics_wanted(args: argparse.Namespace) -> bool:

@@ -98,10 +98,9 @@ class AgentMemberships:
 # per request cost more than its execution on SQLite (cProfile, bench/api.py).
 _SHOW = sa.select(memberships).where(memberships.c.id == sa.bindparam("id"))
 _INSERT = sa.insert(memberships)
-_DELETE_RETURNING = (sa.delete(memberships).where(memberships.c.id == sa.bindparam("id"))
-                     .returning(*memberships.c))
-_SELECT_FOR_DELETE = _SHOW.with_for_update()
 _DELETE = sa.delete(memberships).where(memberships.c.id == sa.bindparam("id"))
+_DELETE_RETURNING = _DELETE.returning(*memberships.c)
+_SELECT_FOR_DELETE = _SHOW.with_for_update()
 
 
 def _insert_in_one_statement(conn: sa.Connection, row: dict[str, str], owner: str | None,
