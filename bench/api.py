@@ -741,6 +741,8 @@ def neutron_verdict(reference: dict, results: dict) -> dict:
     so that one crosses databases), and ``x_neutron_at_our_postgresql_floor`` what ours
     would reach at that layout's floor (HTTP floor + database floor): all for information.
     """
+    import neutron_reference  # bench/neutron_reference.py
+
     if "ours_agent_memberships" not in reference:
         return {"all_pass": False, "not_measured": reference}
     ours_pg = results.get("postgresql", {}).get("api-1x8+importer", {})
@@ -762,7 +764,7 @@ def neutron_verdict(reference: dict, results: dict) -> dict:
                 "x_address_scopes": _ratio(ours, scopes),
                 "x_neutron_vs_ours_on_postgresql": _ratio(pg, neutron),
                 "x_neutron_at_our_postgresql_floor": _ratio(floor, neutron)}
-    checks["errors"] = neutron_reference_errors(reference)
+    checks["errors"] = neutron_reference.errors_in(reference)
     checks["all_pass"] = checks["errors"] == 0 and all(
         v["pass"] for v in checks.values() if isinstance(v, dict))
     return checks
@@ -770,12 +772,6 @@ def neutron_verdict(reference: dict, results: dict) -> dict:
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 1) if a and b else None
-
-
-def neutron_reference_errors(reference: dict) -> int:
-    import neutron_reference
-
-    return neutron_reference.errors_in(reference)
 
 
 def _machine_busy_share(seconds: float) -> float:

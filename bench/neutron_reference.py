@@ -31,10 +31,7 @@ import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,8 +42,13 @@ from pathlib import Path
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
-NEUTRON_VENV = Path(os.environ.get("MM_NEUTRON_VENV", ROOT / ".venv-neutron"))
-BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))
+
+# The servers as the tests start them: neutron-server with our plugin, and our `api`.
+from tests.fixtures.neutron import VENV as NEUTRON_VENV  # noqa: E402
+from tests.fixtures.neutron import NeutronServer  # noqa: E402
+from tests.fixtures.servers import ProductionApi  # noqa: E402
+
 MARIADB_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/mysql"
 SETTINGS = {"server": "gunicorn, 1 worker x 8 threads", "auth_strategy": "noauth",
             "database": "MariaDB on 127.0.0.1, one database shared by all three"}
@@ -54,80 +56,6 @@ SETTINGS = {"server": "gunicorn, 1 worker x 8 threads", "auth_strategy": "noauth
 
 def log(message: str) -> None:
     print(f"[neutron-reference] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Process:
-    """A server subprocess in its own session, ready when its port answers GET /."""
-
-    def __init__(self, command: list[str], cwd: Path, env: dict[str, str], port: int) -> None:
-        self.port = port
-        self.log_path = cwd / f"server-{port}.log"
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 180
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{command} exited:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/")
-                if conn.getresponse().status == 200:
-                    conn.close()
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{command} did not start")
-            time.sleep(0.3)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
-def start_neutron(state: Path, database_url: str) -> Process:
-    port = free_port()
-    (state / "neutron.conf").write_text(
-        "[DEFAULT]\ncore_plugin = ml2\nservice_plugins = midonet-membership\n"
-        f"auth_strategy = noauth\napi_paste_config = {state / 'api-paste.ini'}\n"
-        f"state_path = {state / 'state'}\n"
-        f"[database]\nconnection = {database_url}\n"
-        "[ml2]\nmechanism_drivers =\ntype_drivers = flat\ntenant_network_types =\n"
-        f"[oslo_concurrency]\nlock_path = {state / 'lock'}\n")
-    shutil.copy(NEUTRON_VENV / "etc" / "neutron" / "api-paste.ini", state / "api-paste.ini")
-    (state / "gunicorn.conf.py").write_text(
-        'wsgi_app = "neutron.wsgi.api:application"\n'
-        f'bind = "127.0.0.1:{port}"\nworkers = 1\nthreads = 8\ntimeout = 120\n')
-    done = subprocess.run([str(NEUTRON_VENV / "bin" / "neutron-db-manage"), "--config-file",
-                           str(state / "neutron.conf"), "upgrade", "heads"],
-                          capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError("neutron-db-manage failed:\n" + done.stderr[-3000:])
-    return Process([str(NEUTRON_VENV / "bin" / "gunicorn")], state,
-                   {**os.environ, "OS_NEUTRON_CONFIG_DIR": str(state),
-                    "OS_NEUTRON_CONFIG_FILES": "neutron.conf"}, port)
-
-
-def start_ours(state: Path, database_url: str) -> Process:
-    port = free_port()
-    (state / "ours.conf").write_text(f"[DEFAULT]\nauth_strategy = noauth\n"
-                                     f"[database]\nconnection = {database_url}\n")
-    return Process([str(BIN / "midonet-membership"), "api", "--config-file",
-                    str(state / "ours.conf"), "--state-dir", str(state / "ours"), "--bind",
-                    f"127.0.0.1:{port}", "--workers", "1", "--threads", "8"],
-                   state, dict(os.environ), port)
 
 
 class Resource:
@@ -264,15 +192,18 @@ def measure(args: argparse.Namespace) -> dict:
         conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     url = sa.make_url(MARIADB_ADMIN).set(database=name).render_as_string(hide_password=False)
     state = Path(tempfile.mkdtemp(prefix="mm-bench-neutron-"))
-    servers: list[Process] = []
+    servers: list[NeutronServer | ProductionApi] = []
     serial = Counter()
     busy0, total0 = _busy_ticks()
     try:
         log(f"neutron-db-manage upgrade heads + neutron-server on {name}")
-        neutron = start_neutron(state, url)
+        neutron = NeutronServer(state / "neutron", url)
         servers.append(neutron)
+        neutron.upgrade().start()
         log("midonet-membership api on the same database")
-        ours = start_ours(state, url)
+        (state / "ours").mkdir()
+        ours = ProductionApi(state / "ours", url,
+                             conf="[DEFAULT]\nauth_strategy = noauth\napi_threads = 8\n")
         servers.append(ours)
         result = {}
         for key, port, resource in (
