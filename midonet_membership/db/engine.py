@@ -13,10 +13,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.sql.compiler import SQLCompiler
 
 _commit_listeners: list[Callable[[], None]] = []
 # SQLite writers of one process queue on a lock instead of in SQLite's busy handler, which
@@ -112,34 +115,48 @@ def remove_task_commit_listener(listener: Callable[[], None]) -> None:
 
 
 @contextlib.contextmanager
-def writer(engine: Engine, single_statement: bool = False) -> Iterator[Connection]:
+def writer(engine: Engine,
+           single_statement: bool = False) -> Iterator[Connection | DriverConnection]:
     """One write transaction: commits on success, rolls back on any exception.
 
     ``single_statement``: the caller runs exactly one statement, atomic by itself, so it
-    runs in autocommit and spares the BEGIN and COMMIT round trips.
+    runs in autocommit and spares the BEGIN and COMMIT round trips (on the driver's own
+    connection where :func:`_on_driver` can).
     """
-    with _sqlite_write_locks.get(engine, _NO_LOCK), engine.connect() as conn:
-        if single_statement:
-            conn.execution_options(isolation_level="AUTOCOMMIT")
-            yield conn
-        else:
-            conn.execution_options(writer=True)
-            with conn.begin():
+    with _sqlite_write_locks.get(engine, _NO_LOCK):
+        if single_statement and engine.dialect.name in _ON_DRIVER:
+            with _on_driver(engine) as conn:
                 yield conn
-        wrote_task = conn.info.pop("wrote_task", False)
+            wrote_task = conn.info.pop("wrote_task", False)
+        else:
+            with engine.connect() as conn:
+                if single_statement:
+                    conn.execution_options(isolation_level="AUTOCOMMIT")
+                    yield conn
+                else:
+                    conn.execution_options(writer=True)
+                    with conn.begin():
+                        yield conn
+                wrote_task = conn.info.pop("wrote_task", False)
     if wrote_task:
         for listener in list(_commit_listeners):
             listener()
 
 
 @contextlib.contextmanager
-def reader(engine: Engine, single_statement: bool = False) -> Iterator[Connection]:
+def reader(engine: Engine,
+           single_statement: bool = False) -> Iterator[Connection | DriverConnection]:
     """Reads without BEGIN/ROLLBACK round trips on server databases (autocommit).
 
     SQLite reads run in one transaction (one snapshot) unless ``single_statement``: the
-    caller runs one statement, a snapshot by itself, and spares the BEGIN and COMMIT
-    (a third of a SQLite show's database calls).
+    caller runs statements each a snapshot by itself (one, or one after another that
+    need not agree), and spares the BEGIN and COMMIT (a third of a SQLite show's database
+    calls). Those run on the driver's own connection where :func:`_on_driver` can.
     """
+    if single_statement and engine.dialect.name in _ON_DRIVER:
+        with _on_driver(engine) as conn:
+            yield conn
+        return
     with engine.connect() as conn:
         if conn.dialect.name != "sqlite":
             conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -150,6 +167,108 @@ def reader(engine: Engine, single_statement: bool = False) -> Iterator[Connectio
         else:
             with conn.begin():
                 yield conn
+
+
+# -- single statements on the driver's connection ------------------------------------------
+
+# The backends whose pooled DBAPI connections run a statement in autocommit for free:
+# psycopg by a flag set and reset without a round trip, pysqlite by its ``isolation_level =
+# None`` (_sqlite_engine). Not MySQL: PyMySQL's autocommit() is a round trip.
+_ON_DRIVER = frozenset({"postgresql", "sqlite"})
+
+
+class Rows(list):
+    """A statement's rows as tuples, with the two ``Result`` methods the callers use."""
+
+    def first(self) -> tuple | None:
+        return self[0] if self else None
+
+    def all(self) -> Rows:
+        return self
+
+
+class DriverConnection:
+    """One pooled connection that runs single SQLAlchemy statements on the driver itself.
+
+    Why: SQLAlchemy's ``Connection`` cost ~140 µs per statement (checkout options, execution
+    context, result objects), more than PostgreSQL took to answer a primary-key SELECT on
+    this machine (bench/profile_app.py: a show's plugin call 268 µs, the driver's own
+    SELECT 125 µs). The statements stay SQLAlchemy's, compiled once per dialect; a driver
+    error becomes SQLAlchemy's exception and a dead connection is invalidated, as
+    ``Connection`` does, so :func:`retry_transient` and the duplicate checks see the same.
+    Only what runs in autocommit comes here: there is no transaction to manage.
+    """
+
+    def __init__(self, engine: Engine, pooled: PoolProxiedConnection) -> None:
+        self.dialect = engine.dialect
+        self.info: dict = {}  # as Connection.info: what writer() reads after the statement
+        self._pooled = pooled
+
+    def execute(self, statement: sa.Executable, params: dict | None = None) -> Rows:
+        compiled = _compiled(statement, self.dialect)
+        expanded = compiled.construct_expanded_state(params)
+        args = expanded.positional_parameters if compiled.positional else expanded.parameters
+        cursor = None
+        try:
+            cursor = self._pooled.cursor()
+            cursor.execute(expanded.statement, args)
+            return Rows(cursor.fetchall() if cursor.description else ())
+        except self.dialect.loaded_dbapi.Error as exc:
+            raise self._translated(exc, expanded.statement, args, cursor) from exc
+        finally:
+            if cursor is not None:
+                cursor.close()
+
+    def _translated(self, exc: Exception, sql: str | None, args: Any,
+                    cursor: Any = None) -> sa.exc.DBAPIError:
+        invalidated = self.dialect.is_disconnect(exc, self._pooled.dbapi_connection, cursor)
+        if invalidated:
+            self._pooled.invalidate(exc)
+        return sa.exc.DBAPIError.instance(
+            sql, args, exc, self.dialect.loaded_dbapi.Error,
+            connection_invalidated=invalidated, dialect=self.dialect)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(statement: sa.Executable, dialect: sa.Dialect) -> SQLCompiler:
+    """``statement`` compiled for ``dialect``, once: the callers' statements are built once
+    too. One whose values or rows need SQLAlchemy's type processing is refused: it must run
+    on a ``Connection``."""
+    compiled = statement.compile(dialect=dialect)
+    processed = [name for name, bind in compiled.binds.items()
+                 if bind.type.dialect_impl(dialect).bind_processor(dialect)]
+    processed += [column.name for column in getattr(statement, "exported_columns", ())
+                  if column.type.dialect_impl(dialect).result_processor(dialect, None)]
+    if processed:
+        raise TypeError(f"{', '.join(processed)} of this statement need SQLAlchemy's "
+                        f"{dialect.name} type processing: run it on a Connection")
+    return compiled
+
+
+@contextlib.contextmanager
+def _on_driver(engine: Engine) -> Iterator[DriverConnection]:
+    """A pooled DBAPI connection in autocommit, handed back to the pool as it came."""
+    toggles = engine.dialect.name == "postgresql"  # psycopg's autocommit flag
+    try:
+        pooled = engine.raw_connection()
+    except engine.dialect.loaded_dbapi.Error as exc:
+        raise sa.exc.DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error,
+                                         dialect=engine.dialect) from exc
+    try:
+        if toggles:
+            pooled.driver_connection.autocommit = True
+        yield DriverConnection(engine, pooled)
+    finally:
+        _release(pooled, toggles)
+
+
+def _release(pooled: PoolProxiedConnection, toggles: bool) -> None:
+    try:
+        if toggles and pooled.is_valid:
+            pooled.driver_connection.autocommit = False
+    except Exception as exc:  # a connection that cannot be reset is not pooled again
+        pooled.invalidate(exc)
+    pooled.close()
 
 
 def is_duplicate_error(exc: sa.exc.IntegrityError) -> bool:

@@ -68,7 +68,7 @@ class AgentMemberships:
             row = conn.execute(_SHOW, {"id": id_}).first()
         if row is None:
             raise exceptions.AgentMembershipNotFound(id=id_)
-        return row._asdict()
+        return dict(zip(_SHOW_COLUMNS, row, strict=True))
 
     @retry_transient
     def list(self, context: RequestContext, query: ListQuery) -> list[dict[str, Any]]:
@@ -97,6 +97,7 @@ class AgentMemberships:
 # The hot path's statements, built once: building (and cache-keying) a SQLAlchemy statement
 # per request cost more than its execution on SQLite (cProfile, bench/api.py).
 _SHOW = sa.select(memberships).where(memberships.c.id == sa.bindparam("id"))
+_SHOW_COLUMNS = tuple(_SHOW.selected_columns.keys())
 _INSERT = sa.insert(memberships)
 _DELETE = sa.delete(memberships).where(memberships.c.id == sa.bindparam("id"))
 _DELETE_RETURNING = _DELETE.returning(*memberships.c)

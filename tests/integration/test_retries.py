@@ -23,6 +23,7 @@ from midonet_membership.db import engine as db_engine
 from midonet_membership.db import migration
 from midonet_membership.db.memberships import AgentMemberships
 from midonet_membership.db.models import memberships, tasks
+from midonet_membership.paging import ListQuery
 
 
 def _tasks(engine, resource_id: str) -> list[tuple[str, str]]:
@@ -67,11 +68,12 @@ def test_a_repeated_request_finds_its_own_commit(plugin):
 
 class _LossyProxy:
     """A TCP proxy to PostgreSQL that, when armed, cuts the connection instead of passing
-    on the server's answer to the next INSERT: the statement committed, the client never
-    hears so."""
+    on the server's next answer that holds ``cut_on`` (by default an INSERT's: the
+    statement committed, the client never hears so)."""
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
+        self.cut_on = b"INSERT 0 1"
         self.armed = threading.Event()
         self.cuts = 0
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -91,7 +93,7 @@ class _LossyProxy:
     def _pump(self, source: socket.socket, sink: socket.socket, from_server: bool) -> None:
         with contextlib.suppress(OSError):
             while chunk := source.recv(65536):
-                if from_server and b"INSERT 0 1" in chunk and self.armed.is_set():
+                if from_server and self.cut_on in chunk and self.armed.is_set():
                     self.armed.clear()
                     self.cuts += 1
                     break
@@ -105,27 +107,50 @@ class _LossyProxy:
         self.listener.close()
 
 
-def test_postgresql_answer_lost_after_commit(make_database):
+@pytest.fixture
+def lossy(make_database) -> Iterator[tuple[AgentMemberships, _LossyProxy]]:
+    """The plugin on a fresh PostgreSQL database, through a :class:`_LossyProxy`."""
     url = sa.make_url(make_database("postgresql"))
     migration.upgrade(url.render_as_string(hide_password=False))
     proxy = _LossyProxy((url.host, url.port or 5432))
     engine = db_engine.create_engine(url.set(host="127.0.0.1", port=proxy.port)
                                      .render_as_string(hide_password=False))
-    plugin = AgentMemberships(engine)
-    try:
-        host = str(uuid.uuid4())
-        creating, deleting = RequestContext.admin(), RequestContext.admin()
-        item = {"id": host, "ip_address": "192.0.2.41"}
+    yield AgentMemberships(engine), proxy
+    engine.dispose()
+    proxy.close()
 
-        proxy.armed.set()
-        assert plugin.create(creating, [item]) == [item]
-        assert proxy.cuts == 1 and _rows(engine) == {host: "192.0.2.41"}
 
+def test_postgresql_answer_lost_after_commit(lossy):
+    plugin, proxy = lossy
+    engine = plugin.engine
+    host = str(uuid.uuid4())
+    creating, deleting = RequestContext.admin(), RequestContext.admin()
+    item = {"id": host, "ip_address": "192.0.2.41"}
+
+    proxy.armed.set()
+    assert plugin.create(creating, [item]) == [item]
+    assert proxy.cuts == 1 and _rows(engine) == {host: "192.0.2.41"}
+
+    proxy.armed.set()
+    plugin.delete(deleting, host)
+    assert proxy.cuts == 2 and _rows(engine) == {}
+    assert _tasks(engine, host) == [("CREATE", creating.request_id),
+                                    ("DELETE", deleting.request_id)]
+
+
+def test_postgresql_read_whose_connection_died_is_retried(lossy):
+    """A show and a page whose connection dies before the answer (a database restart, a
+    network cut) are answered from a new connection, and the dead one leaves the pool."""
+    plugin, proxy = lossy
+    host = str(uuid.uuid4())
+    plugin.create(RequestContext.admin(), [{"id": host, "ip_address": "192.0.2.42"}])
+    proxy.cut_on = b"SELECT 1"
+    for read in (lambda: plugin.get(RequestContext.admin(), host),
+                 lambda: plugin.list(RequestContext.admin(), ListQuery(limit=10))[0]):
         proxy.armed.set()
-        plugin.delete(deleting, host)
-        assert proxy.cuts == 2 and _rows(engine) == {}
-        assert _tasks(engine, host) == [("CREATE", creating.request_id),
-                                        ("DELETE", deleting.request_id)]
-    finally:
-        engine.dispose()
-        proxy.close()
+        assert read() == {"id": host, "ip_address": "192.0.2.42"}
+        assert not proxy.armed.is_set()  # the first answer was cut
+    assert proxy.cuts == 2
+    checked_in = plugin.engine.pool.checkedin()
+    for _ in range(checked_in + 2):  # every pooled connection still works
+        assert plugin.get(RequestContext.admin(), host)["ip_address"] == "192.0.2.42"
