@@ -115,17 +115,18 @@ def remove_task_commit_listener(listener: Callable[[], None]) -> None:
 
 
 @contextlib.contextmanager
-def writer(engine: Engine,
-           single_statement: bool = False) -> Iterator[Connection | DriverConnection]:
+def writer(engine: Engine, single_statement: bool = False,
+           driver: bool = False) -> Iterator[Connection | DriverConnection]:
     """One write transaction: commits on success, rolls back on any exception.
 
     ``single_statement``: the caller runs exactly one statement, atomic by itself, so it
-    runs in autocommit and spares the BEGIN and COMMIT round trips (on the driver's own
-    connection where :func:`_on_driver` can).
+    runs in autocommit and spares the BEGIN and COMMIT round trips. ``driver``: the
+    caller's statements need nothing of a ``Connection`` (:class:`DriverConnection`), so
+    they run on the driver's own connection where the backend allows.
     """
     with _sqlite_write_locks.get(engine, _NO_LOCK):
-        if single_statement and engine.dialect.name in _ON_DRIVER:
-            with _on_driver(engine) as conn:
+        if driver and engine.dialect.name in _ON_DRIVER:
+            with _on_driver(engine, transaction=not single_statement) as conn:
                 yield conn
             wrote_task = conn.info.pop("wrote_task", False)
         else:
@@ -144,17 +145,17 @@ def writer(engine: Engine,
 
 
 @contextlib.contextmanager
-def reader(engine: Engine,
-           single_statement: bool = False) -> Iterator[Connection | DriverConnection]:
+def reader(engine: Engine, single_statement: bool = False,
+           driver: bool = False) -> Iterator[Connection | DriverConnection]:
     """Reads without BEGIN/ROLLBACK round trips on server databases (autocommit).
 
     SQLite reads run in one transaction (one snapshot) unless ``single_statement``: the
     caller runs statements each a snapshot by itself (one, or one after another that
     need not agree), and spares the BEGIN and COMMIT (a third of a SQLite show's database
-    calls). Those run on the driver's own connection where :func:`_on_driver` can.
+    calls). ``driver``: as for :func:`writer`, in autocommit.
     """
-    if single_statement and engine.dialect.name in _ON_DRIVER:
-        with _on_driver(engine) as conn:
+    if driver and engine.dialect.name in _ON_DRIVER:
+        with _on_driver(engine, transaction=False) as conn:
             yield conn
         return
     with engine.connect() as conn:
@@ -169,7 +170,7 @@ def reader(engine: Engine,
                 yield conn
 
 
-# -- single statements on the driver's connection ------------------------------------------
+# -- statements on the driver's connection --------------------------------------------------
 
 # The backends whose pooled DBAPI connections run a statement in autocommit for free:
 # psycopg by a flag set and reset without a round trip, pysqlite by its ``isolation_level =
@@ -188,15 +189,17 @@ class Rows(list):
 
 
 class DriverConnection:
-    """One pooled connection that runs single SQLAlchemy statements on the driver itself.
+    """One pooled connection that runs SQLAlchemy statements on the driver itself.
 
     Why: SQLAlchemy's ``Connection`` cost ~140 µs per statement (checkout options, execution
     context, result objects), more than PostgreSQL took to answer a primary-key SELECT on
     this machine (bench/profile_app.py: a show's plugin call 268 µs, the driver's own
-    SELECT 125 µs). The statements stay SQLAlchemy's, compiled once per dialect; a driver
-    error becomes SQLAlchemy's exception and a dead connection is invalidated, as
-    ``Connection`` does, so :func:`retry_transient` and the duplicate checks see the same.
-    Only what runs in autocommit comes here: there is no transaction to manage.
+    SELECT 125 µs). The statements stay SQLAlchemy's, compiled once per dialect and set of
+    parameter names, their values converted by SQLAlchemy's types; a driver error becomes
+    SQLAlchemy's exception and a dead connection is invalidated, as ``Connection`` does, so
+    :func:`retry_transient` and the duplicate checks see the same. What it lacks: result
+    processing (rows are plain tuples; a statement whose columns need conversion is
+    refused) and events.
     """
 
     def __init__(self, engine: Engine, pooled: PoolProxiedConnection) -> None:
@@ -204,17 +207,23 @@ class DriverConnection:
         self.info: dict = {}  # as Connection.info: what writer() reads after the statement
         self._pooled = pooled
 
-    def execute(self, statement: sa.Executable, params: dict | None = None) -> Rows:
-        compiled = _compiled(statement, self.dialect)
-        expanded = compiled.construct_expanded_state(params)
-        args = expanded.positional_parameters if compiled.positional else expanded.parameters
+    def execute(self, statement: sa.Executable,
+                params: dict[str, Any] | list[dict[str, Any]] | None = None) -> Rows:
+        """Run ``statement`` once, or once per dict of a list (rows then: none)."""
+        many = isinstance(params, list)
+        first = (params[0] if many else params) or {}
+        compiled, processors = _compiled(statement, self.dialect, tuple(first))
+        sql, args = _bound(compiled, processors, first)
         cursor = None
         try:
             cursor = self._pooled.cursor()
-            cursor.execute(expanded.statement, args)
+            if many:
+                cursor.executemany(sql, [_bound(compiled, processors, p)[1] for p in params])
+                return Rows()
+            cursor.execute(sql, args)
             return Rows(cursor.fetchall() if cursor.description else ())
         except self.dialect.loaded_dbapi.Error as exc:
-            raise self._translated(exc, expanded.statement, args, cursor) from exc
+            raise self._translated(exc, sql, args, cursor) from exc
         finally:
             if cursor is not None:
                 cursor.close()
@@ -229,45 +238,80 @@ class DriverConnection:
             connection_invalidated=invalidated, dialect=self.dialect)
 
 
+# A statement compiled for the driver, and the bind processors of its parameters.
+_Processors = dict[str, Callable[[Any], Any]]
+
+
 @functools.lru_cache(maxsize=256)
-def _compiled(statement: sa.Executable, dialect: sa.Dialect) -> SQLCompiler:
-    """``statement`` compiled for ``dialect``, once: the callers' statements are built once
-    too. One whose values or rows need SQLAlchemy's type processing is refused: it must run
-    on a ``Connection``."""
-    compiled = statement.compile(dialect=dialect)
-    processed = [name for name, bind in compiled.binds.items()
-                 if bind.type.dialect_impl(dialect).bind_processor(dialect)]
-    processed += [column.name for column in getattr(statement, "exported_columns", ())
-                  if column.type.dialect_impl(dialect).result_processor(dialect, None)]
-    if processed:
-        raise TypeError(f"{', '.join(processed)} of this statement need SQLAlchemy's "
+def _compiled(statement: sa.Executable, dialect: sa.Dialect,
+              names: tuple[str, ...]) -> tuple[SQLCompiler, _Processors]:
+    """``statement`` compiled for ``dialect`` and the parameter ``names`` (an INSERT's
+    columns), once: the callers' statements are built once too. One whose rows would need
+    SQLAlchemy's result processing, or an expanding (IN) parameter its bind processing, is
+    refused: it must run on a ``Connection``."""
+    compiled = statement.compile(dialect=dialect, column_keys=list(names))
+    processors = {name: processor for name, bind in compiled.binds.items()
+                  if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect))}
+    refused = [name for name, bind in compiled.binds.items()
+               if name in processors and bind.expanding]
+    refused += [column.name for column in getattr(statement, "exported_columns", ())
+                if column.type.dialect_impl(dialect).result_processor(dialect, None)]
+    if refused:
+        raise TypeError(f"{', '.join(refused)} of this statement need SQLAlchemy's "
                         f"{dialect.name} type processing: run it on a Connection")
-    return compiled
+    return compiled, processors
+
+
+def _bound(compiled: SQLCompiler, processors: _Processors,
+           params: dict[str, Any]) -> tuple[str, Any]:
+    """The SQL and the driver's arguments for one set of parameters (IN lists expanded)."""
+    if processors:
+        params = {name: processors[name](value) if name in processors else value
+                  for name, value in params.items()}
+    expanded = compiled.construct_expanded_state(params)
+    return expanded.statement, (expanded.positional_parameters if compiled.positional
+                                else expanded.parameters)
 
 
 @contextlib.contextmanager
-def _on_driver(engine: Engine) -> Iterator[DriverConnection]:
-    """A pooled DBAPI connection in autocommit, handed back to the pool as it came."""
-    toggles = engine.dialect.name == "postgresql"  # psycopg's autocommit flag
+def _on_driver(engine: Engine, transaction: bool) -> Iterator[DriverConnection]:
+    """A pooled DBAPI connection, handed back to the pool as it came: in autocommit, or in
+    one transaction (committed at the end, rolled back on any exception)."""
+    psycopg = engine.dialect.name == "postgresql"
     try:
         pooled = engine.raw_connection()
     except engine.dialect.loaded_dbapi.Error as exc:
         raise sa.exc.DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error,
                                          dialect=engine.dialect) from exc
+    autocommit = psycopg and not transaction
     try:
-        if toggles:
+        conn = DriverConnection(engine, pooled)
+        if autocommit:
             pooled.driver_connection.autocommit = True
-        yield DriverConnection(engine, pooled)
+        elif transaction and not psycopg:  # psycopg sends BEGIN with the first statement
+            conn.execute(_BEGIN_IMMEDIATE)  # as _sqlite_engine's writers
+        yield conn
+        if transaction:
+            try:
+                pooled.commit()
+            except engine.dialect.loaded_dbapi.Error as exc:
+                raise conn._translated(exc, "COMMIT", ()) from exc
     finally:
-        _release(pooled, toggles)
+        _release(pooled, autocommit)
 
 
-def _release(pooled: PoolProxiedConnection, toggles: bool) -> None:
-    try:
-        if toggles and pooled.is_valid:
+_BEGIN_IMMEDIATE = sa.text("BEGIN IMMEDIATE")
+
+
+def _release(pooled: PoolProxiedConnection, autocommit: bool) -> None:
+    """Back to the pool, as it came: out of autocommit (a flag the pool does not know of;
+    a connection that cannot be reset is discarded), a transaction still open rolled back
+    by the pool's reset on return."""
+    if autocommit and pooled.is_valid:
+        try:
             pooled.driver_connection.autocommit = False
-    except Exception as exc:  # a connection that cannot be reset is not pooled again
-        pooled.invalidate(exc)
+        except Exception as exc:
+            pooled.invalidate(exc)
     pooled.close()
 
 

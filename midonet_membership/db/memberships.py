@@ -45,7 +45,7 @@ class AgentMemberships:
         owners = [m.get("tenant_id") or context.project_id for m in items]
         one_statement = len(rows) == 1 and self._postgresql
         try:
-            with writer(self.engine, single_statement=one_statement) as conn:
+            with writer(self.engine, single_statement=one_statement, driver=True) as conn:
                 if one_statement:
                     _insert_in_one_statement(conn, rows[0], owners[0], context)
                 else:
@@ -64,7 +64,7 @@ class AgentMemberships:
 
     @retry_transient
     def get(self, context: RequestContext, id_: str) -> dict[str, Any]:
-        with reader(self.engine, single_statement=True) as conn:
+        with reader(self.engine, single_statement=True, driver=True) as conn:
             row = conn.execute(_SHOW, {"id": id_}).first()
         if row is None:
             raise exceptions.AgentMembershipNotFound(id=id_)
@@ -74,7 +74,7 @@ class AgentMemberships:
     def list(self, context: RequestContext, query: ListQuery) -> list[dict[str, Any]]:
         # The page is one statement (the marker's existence is checked apart only when the
         # page is empty, as PostgreSQL's autocommit reads do too).
-        with reader(self.engine, single_statement=True) as conn:
+        with reader(self.engine, single_statement=True, driver=True) as conn:
             return keyset_select(conn, memberships, query)
 
     @retry_transient
@@ -87,10 +87,10 @@ class AgentMemberships:
     def _delete_row(self, context: RequestContext, id_: str) -> bool:
         """Whether a row was there to delete."""
         if self._postgresql:
-            with writer(self.engine, single_statement=True) as conn:
+            with writer(self.engine, single_statement=True, driver=True) as conn:
                 return bool(journal.record_with(conn, _delete_statement(), {"id": id_},
                                                 **audit_of(context)))
-        with writer(self.engine) as conn:
+        with writer(self.engine, driver=True) as conn:
             return delete_with_task(conn, id_, audit_of(context))
 
 
@@ -154,8 +154,8 @@ def delete_with_task(conn: sa.Connection, id_: str, audit: dict[str, str | None]
     caller's transaction; whether a row was there."""
     row = _delete_returning(conn, id_)
     if row is not None:
-        journal.record(conn, journal.DELETE, journal.AGENTMEMBERSHIP, id_, row._asdict(),
-                       **audit)
+        journal.record(conn, journal.DELETE, journal.AGENTMEMBERSHIP, id_,
+                       dict(zip(_SHOW_COLUMNS, row, strict=True)), **audit)
     return row is not None
 
 
