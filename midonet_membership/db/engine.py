@@ -125,8 +125,8 @@ def writer(engine: Engine, single_statement: bool = False,
     they run on the driver's own connection where the backend allows.
     """
     with _sqlite_write_locks.get(engine, _NO_LOCK):
-        if driver and engine.dialect.name in _ON_DRIVER:
-            with _on_driver(engine, transaction=not single_statement) as conn:
+        if driver:
+            with _on_driver(engine, writes=True, autocommit=single_statement) as conn:
                 yield conn
             wrote_task = conn.info.pop("wrote_task", False)
         else:
@@ -154,8 +154,8 @@ def reader(engine: Engine, single_statement: bool = False,
     need not agree), and spares the BEGIN and COMMIT (a third of a SQLite show's database
     calls). ``driver``: as for :func:`writer`, in autocommit.
     """
-    if driver and engine.dialect.name in _ON_DRIVER:
-        with _on_driver(engine, transaction=False) as conn:
+    if driver:
+        with _on_driver(engine, writes=False, autocommit=True) as conn:
             yield conn
         return
     with engine.connect() as conn:
@@ -171,12 +171,6 @@ def reader(engine: Engine, single_statement: bool = False,
 
 
 # -- statements on the driver's connection --------------------------------------------------
-
-# The backends whose pooled DBAPI connections run a statement in autocommit for free:
-# psycopg by a flag set and reset without a round trip, pysqlite by its ``isolation_level =
-# None`` (_sqlite_engine). Not MySQL: PyMySQL's autocommit() is a round trip.
-_ON_DRIVER = frozenset({"postgresql", "sqlite"})
-
 
 class Rows(list):
     """A statement's rows as tuples, with the two ``Result`` methods the callers use."""
@@ -274,30 +268,39 @@ def _bound(compiled: SQLCompiler, processors: _Processors,
 
 
 @contextlib.contextmanager
-def _on_driver(engine: Engine, transaction: bool) -> Iterator[DriverConnection]:
-    """A pooled DBAPI connection, handed back to the pool as it came: in autocommit, or in
-    one transaction (committed at the end, rolled back on any exception)."""
-    psycopg = engine.dialect.name == "postgresql"
+def _on_driver(engine: Engine, writes: bool, autocommit: bool) -> Iterator[DriverConnection]:
+    """A pooled DBAPI connection, handed back to the pool as it came.
+
+    ``autocommit``: each statement is a transaction by itself, by psycopg's flag (set and
+    reset without a round trip) or pysqlite's ``isolation_level = None`` (_sqlite_engine).
+    PyMySQL's flag costs a round trip each way (SQLAlchemy's AUTOCOMMIT read was six round
+    trips on MariaDB), so MySQL's statements run in the transaction it opens by itself: a
+    writer's committed at the end (one round trip), a reader's ended by the pool's rollback.
+    Otherwise one transaction, committed at the end (SQLite's begun IMMEDIATE, as
+    _sqlite_engine's writers). On any exception nothing commits: the pool rolls back.
+    """
+    backend = engine.dialect.name
+    flag = autocommit and backend == "postgresql"
+    commits = writes and (not autocommit or backend == "mysql")
     try:
         pooled = engine.raw_connection()
     except engine.dialect.loaded_dbapi.Error as exc:
         raise sa.exc.DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error,
                                          dialect=engine.dialect) from exc
-    autocommit = psycopg and not transaction
     try:
         conn = DriverConnection(engine, pooled)
-        if autocommit:
+        if flag:
             pooled.driver_connection.autocommit = True
-        elif transaction and not psycopg:  # psycopg sends BEGIN with the first statement
-            conn.execute(_BEGIN_IMMEDIATE)  # as _sqlite_engine's writers
+        elif not autocommit and backend == "sqlite":
+            conn.execute(_BEGIN_IMMEDIATE)
         yield conn
-        if transaction:
+        if commits:
             try:
                 pooled.commit()
             except engine.dialect.loaded_dbapi.Error as exc:
                 raise conn._translated(exc, "COMMIT", ()) from exc
     finally:
-        _release(pooled, autocommit)
+        _release(pooled, flag)
 
 
 _BEGIN_IMMEDIATE = sa.text("BEGIN IMMEDIATE")
