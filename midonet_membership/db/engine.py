@@ -7,6 +7,7 @@ same connection and commit together, or neither does (DESIGN invariant 1).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import random
 import threading
@@ -122,7 +123,7 @@ def writer(engine: Engine, single_statement: bool = False,
     ``single_statement``: the caller runs exactly one statement, atomic by itself, so it
     runs in autocommit and spares the BEGIN and COMMIT round trips. ``driver``: the
     caller's statements need nothing of a ``Connection`` (:class:`DriverConnection`), so
-    they run on the driver's own connection where the backend allows.
+    they run on the driver's own connection (:func:`_on_driver`).
     """
     with _sqlite_write_locks.get(engine, _NO_LOCK):
         if driver:
@@ -152,7 +153,7 @@ def reader(engine: Engine, single_statement: bool = False,
     SQLite reads run in one transaction (one snapshot) unless ``single_statement``: the
     caller runs statements each a snapshot by itself (one, or one after another that
     need not agree), and spares the BEGIN and COMMIT (a third of a SQLite show's database
-    calls). ``driver``: as for :func:`writer`, in autocommit.
+    calls). ``driver``: as for :func:`writer`, each statement a snapshot by itself.
     """
     if driver:
         with _on_driver(engine, writes=False, autocommit=True) as conn:
@@ -206,16 +207,16 @@ class DriverConnection:
         """Run ``statement`` once, or once per dict of a list (rows then: none)."""
         many = isinstance(params, list)
         first = (params[0] if many else params) or {}
-        compiled, processors = _compiled(statement, self.dialect, tuple(first))
-        sql, args = _bound(compiled, processors, first)
+        prepared = _prepared(statement, self.dialect, tuple(first))
+        sql, args = prepared.bind(first)
         cursor = None
         try:
             cursor = self._pooled.cursor()
             if many:
-                cursor.executemany(sql, [_bound(compiled, processors, p)[1] for p in params])
+                cursor.executemany(sql, [prepared.bind(p)[1] for p in params])
                 return Rows()
             cursor.execute(sql, args)
-            return Rows(cursor.fetchall() if cursor.description else ())
+            return Rows(cursor.fetchall() if prepared.returns_rows else ())
         except self.dialect.loaded_dbapi.Error as exc:
             raise self._translated(exc, sql, args, cursor) from exc
         finally:
@@ -232,39 +233,61 @@ class DriverConnection:
             connection_invalidated=invalidated, dialect=self.dialect)
 
 
-# A statement compiled for the driver, and the bind processors of its parameters.
-_Processors = dict[str, Callable[[Any], Any]]
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """A statement compiled for one dialect, with what turns parameters into the driver's
+    arguments: SQLAlchemy's bind processors (a DateTime on SQLite), the values of the
+    statement's own literals and, for a positional driver, the parameters' order."""
+
+    compiled: SQLCompiler
+    processors: dict[str, Callable[[Any], Any]]
+    literals: dict[str, Any]
+    returns_rows: bool
+    expands: bool  # IN lists (or escaped names): SQLAlchemy expands them per execution
+
+    def bind(self, params: dict[str, Any]) -> tuple[str, Any]:
+        """The SQL and the driver's arguments for one set of parameters."""
+        if self.expands:
+            expanded = self.compiled.construct_expanded_state(self._processed(params))
+            return expanded.statement, (expanded.positional_parameters
+                                        if self.compiled.positional else expanded.parameters)
+        values = self._processed({**self.literals, **params} if self.literals else params)
+        if self.compiled.positional:
+            return self.compiled.string, tuple(values[name]
+                                               for name in self.compiled.positiontup)
+        return self.compiled.string, values
+
+    def _processed(self, params: dict[str, Any]) -> dict[str, Any]:
+        if not self.processors:
+            return params
+        return {name: self.processors[name](value) if name in self.processors else value
+                for name, value in params.items()}
 
 
 @functools.lru_cache(maxsize=256)
-def _compiled(statement: sa.Executable, dialect: sa.Dialect,
-              names: tuple[str, ...]) -> tuple[SQLCompiler, _Processors]:
+def _prepared(statement: sa.Executable, dialect: sa.Dialect,
+              names: tuple[str, ...]) -> _Prepared:
     """``statement`` compiled for ``dialect`` and the parameter ``names`` (an INSERT's
     columns), once: the callers' statements are built once too. One whose rows would need
     SQLAlchemy's result processing, or an expanding (IN) parameter its bind processing, is
     refused: it must run on a ``Connection``."""
     compiled = statement.compile(dialect=dialect, column_keys=list(names))
-    processors = {name: processor for name, bind in compiled.binds.items()
+    binds = compiled.binds
+    processors = {name: processor for name, bind in binds.items()
                   if (processor := bind.type.dialect_impl(dialect).bind_processor(dialect))}
-    refused = [name for name, bind in compiled.binds.items()
-               if name in processors and bind.expanding]
-    refused += [column.name for column in getattr(statement, "exported_columns", ())
+    columns = getattr(statement, "exported_columns", ())
+    refused = [name for name in processors if binds[name].expanding]
+    refused += [column.name for column in columns
                 if column.type.dialect_impl(dialect).result_processor(dialect, None)]
     if refused:
         raise TypeError(f"{', '.join(refused)} of this statement need SQLAlchemy's "
                         f"{dialect.name} type processing: run it on a Connection")
-    return compiled, processors
-
-
-def _bound(compiled: SQLCompiler, processors: _Processors,
-           params: dict[str, Any]) -> tuple[str, Any]:
-    """The SQL and the driver's arguments for one set of parameters (IN lists expanded)."""
-    if processors:
-        params = {name: processors[name](value) if name in processors else value
-                  for name, value in params.items()}
-    expanded = compiled.construct_expanded_state(params)
-    return expanded.statement, (expanded.positional_parameters if compiled.positional
-                                else expanded.parameters)
+    return _Prepared(
+        compiled, processors,
+        literals={name: bind.effective_value for name, bind in binds.items()
+                  if not bind.required},
+        returns_rows=bool(columns),
+        expands=bool(compiled.post_compile_params or compiled.escaped_bind_names))
 
 
 @contextlib.contextmanager

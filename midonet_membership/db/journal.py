@@ -166,6 +166,7 @@ def _task(row: sa.Row) -> Task:
 _TASKS_FROM_START = (sa.select(tasks).order_by(tasks.c.id)
                      .limit(sa.bindparam("limit", type_=sa.Integer)))
 _TASKS_AFTER = _TASKS_FROM_START.where(tasks.c.id > sa.bindparam("position"))
+_NO_WAL_FLUSH_WAIT = sa.text("SET LOCAL synchronous_commit TO OFF")
 _MOVE_POSITION = (sa.update(task_state)
                   .where(task_state.c.id == 1,
                          sa.or_(task_state.c.last_processed_id.is_(None),
@@ -222,11 +223,11 @@ def last_processed_id(conn: Connection) -> int | None:
 
 def set_last_processed(engine: Engine, task_id: int) -> None:
     """Copy the importer's position back; it only moves forward (it may lag, never lead)."""
-    with writer(engine) as conn:
+    with writer(engine, driver=True) as conn:
         if conn.dialect.name == "postgresql":
             # Losing this update in a crash is harmless (the NSDB holds the real position),
             # so it need not wait for the WAL flush the API's own commits are queued behind.
-            conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+            conn.execute(_NO_WAL_FLUSH_WAIT)
         conn.execute(_MOVE_POSITION, {"task_id": task_id, "updated_at": utcnow()})
 
 
