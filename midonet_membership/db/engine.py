@@ -233,6 +233,11 @@ class DriverConnection:
             connection_invalidated=invalidated, dialect=self.dialect)
 
 
+# What the journal and the memberships write through: SQLAlchemy's (the Neutron plugin's
+# session, the importer) or the driver's (the API's hot path).
+AnyConnection = Connection | DriverConnection
+
+
 @dataclasses.dataclass(frozen=True)
 class _Prepared:
     """A statement compiled for one dialect, with what turns parameters into the driver's

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from midonet_membership.db.engine import is_duplicate_error, reader, writer
+from midonet_membership.db.engine import AnyConnection, is_duplicate_error, reader, writer
 from midonet_membership.db.models import task_failures, task_state, tasks
 
 CREATE, UPDATE, DELETE = "CREATE", "UPDATE", "DELETE"
@@ -52,7 +52,7 @@ def utcnow() -> datetime.datetime:
 _INSERT_TASK = sa.insert(tasks)
 
 
-def record(conn: Connection, type_: str, data_type: str, resource_id: str, data: Any, *,
+def record(conn: AnyConnection, type_: str, data_type: str, resource_id: str, data: Any, *,
            tenant_id: str | None, transaction_id: str, requested_by: str | None = None,
            requested_from: str | None = None) -> None:
     """Append one task inside the caller's transaction."""
@@ -94,7 +94,7 @@ def statement_with_task(change: sa.CTE, type_: str, data_type: str,
     ).returning(tasks.c.id)
 
 
-def record_with(conn: Connection, statement: sa.Insert, params: dict[str, Any], *,
+def record_with(conn: AnyConnection, statement: sa.Insert, params: dict[str, Any], *,
                 tenant_id: str | None, transaction_id: str, requested_by: str | None = None,
                 requested_from: str | None = None) -> int:
     """Run a :func:`statement_with_task`; returns the number of tasks written (0 when the

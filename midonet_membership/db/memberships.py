@@ -17,7 +17,13 @@ from sqlalchemy.engine import Engine
 from midonet_membership import exceptions
 from midonet_membership.context import RequestContext
 from midonet_membership.db import journal
-from midonet_membership.db.engine import is_duplicate_error, reader, retry_transient, writer
+from midonet_membership.db.engine import (
+    AnyConnection,
+    is_duplicate_error,
+    reader,
+    retry_transient,
+    writer,
+)
 from midonet_membership.db.models import memberships
 from midonet_membership.db.paging import keyset_select
 from midonet_membership.paging import ListQuery
@@ -104,7 +110,7 @@ _DELETE_RETURNING = _DELETE.returning(*memberships.c)
 _SELECT_FOR_DELETE = _SHOW.with_for_update()
 
 
-def _insert_in_one_statement(conn: sa.Connection, row: dict[str, str], owner: str | None,
+def _insert_in_one_statement(conn: AnyConnection, row: dict[str, str], owner: str | None,
                              context: RequestContext) -> None:
     """PostgreSQL: the row and its task in one atomic statement (one round trip)."""
     journal.record_with(conn, _create_statement(),
@@ -139,7 +145,7 @@ def _delete_statement() -> sa.Insert:
     return journal.statement_with_task(deleted, journal.DELETE, journal.AGENTMEMBERSHIP, data)
 
 
-def insert_with_tasks(conn: sa.Connection, rows: Sequence[dict[str, str]],
+def insert_with_tasks(conn: AnyConnection, rows: Sequence[dict[str, str]],
                       owners: Sequence[str | None], audit: dict[str, str | None]) -> None:
     """The rows and one CREATE task each, in the caller's transaction (also Neutron's);
     ``owners`` are the tasks' tenant ids, ``audit`` the rest of :func:`audit_of`."""
@@ -149,7 +155,7 @@ def insert_with_tasks(conn: sa.Connection, rows: Sequence[dict[str, str]],
                        **{**audit, "tenant_id": owner})
 
 
-def delete_with_task(conn: sa.Connection, id_: str, audit: dict[str, str | None]) -> bool:
+def delete_with_task(conn: AnyConnection, id_: str, audit: dict[str, str | None]) -> bool:
     """Delete the row and write its DELETE task (carrying the deleted data), in the
     caller's transaction; whether a row was there."""
     row = _delete_returning(conn, id_)
@@ -172,7 +178,7 @@ def conflict_of(conn: sa.Connection, rows: Sequence[dict[str, str]]) -> exceptio
     return exceptions.Conflict("A concurrent request changed this agent membership; retry.")
 
 
-def _delete_returning(conn: sa.Connection, id_: str) -> sa.Row | None:
+def _delete_returning(conn: AnyConnection, id_: str) -> Sequence[Any] | None:
     """Delete one row and return it; one statement where the database has RETURNING."""
     if conn.dialect.delete_returning:
         return conn.execute(_DELETE_RETURNING, {"id": id_}).first()

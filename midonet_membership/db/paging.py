@@ -15,12 +15,12 @@ import functools
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
 
+from midonet_membership.db.engine import AnyConnection
 from midonet_membership.paging import ListQuery
 
 
-def keyset_select(conn: Connection, table: sa.Table, query: ListQuery,
+def keyset_select(conn: AnyConnection, table: sa.Table, query: ListQuery,
                   primary_key: str = "id") -> list[dict[str, Any]]:
     order = tuple(query.order(primary_key))
     filtered = tuple(sorted(query.filters))
@@ -72,7 +72,7 @@ def _exists_statement(table: sa.Table, primary_key: str) -> sa.Select:
     return sa.select(table.c[primary_key]).where(table.c[primary_key] == sa.bindparam("id"))
 
 
-def _exists(conn: Connection, table: sa.Table, primary_key: str, value: str) -> bool:
+def _exists(conn: AnyConnection, table: sa.Table, primary_key: str, value: str) -> bool:
     return conn.execute(_exists_statement(table, primary_key), {"id": value}).first() is not None
 
 
