@@ -181,12 +181,14 @@ class Agent:
                 self._observe(desired, Built(ERROR, f"{type(exc).__name__}: {exc}"))
                 return
             self._in_sync = True
+            changed = desired != self.state
+            if changed:  # counted before the state shows: no scrape sees "active" uncounted
+                metrics.AGENT_ZONE_UPDATES.labels(self.host_id).inc()
             self._observe(desired, built)
-            if desired == self.state:
+            if not changed:
                 return
             if LOG.isEnabledFor(logging.INFO):
                 LOG.info("%s", desired.describe_change(self.state))
-            metrics.AGENT_ZONE_UPDATES.labels(self.host_id).inc()
             with self._changed:
                 self.state = desired
                 self._changed.notify_all()

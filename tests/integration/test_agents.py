@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
+from prometheus_client import REGISTRY
 from sqlalchemy.engine import Engine
 
 from midonet_membership import nsdb
@@ -127,6 +128,36 @@ def test_only_members_are_active_and_each_sees_the_other_members(deployment):
     finally:
         for a in agents:
             a.stop()
+
+
+def test_a_scrape_never_shows_active_before_the_zone_update_is_counted(deployment):
+    """midonet_agent_state and midonet_agent_zone_updates_total are read by one scrape and
+    compared by alerts: when the agent's observed state turns active, the zone update that
+    made it so is already counted (it was not: a CI scrape fell in between)."""
+    engine, url = deployment
+    host = str(uuid.uuid4())
+    counted_when: list[tuple[str, float]] = []
+
+    def updates() -> float:
+        return REGISTRY.get_sample_value("midonet_agent_zone_updates_total",
+                                         {"host_id": host}) or 0.0
+
+    class ScrapedAgent(Agent):
+        def _observe(self, desired: AgentState, built: Built) -> None:
+            super()._observe(desired, built)
+            counted_when.append((self.observed.state, updates()))
+
+    agent = ScrapedAgent(host, nsdb.connect(url, role="agent"), HistoryDataPlane(),
+                         hostname="host-scraped", heartbeat_interval=0.1).start()
+    try:
+        agent.wait_for(_is(PENDING), WAIT)
+        before = updates()
+        AgentMemberships(engine).create(RequestContext.admin(),
+                                        [{"id": host, "ip_address": "198.51.100.3"}])
+        agent.wait_for(_is(ACTIVE), WAIT)
+    finally:
+        agent.stop()
+    assert next(n for state, n in counted_when if state == ACTIVE) == before + 1
 
 
 def test_a_tunnel_type_change_reaches_the_active_agents(deployment):
