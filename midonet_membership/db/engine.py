@@ -213,7 +213,7 @@ class DriverConnection:
         try:
             cursor = self._pooled.cursor()
             if many:
-                cursor.executemany(sql, [prepared.bind(p)[1] for p in params])
+                cursor.executemany(sql, [args, *(prepared.bind(p)[1] for p in params[1:])])
                 return Rows()
             cursor.execute(sql, args)
             return Rows(cursor.fetchall() if prepared.returns_rows else ())
