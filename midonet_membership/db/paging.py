@@ -12,6 +12,7 @@ a 1.4 ms SQLite list, cProfile).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,12 +39,24 @@ def keyset_select(conn: AnyConnection, table: sa.Table, query: ListQuery,
         params.pop("marker", None)
         rows = conn.execute(_page(table, order, filtered, bool(query.limit), False,
                                   primary_key), params).all()
-    # zip with the names once: Row._asdict() rebuilds the key list for every row.
-    names = table.c.keys()
-    result = [dict(zip(names, row, strict=True)) for row in rows]
+    result = _as_dicts(tuple(table.c.keys()))(rows)
     if query.page_reverse:
         result.reverse()
     return result
+
+
+@functools.cache
+def _as_dicts(names: tuple[str, ...]) -> Callable[[Sequence[Sequence[Any]]], list[dict]]:
+    """Rows to dicts keyed by ``names``: a list comprehension of one dict display, generated
+    for these column names once (as ``collections.namedtuple`` generates its methods).
+
+    Why: a page of 100 rows took 41 µs as ``dict(zip(names, row, strict=True))`` per row,
+    26 µs without ``strict``, 8 µs as ``{'id': row[0], 'ip_address': row[1]}`` (timeit, this
+    machine); it was the largest frame of a list page's own Python under load (py-spy
+    --gil). The names are a table's column keys, each written as its ``repr``.
+    """
+    entries = ", ".join(f"{name!r}: row[{i}]" for i, name in enumerate(names))
+    return eval(f"lambda rows: [{{{entries}}} for row in rows]", {})
 
 
 @functools.cache
