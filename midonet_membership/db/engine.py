@@ -292,7 +292,8 @@ def _prepared(statement: sa.Executable, dialect: sa.Dialect,
         literals={name: bind.effective_value for name, bind in binds.items()
                   if not bind.required},
         returns_rows=bool(columns),
-        expands=bool(compiled.post_compile_params or compiled.escaped_bind_names))
+        expands=bool(compiled.post_compile_params or compiled.literal_execute_params
+                     or compiled.escaped_bind_names))
 
 
 @contextlib.contextmanager
