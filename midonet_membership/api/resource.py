@@ -298,10 +298,13 @@ class Controller:
                                        if k not in ("marker", "page_reverse")])
 
         def link(edge: list[dict], reverse: bool) -> str:
-            added = [("marker", edge[0][self.resource.primary_key])] if edge else []
+            parts = [kept] if kept else []
+            if edge:  # quoted as urlencode quotes a value
+                parts.append("marker=" + urllib.parse.quote_plus(
+                    str(edge[0][self.resource.primary_key])))
             if reverse:
-                added.append(("page_reverse", "True"))
-            return f"{base}?{'&'.join(filter(None, (kept, urllib.parse.urlencode(added))))}"
+                parts.append("page_reverse=True")
+            return f"{base}?{'&'.join(parts)}"
 
         links = []
         short = len(items) < (query.limit or 0)
