@@ -69,9 +69,10 @@ def _page(table: sa.Table, order: tuple[tuple[str, bool], ...], filtered: tuple[
 
     ``inline_limit``: the limit is written into the SQL at each execution, not sent as a
     parameter. PostgreSQL plans a prepared statement whose LIMIT is a parameter again at
-    every execution (for a small LIMIT its custom plan always looks cheaper than the
-    generic one): 35 µs more per first page, 70 µs per deep page, through psycopg on this
-    machine. With the value in the SQL, each limit is planned once per connection.
+    every execution (its custom plan for a small LIMIT always looks cheaper than the
+    generic one: ``pg_prepared_statements.custom_plans`` counts every execution, 15.x):
+    35 µs more per first page, 70 µs per deep page, through psycopg on this machine. With
+    the value in the SQL, each limit is planned once per connection.
     """
     columns = [table.c[name] for name, _ in order]
     stmt = sa.select(table)
