@@ -8,10 +8,13 @@ operation, ``--requests`` WSGI calls ``app(environ, start_response)`` in one thr
 answered 2xx or the run fails: the app's own time per request (µs, best of three rounds:
 other users' load only ever adds), the Python function calls per request (cProfile, a
 count that does not depend on the machine's load) and, with ``--top N``, the N frames with
-the most own time under cProfile.
+the most own time under cProfile. With ``--threads N``, each operation is also run from 1
+and then from N threads of this process at once (the requests split between them): req/s and
+the process's CPU per request, the two in the same run, to see what the GIL makes of
+concurrency with no HTTP server in the way.
 
     .venv/bin/python bench/profile_app.py [--database postgresql|sqlite] [--requests 2000]
-                                          [--rows 10000] [--top 12]
+                                          [--rows 10000] [--top 12] [--threads 8]
 
 Prints one JSON document on stdout. No importer runs: in the all-in-one it shares the
 process (bench/api.py measures that), here only the request path is looked at.
@@ -26,6 +29,7 @@ import json
 import pstats
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -125,7 +129,26 @@ def profile(database_url: str, args: argparse.Namespace) -> dict:
                           "calls_per_request": round(stats.total_calls / len(batch), 1)}
             if args.top:
                 result[op]["top_own_time"] = _top(stats, args.top, len(batch))
+            if args.threads > 1:
+                result[op]["threads"] = {
+                    str(n): threaded(app, requests_of(op, args.requests, 4 + n, marker, token), n)
+                    for n in (1, args.threads)}
         return result
+
+
+def threaded(app: Callable, requests: list[dict], n: int) -> dict[str, float]:
+    """``requests`` sent from ``n`` threads at once: req/s and this process's CPU µs per
+    request (all threads: the Python that holds the GIL and the system calls)."""
+    parts = [requests[i::n] for i in range(n)]
+    workers = [threading.Thread(target=run, args=(app, part)) for part in parts]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {"req_per_s": round(len(requests) / wall),
+            "cpu_us_per_request": round(cpu / len(requests) * 1e6, 1)}
 
 
 def _top(stats: pstats.Stats, n: int, requests: int) -> list[str]:
@@ -141,11 +164,14 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rows", type=int, default=10000)
     parser.add_argument("--top", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="also run each operation from this many threads at once")
     args = parser.parse_args()
     runner = with_postgresql if args.database == "postgresql" else with_sqlite
     out = {"benchmark": "our WSGI app in-process (bench/profile_app.py)",
            "settings": {"database": args.database, "requests_per_operation": args.requests,
                         "rows": args.rows, "auth": "token", "threads": 1,
+                        "also_from_threads": args.threads if args.threads > 1 else None,
                         "http_server": "none", "importer": "none"},
            "operations": runner(lambda url: profile(url, args))}
     print(json.dumps(out, indent=2))
