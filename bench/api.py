@@ -26,7 +26,8 @@ memberships, and ``GET ?limit=100`` on the first page and on the page after the 
 of the table in id order (the deep page, verified against the seeded ids). Each figure is
 measured in three runs: req/s of the median run (every run's is listed), p50/p99 latency in
 ms over all runs' requests, errors (any non-2xx or broken connection; must be 0), and the CPU
-the server, this client and PostgreSQL used per request. The client, the server and
+the server (``of_which_importer``: the production layout's importer process), this client and
+PostgreSQL used per request. The client, the server and
 PostgreSQL share the machine's cores; ``other_load`` is the share of the machine other users'
 processes took meanwhile (a figure measured while it is high is too low).
 
@@ -181,14 +182,13 @@ class Server:
         return sorted(found)
 
     def cpu_seconds(self) -> float:
-        total = 0.0
-        for pid in self.pids():
-            try:
-                fields = _proc_stat(pid)
-            except OSError:
-                continue
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        return total
+        return sum(_cpu_seconds(pid) for pid in self.pids())
+
+    def importer_cpu_seconds(self) -> float:
+        """The layout's own importer process (none in the all-in-one or a floor): 0."""
+        return sum(_cpu_seconds(proc.pid)
+                   for proc, command in zip(self.procs, self.commands, strict=True)
+                   if command[1] == "importer" and proc.poll() is None)
 
     def alive(self) -> bool:
         return all(p.poll() is None for p in self.procs)
@@ -235,6 +235,14 @@ class FloorServer(Server):
         self.token = ""
 
 
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = _proc_stat(pid)
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _proc_stat(pid: int) -> list[str]:
     """Fields of /proc/PID/stat after the command name (index 0 is the state)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -258,7 +266,9 @@ class CpuMeter:
             values = [int(v) for v in f.readline().split()[1:]]
         idle = values[3] + values[4]  # idle + iowait
         times = os.times()
-        return {"server": self.server.cpu_seconds(), "client": times.user + times.system,
+        return {"server": self.server.cpu_seconds(),
+                "importer": self.server.importer_cpu_seconds(),
+                "client": times.user + times.system,
                 "postgres": _postgres_cpu_seconds(tck),
                 "machine_busy": (sum(values) - idle) / tck, "machine_total": sum(values) / tck}
 
@@ -380,6 +390,8 @@ class NoServer:
     def cpu_seconds() -> float:
         return 0.0
 
+    importer_cpu_seconds = cpu_seconds
+
 
 def measure_db(floor: DatabaseFloor, op: str, concurrency: int, items: list[Any],
                seconds: float, warmup: int = 20) -> tuple[Run, list[int]]:
@@ -460,8 +472,9 @@ def summarize(runs: list[Run]) -> dict:
         "runs_req_per_s": [round(r.rate, 1) for r in runs],
         "p50_ms": _percentile_ms(latencies, 0.50),
         "p99_ms": _percentile_ms(latencies, 0.99),
-        "cpu_ms_per_req": {"server": per_req(cpu["server"]), "client": per_req(cpu["client"]),
-                           "postgres": per_req(cpu["postgres"])},
+        "cpu_ms_per_req": {"server": per_req(cpu["server"]),
+                           "of_which_importer": per_req(cpu["importer"]),
+                           "client": per_req(cpu["client"]), "postgres": per_req(cpu["postgres"])},
         "machine_busy": round(cpu["machine_busy"] / machine, 2),
         "other_load": round(max(0.0, other) / machine, 2),
     }
