@@ -108,7 +108,6 @@ class _Plan:
     position: ImportPosition
     consumed: int  # tasks applied or recorded as failed
     failed: int = 0  # of which recorded as failed
-    drained: bool = False  # its read left nothing behind: not full, all consumed, no gap
 
 
 class Importer:
@@ -129,7 +128,6 @@ class Importer:
         self._next_gap_check = 0.0
         self._gap_window = 0  # which MAX_GAPS_PER_READ gaps the next read names (rotating)
         self._galera: bool | None = None  # learnt at the first read
-        self._drained = False  # the last step's read left nothing behind (see catch_up)
 
     def sync_position(self) -> None:
         """Start from the NSDB's position: the only one that is authoritative."""
@@ -142,13 +140,6 @@ class Importer:
         after downtime, a burst), it logs its progress every ``PROGRESS_INTERVAL`` seconds:
         done, still to go and the rate, so an operator sees it work and when it will be done.
         A catch-up shorter than ``PROGRESS_INTERVAL`` (the usual one) costs no extra query.
-
-        It returns after a read that finds nothing new, or after one that was not full and
-        left no task and no gap behind: a further read would only find what committed during
-        the apply, and each such commit wakes the importer again (PostgreSQL's NOTIFY, the
-        in-process commit listener, or the next poll). Under a stream of commits that
-        further read, empty but for the batch window's stragglers, was half the importer's
-        reads (`py-spy --gil` of the all-in-one under POSTs: its reads held 23 % of the GIL).
         """
         total = 0
         started = last_check = time.monotonic()
@@ -174,8 +165,6 @@ class Importer:
                              "%d to go, %.0f s behind", total, now - started,
                              total / (now - started), remaining, behind)
                     logged = True
-            if self._drained:
-                break
         if logged:
             elapsed = time.monotonic() - started
             LOG.info("importer caught up: %d tasks applied in %.1f s (%.0f tasks/s)", total,
@@ -209,7 +198,6 @@ class Importer:
         if plan.position.high is not None:
             measured.position.set(plan.position.high)
         self.position = plan.position
-        self._drained = plan.drained
         done = plan.position.done_through
         if done is not None:
             journal.set_last_processed(self.engine, done)
@@ -250,8 +238,6 @@ class Importer:
                           gap.low, gap.high)
             units = self._fitting(_transactions(fetched))
             plan = self._translate(units, position, final)
-            plan.drained = (not full and not position.gaps and not plan.position.gaps
-                            and plan.consumed == len(fetched))
             if any(g.evidence is None for g in plan.position.gaps):
                 # Taken after the read that showed the gaps (later evidence is as good).
                 plan.position = _with_evidence(plan.position, self._observe(conn))
