@@ -139,14 +139,22 @@ def profile(database_url: str, args: argparse.Namespace) -> dict:
 def threaded(app: Callable, requests: list[dict], n: int) -> dict[str, float]:
     """``requests`` sent from ``n`` threads at once: req/s and this process's CPU µs per
     request (all threads: the Python that holds the GIL and the system calls)."""
-    parts = [requests[i::n] for i in range(n)]
-    workers = [threading.Thread(target=run, args=(app, part)) for part in parts]
+    failures: list[Exception] = []
+
+    def send(part: list[dict]) -> None:
+        try:
+            run(app, part)
+        except Exception as exc:  # a non-2xx answer: the run fails, as in one thread
+            failures.append(exc)
+    workers = [threading.Thread(target=send, args=(requests[i::n],)) for i in range(n)]
     wall, cpu = time.perf_counter(), time.process_time()
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if failures:
+        raise failures[0]
     return {"req_per_s": round(len(requests) / wall),
             "cpu_us_per_request": round(cpu / len(requests) * 1e6, 1)}
 
