@@ -77,8 +77,23 @@ def create_engine(url: str, pool_size: int = 16) -> Engine:
         sa_url = sa_url.update_query_dict({"charset": "utf8mb4"})
     # No pre-ping (a round trip per request): a connection found dead is invalidated and
     # the whole operation retried by @retry_transient instead.
-    return sa.create_engine(sa_url, pool_size=pool_size, max_overflow=pool_size,
-                            pool_recycle=3600)
+    engine = sa.create_engine(sa_url, pool_size=pool_size, max_overflow=pool_size,
+                              pool_recycle=_RECYCLE_SECONDS)
+    if sa_url.get_backend_name() == "postgresql":
+        event.listen(engine.pool, "checkin", _leave_autocommit)
+    return engine
+
+
+_RECYCLE_SECONDS = 3600
+
+
+def _leave_autocommit(dbapi_conn: Any, _record: Any) -> None:
+    """No connection goes back to the pool in psycopg's autocommit, which SQLAlchemy does
+    not know of: its transactions would commit statement by statement. :func:`_release`
+    takes the flag off; this catches a kept connection (:func:`_kept_connection`) handed back
+    by the garbage collector when its thread ends."""
+    if dbapi_conn is not None and dbapi_conn.autocommit:
+        dbapi_conn.autocommit = False
 
 
 def _sqlite_engine(url: sa.URL) -> Engine:
@@ -298,47 +313,97 @@ def _prepared(statement: sa.Executable, dialect: sa.Dialect,
 
 @contextlib.contextmanager
 def _on_driver(engine: Engine, writes: bool, autocommit: bool) -> Iterator[DriverConnection]:
-    """A pooled DBAPI connection, handed back to the pool as it came.
+    """A DBAPI connection of the pool, for statements that need nothing of a ``Connection``.
 
-    ``autocommit``: each statement is a transaction by itself, by psycopg's flag (set and
-    reset without a round trip) or pysqlite's ``isolation_level = None`` (_sqlite_engine).
-    PyMySQL's flag costs a round trip each way (SQLAlchemy's AUTOCOMMIT read was six round
-    trips on MariaDB), so MySQL's statements run in the transaction it opens by itself: a
-    writer's committed at the end (one round trip), a reader's ended by the pool's rollback.
-    Otherwise one transaction, committed at the end (SQLite's begun IMMEDIATE, as
-    _sqlite_engine's writers). On any exception nothing commits: the pool rolls back.
+    ``autocommit``: each statement is a transaction by itself, on a connection the thread
+    keeps (:func:`_kept_connection`), in psycopg's autocommit or pysqlite's
+    ``isolation_level = None`` (_sqlite_engine). PyMySQL's flag costs a round trip each way
+    (SQLAlchemy's AUTOCOMMIT read was six round trips on MariaDB), so MySQL's statements run
+    in the transaction it opens by itself: a writer's committed at the end (one round trip),
+    a reader's ended by the pool's rollback. Otherwise one transaction, committed at the end
+    (SQLite's begun IMMEDIATE, as _sqlite_engine's writers). On any exception nothing
+    commits: the pool rolls back.
     """
     backend = engine.dialect.name
-    flag = autocommit and backend == "postgresql"
-    commits = writes and (not autocommit or backend == "mysql")
-    try:
-        pooled = engine.raw_connection()
-    except engine.dialect.loaded_dbapi.Error as exc:
-        raise sa.exc.DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error,
-                                         dialect=engine.dialect) from exc
+    if autocommit and backend in ("postgresql", "sqlite"):
+        with _kept_connection(engine) as conn:
+            yield conn
+        return
+    pooled = _checkout(engine)
     try:
         conn = DriverConnection(engine, pooled)
-        if flag:
-            pooled.driver_connection.autocommit = True
-        elif not autocommit and backend == "sqlite":
+        if not autocommit and backend == "sqlite":
             conn.execute(_BEGIN_IMMEDIATE)
         yield conn
-        if commits:
+        if writes:
             try:
                 pooled.commit()
             except engine.dialect.loaded_dbapi.Error as exc:
                 raise conn._translated(exc, "COMMIT", ()) from exc
     finally:
-        _release(pooled, flag)
+        pooled.close()
 
 
 _BEGIN_IMMEDIATE = sa.text("BEGIN IMMEDIATE")
 
 
+def _checkout(engine: Engine) -> PoolProxiedConnection:
+    try:
+        return engine.raw_connection()
+    except engine.dialect.loaded_dbapi.Error as exc:
+        raise sa.exc.DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error,
+                                         dialect=engine.dialect) from exc
+
+
+class _KeptConnections(threading.local):
+    """Per thread: engine -> (the pooled connection the thread keeps, when it was taken)."""
+
+    def __init__(self) -> None:
+        self.by_engine: weakref.WeakKeyDictionary[
+            Engine, tuple[PoolProxiedConnection, float]] = weakref.WeakKeyDictionary()
+
+
+_kept = _KeptConnections()
+
+
+@contextlib.contextmanager
+def _kept_connection(engine: Engine) -> Iterator[DriverConnection]:
+    """This thread's autocommit connection to ``engine``: checked out once, then kept.
+
+    Why: the pool's checkout and check-in and psycopg's autocommit flag, set and reset around
+    every statement, were a fifth of a PostgreSQL show's Python calls (63 of 315, cProfile
+    in bench/profile_app.py) and as much CPU as the rest of the show's own code. Keeping the
+    connection is safe because an autocommit connection holds nothing between statements:
+    no transaction, nothing to reset. One whose statement raised goes back to the pool
+    (which rolls it back, or discards it if it was found dead), and the next use takes
+    another; one older than the pool's recycle time goes back as the pool would recycle it.
+    A thread that ends hands its connections back through the garbage collector (and
+    :func:`_leave_autocommit`). The servers' threads live as long as their process, so each
+    keeps one connection of its pool (pool_size = the server's threads).
+    """
+    flagged = engine.dialect.name == "postgresql"  # SQLite's connections all are
+    kept = _kept.by_engine
+    entry = kept.pop(engine, None)
+    if entry is not None and (not entry[0].is_valid
+                              or time.monotonic() - entry[1] > _RECYCLE_SECONDS):
+        _release(entry[0], flagged)
+        entry = None
+    if entry is None:
+        pooled = _checkout(engine)
+        if flagged:
+            pooled.driver_connection.autocommit = True
+        entry = (pooled, time.monotonic())
+    try:
+        yield DriverConnection(engine, entry[0])
+    except BaseException:
+        _release(entry[0], flagged)
+        raise
+    kept[engine] = entry
+
+
 def _release(pooled: PoolProxiedConnection, autocommit: bool) -> None:
-    """Back to the pool, as it came: out of autocommit (a flag the pool does not know of;
-    a connection that cannot be reset is discarded), a transaction still open rolled back
-    by the pool's reset on return."""
+    """A kept connection back to the pool, out of psycopg's ``autocommit`` (a connection
+    that cannot be reset is discarded); the pool rolls back what SQLite may have open."""
     if autocommit and pooled.is_valid:
         try:
             pooled.driver_connection.autocommit = False
