@@ -164,10 +164,13 @@ SQLITE_SQL = {
     "delete": ["BEGIN IMMEDIATE",
                "DELETE FROM midonet_agent_memberships WHERE id = ? RETURNING id, ip_address",
                SQLITE_TASK, "COMMIT"],
-    "list_first_page": "SELECT id, ip_address FROM midonet_agent_memberships "
-                       "ORDER BY id LIMIT 100",
-    "list_deep_page": "SELECT id, ip_address FROM midonet_agent_memberships "
-                      "WHERE id > ? ORDER BY id LIMIT 100",
+    # A page as ours reads it on SQLite (db/paging.py): one row, the page as a JSON array.
+    "list_first_page": "SELECT json_group_array(json_object('id', id, 'ip_address', "
+                       "ip_address)) FROM (SELECT id, ip_address FROM "
+                       "midonet_agent_memberships ORDER BY id LIMIT 100)",
+    "list_deep_page": "SELECT json_group_array(json_object('id', id, 'ip_address', "
+                      "ip_address)) FROM (SELECT id, ip_address FROM "
+                      "midonet_agent_memberships WHERE id > ? ORDER BY id LIMIT 100)",
 }
 
 # One database floor operation: (connection, item) -> None; an item is (id, ip) for
@@ -203,7 +206,8 @@ class DatabaseFloor:
             return ("psycopg 3, autocommit, one connection per client thread; create/delete: "
                     "one statement (data-modifying CTE + task INSERT)")
         return ("sqlite3, WAL, synchronous=NORMAL, one connection per client thread; "
-                "create/delete: BEGIN IMMEDIATE + 2 statements + COMMIT under a process lock")
+                "create/delete: BEGIN IMMEDIATE + 2 statements + COMMIT under a process lock; "
+                "pages: one row, the page as a JSON array (as ours)")
 
     def connect(self) -> Any:
         if self.backend == "postgresql":

@@ -216,5 +216,10 @@ def test_a_deep_page_is_one_index_seek(query, seek):
         plan = [row[3] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}",
                                                        parameters)]
     engine.dispose()
-    assert not [step for step in plan if "SCAN" in step or "TEMP B-TREE" in step], plan
-    assert seek in plan[0], plan
+    # SQLite reads the page as one JSON row aggregated over the page's subquery: the outer
+    # query's "SCAN" of that co-routine reads the page's (at most limit) rows, not the table.
+    pages = {step.split()[-1] for step in plan if step.startswith("CO-ROUTINE ")}
+    steps = [step for step in plan if not step.startswith("CO-ROUTINE ")
+             and step not in {f"SCAN {page}" for page in pages}]
+    assert not [step for step in steps if "SCAN" in step or "TEMP B-TREE" in step], plan
+    assert seek in steps[0], plan
