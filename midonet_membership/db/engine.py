@@ -91,7 +91,7 @@ def _leave_autocommit(dbapi_conn: Any, _record: Any) -> None:
     """No connection goes back to the pool in psycopg's autocommit, which SQLAlchemy does
     not know of: its transactions would commit statement by statement. :func:`_release`
     takes the flag off; this catches a kept connection (:func:`_kept_connection`) handed back
-    by the garbage collector when its thread ends."""
+    by the garbage collector when its engine goes away."""
     if dbapi_conn is not None and dbapi_conn.autocommit:
         dbapi_conn.autocommit = False
 
@@ -355,50 +355,56 @@ def _checkout(engine: Engine) -> PoolProxiedConnection:
                                          dialect=engine.dialect) from exc
 
 
-class _KeptConnections(threading.local):
-    """Per thread: engine -> (the pooled connection the thread keeps, when it was taken)."""
-
-    def __init__(self) -> None:
-        self.by_engine: weakref.WeakKeyDictionary[
-            Engine, tuple[PoolProxiedConnection, float]] = weakref.WeakKeyDictionary()
-
-
-_kept = _KeptConnections()
+# Per engine, the autocommit connections kept out of the pool between statements, the most
+# recently used last.
+_kept: weakref.WeakKeyDictionary[Engine, list[tuple[PoolProxiedConnection, float]]] = (
+    weakref.WeakKeyDictionary())
 
 
 @contextlib.contextmanager
 def _kept_connection(engine: Engine) -> Iterator[DriverConnection]:
-    """This thread's autocommit connection to ``engine``: checked out once, then kept.
+    """An autocommit connection to ``engine`` kept out of the pool, the most recently used.
 
     Why: the pool's checkout and check-in and psycopg's autocommit flag, set and reset around
     every statement, were a fifth of a PostgreSQL show's Python calls (63 of 315, cProfile
-    in bench/profile_app.py) and as much CPU as the rest of the show's own code. Keeping the
-    connection is safe because an autocommit connection holds nothing between statements:
-    no transaction, nothing to reset. One whose statement raised goes back to the pool
-    (which rolls it back, or discards it if it was found dead), and the next use takes
-    another; one older than the pool's recycle time goes back as the pool would recycle it.
-    A thread that ends hands its connections back through the garbage collector (and
-    :func:`_leave_autocommit`). The servers' threads live as long as their process, so each
-    keeps one connection of its pool (pool_size = the server's threads).
+    in bench/profile_app.py) and as much CPU as the rest of the show's own code. An
+    autocommit connection holds nothing between statements (no transaction, nothing to
+    reset), so it can go back to a stack of its own: a list's ``pop`` and ``append``, each
+    atomic. The most recently used one is taken first, so a server at low concurrency
+    uses one connection (and one PostgreSQL backend) warm in its caches, whichever of its
+    threads serves the request; there are never more than the server's concurrent
+    requests. One whose statement raised goes back to the pool (which rolls it back, or
+    discards it if it was found dead, and then the others with it, as the pool does), and
+    the next use takes another; one older than the
+    pool's recycle time goes back as the pool would recycle it. When the engine goes away,
+    so do they, through the garbage collector and :func:`_leave_autocommit`.
     """
     flagged = engine.dialect.name == "postgresql"  # SQLite's connections all are
-    kept = _kept.by_engine
-    entry = kept.pop(engine, None)
-    if entry is not None and (not entry[0].is_valid
-                              or time.monotonic() - entry[1] > _RECYCLE_SECONDS):
-        _release(entry[0], flagged)
-        entry = None
-    if entry is None:
-        pooled = _checkout(engine)
-        if flagged:
-            pooled.driver_connection.autocommit = True
-        entry = (pooled, time.monotonic())
+    kept = _kept.get(engine)
+    if kept is None:
+        kept = _kept.setdefault(engine, [])
+    entry = None
+    while entry is None:
+        try:
+            entry = kept.pop()
+        except IndexError:
+            pooled = _checkout(engine)
+            if flagged:
+                pooled.driver_connection.autocommit = True
+            entry = (pooled, time.monotonic())
+        else:
+            if not entry[0].is_valid or time.monotonic() - entry[1] > _RECYCLE_SECONDS:
+                _release(entry[0], flagged)
+                entry = None
     try:
         yield DriverConnection(engine, entry[0])
     except BaseException:
         _release(entry[0], flagged)
+        if not entry[0].is_valid:  # found dead: the database restarted, most likely, and
+            while kept:  # the others died with it; the pool reconnects them all as one
+                _release(kept.pop()[0], flagged)
         raise
-    kept[engine] = entry
+    kept.append(entry)
 
 
 def _release(pooled: PoolProxiedConnection, autocommit: bool) -> None:
