@@ -356,8 +356,12 @@ def _fields(req: webob.Request) -> list[str] | None:
 
 
 def _json_body(req: webob.Request) -> Any:
+    # At most the announced length (a larger one never gets here): a read of the limit
+    # allocates and zeroes the limit, 1 MiB, for every request (30 µs of a create's ~250).
+    # Chunked, nothing is announced: up to one byte over the limit, to tell it was over.
+    length = req.content_length
     try:
-        raw = req.body_file.read(MAX_BODY_BYTES + 1)  # a larger announced one never gets here
+        raw = req.body_file.read(MAX_BODY_BYTES + 1 if length is None else length)
     except (ValueError, OSError):
         # The server could not read what the client sent: a bad chunk size, a body shorter
         # than its Content-Length (the read times out), a dropped connection.
