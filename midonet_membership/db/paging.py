@@ -86,7 +86,8 @@ def _page(table: sa.Table, order: tuple[tuple[str, bool], ...], filtered: tuple[
     requests a page of 100 rows handed the GIL to the other threads up to 100 times and
     waited to win it back each time: 8 threads reading pages on one connection each got
     5,700-5,900 pages/s and 167-198 µs of CPU a page, against 8,600-8,900 pages/s and
-    126 µs as one JSON row parsed by orjson (one thread: about the same either way).
+    126 µs as one JSON row parsed by orjson. One thread pays a little for it (72-88 µs of
+    CPU a page as rows, 91-115 µs as JSON, two runs), which a server's threads win back.
 
     ``inline_limit``: the limit is written into the SQL at each execution, not sent as a
     parameter. PostgreSQL plans a prepared statement whose LIMIT is a parameter again at
