@@ -7,22 +7,6 @@ import datetime
 import email.utils
 import time
 import urllib.request
-from collections.abc import Iterator
-
-import pytest
-
-from tests.fixtures.servers import ProductionApi, Server
-
-
-@pytest.fixture(scope="module", params=["all-in-one", "api"])
-def server(request, make_database, tmp_path_factory) -> Iterator:
-    state_dir = tmp_path_factory.mktemp("state")
-    if request.param == "all-in-one":
-        srv = Server(state_dir, make_database("sqlite"), {}, []).start()
-    else:
-        srv = ProductionApi(state_dir, make_database("sqlite"))
-    yield srv
-    srv.stop()
 
 
 def _date_of_an_answer(server) -> tuple[datetime.datetime, datetime.datetime]:
@@ -34,10 +18,10 @@ def _date_of_an_answer(server) -> tuple[datetime.datetime, datetime.datetime]:
     return date, datetime.datetime.now(datetime.UTC)
 
 
-def test_the_date_header_is_now_and_moves_on(server):
-    first, now = _date_of_an_answer(server)
+def test_the_date_header_is_now_and_moves_on(each_server):
+    first, now = _date_of_an_answer(each_server)
     assert first.tzinfo is not None and abs((now - first).total_seconds()) < 2
     time.sleep(2.1)
-    second, now = _date_of_an_answer(server)
+    second, now = _date_of_an_answer(each_server)
     assert abs((now - second).total_seconds()) < 2
     assert (second - first).total_seconds() >= 2

@@ -15,26 +15,10 @@ import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-
-import pytest
-
-from tests.fixtures.servers import ProductionApi, Server
 
 PATH = "/v2.0/agent-memberships"
 TWO_MB = b'{"agent_membership": {"id": "' + b"a" * (2 << 20) + b'"}}'
 TRIES = 20
-
-
-@pytest.fixture(scope="module", params=["all-in-one", "api"])
-def server(request, make_database, tmp_path_factory) -> Iterator:
-    state_dir = tmp_path_factory.mktemp("state")
-    if request.param == "all-in-one":
-        srv = Server(state_dir, make_database("sqlite"), {}, []).start()
-    else:
-        srv = ProductionApi(state_dir, make_database("sqlite"))
-    yield srv
-    srv.stop()
 
 
 def _assert_413(status: int, headers, raw: bytes) -> None:
@@ -46,11 +30,11 @@ def _assert_413(status: int, headers, raw: bytes) -> None:
     assert "larger than 1048576 bytes" in error["message"]
 
 
-def test_urllib_reads_the_413_every_time(server):
+def test_urllib_reads_the_413_every_time(each_server):
     outcomes = []
     for _ in range(TRIES):
-        req = urllib.request.Request(server.url + PATH, data=TWO_MB, method="POST", headers={
-            "Content-Type": "application/json", "X-Auth-Token": server.token})
+        req = urllib.request.Request(each_server.url + PATH, data=TWO_MB, method="POST", headers={
+            "Content-Type": "application/json", "X-Auth-Token": each_server.token})
         try:
             urllib.request.urlopen(req, timeout=30)
             outcomes.append("no error")
@@ -62,12 +46,12 @@ def test_urllib_reads_the_413_every_time(server):
     assert outcomes == [413] * TRIES
 
 
-def test_a_raw_client_that_sends_everything_first_reads_the_413(server):
-    head = (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Auth-Token: {server.token}\r\n"
+def test_a_raw_client_that_sends_everything_first_reads_the_413(each_server):
+    head = (f"POST {PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Auth-Token: {each_server.token}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(TWO_MB)}\r\n\r\n"
             ).encode()
     for _ in range(TRIES):
-        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        with socket.create_connection(("127.0.0.1", each_server.port), timeout=30) as sock:
             sock.sendall(head + TWO_MB)  # everything, before reading a byte
             resp = http.client.HTTPResponse(sock)
             resp.begin()
@@ -75,9 +59,9 @@ def test_a_raw_client_that_sends_everything_first_reads_the_413(server):
             assert resp.getheader("Connection") == "close"
 
 
-def test_the_server_answers_at_once_when_the_body_never_comes(server):
+def test_the_server_answers_at_once_when_the_body_never_comes(each_server):
     # Lingering must not delay the answer: announce 2 MB, send nothing, read.
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn = http.client.HTTPConnection("127.0.0.1", each_server.port, timeout=30)
     conn.putrequest("POST", PATH)
     conn.putheader("Content-Length", str(len(TWO_MB)))
     conn.endheaders()
@@ -88,5 +72,5 @@ def test_the_server_answers_at_once_when_the_body_never_comes(server):
     conn.close()
     # and the server still serves
     ok = urllib.request.urlopen(urllib.request.Request(
-        server.url + PATH, headers={"X-Auth-Token": server.token}), timeout=30)
+        each_server.url + PATH, headers={"X-Auth-Token": each_server.token}), timeout=30)
     assert ok.status == 200
