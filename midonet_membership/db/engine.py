@@ -315,8 +315,8 @@ def _prepared(statement: sa.Executable, dialect: sa.Dialect,
 def _on_driver(engine: Engine, writes: bool, autocommit: bool) -> Iterator[DriverConnection]:
     """A DBAPI connection of the pool, for statements that need nothing of a ``Connection``.
 
-    ``autocommit``: each statement is a transaction by itself, on a connection the thread
-    keeps (:func:`_kept_connection`), in psycopg's autocommit or pysqlite's
+    ``autocommit``: each statement is a transaction by itself, on a connection kept out of
+    the pool between statements (:func:`_kept_connection`), in psycopg's autocommit or pysqlite's
     ``isolation_level = None`` (_sqlite_engine). PyMySQL's flag costs a round trip each way
     (SQLAlchemy's AUTOCOMMIT read was six round trips on MariaDB), so MySQL's statements run
     in the transaction it opens by itself: a writer's committed at the end (one round trip),
@@ -375,9 +375,9 @@ def _kept_connection(engine: Engine) -> Iterator[DriverConnection]:
     threads serves the request; there are never more than the server's concurrent
     requests. One whose statement raised goes back to the pool (which rolls it back, or
     discards it if it was found dead, and then the others with it, as the pool does), and
-    the next use takes another; one older than the
-    pool's recycle time goes back as the pool would recycle it. When the engine goes away,
-    so do they, through the garbage collector and :func:`_leave_autocommit`.
+    the next use takes another; one older than the pool's recycle time goes back as the
+    pool would recycle it. When the engine goes away, so do they, through the garbage
+    collector and :func:`_leave_autocommit`.
     """
     flagged = engine.dialect.name == "postgresql"  # SQLite's connections all are
     kept = _kept.get(engine)
@@ -399,9 +399,10 @@ def _kept_connection(engine: Engine) -> Iterator[DriverConnection]:
     try:
         yield DriverConnection(engine, entry[0])
     except BaseException:
+        dead = not entry[0].is_valid  # invalidated by the failure (asked before close())
         _release(entry[0], flagged)
-        if not entry[0].is_valid:  # found dead: the database restarted, most likely, and
-            while kept:  # the others died with it; the pool reconnects them all as one
+        if dead:  # the database restarted, most likely, and the others died with it: the
+            while kept:  # pool reconnects them all as one
                 _release(kept.pop()[0], flagged)
         raise
     kept.append(entry)

@@ -75,6 +75,25 @@ def test_a_kept_connection_goes_back_to_the_pool_transactional(make_database, ho
     engine.dispose()
 
 
+def test_a_refused_statement_gives_back_only_its_own_connection(make_database):
+    """A 409 (the database refused a duplicate) says nothing about the other connections:
+    only a connection found dead sends the others back with it."""
+    url = make_database("postgresql")
+    migration.upgrade(url)
+    engine = db_engine.create_engine(url, pool_size=4)
+    plugin = AgentMemberships(engine)
+    item = {"id": str(uuid.uuid4()), "ip_address": "192.0.2.64"}
+    plugin.create(RequestContext.admin(), [item])
+    with contextlib.ExitStack() as concurrent:  # 3 requests at once: 3 kept connections
+        for _ in range(3):
+            concurrent.enter_context(db_engine._kept_connection(engine))
+    assert len(db_engine._kept[engine]) == 3
+    with pytest.raises(exceptions.AgentMembershipExists):
+        plugin.create(RequestContext.admin(), [item])
+    assert len(db_engine._kept[engine]) == 2
+    engine.dispose()
+
+
 def test_kept_connections_the_server_terminated_cost_one_retry(make_database, monkeypatch):
     """PostgreSQL restarted, or an administrator killed the idle backends, between requests:
     the first request after it finds its connection dead and is retried on a new one, not
