@@ -108,6 +108,7 @@ class _Plan:
     position: ImportPosition
     consumed: int  # tasks applied or recorded as failed
     failed: int = 0  # of which recorded as failed
+    drained: bool = False  # the read returned everything committed at its snapshot
 
 
 class Importer:
@@ -134,7 +135,14 @@ class Importer:
         self.position = self.nsdb.get_import_position()
 
     def catch_up(self) -> int:
-        """Apply everything applicable now; returns how many tasks were consumed.
+        """Apply everything committed before the call; returns how many tasks were consumed.
+
+        It reads again at once only while a read leaves something behind (it was cut at the
+        batch size, or named only some of the open gaps): a read that returned everything
+        committed at its snapshot ends it. Reading again after such a read would only chase
+        the commits that arrived during the apply, one or two per read and apply under a
+        steady stream; those wake the importer anyway, and :func:`_lead`'s batch window
+        lets them gather into one apply.
 
         While the oldest task still to apply is more than ``BEHIND_SECONDS`` old (a restart
         after downtime, a burst), it logs its progress every ``PROGRESS_INTERVAL`` seconds:
@@ -146,7 +154,10 @@ class Importer:
         logged = False
         idle_steps = 0
         while True:
-            consumed = self.step()
+            consumed, drained = self._step()
+            total += consumed
+            if drained:
+                break
             if not consumed:
                 # With more open gaps than one read names, each step reads the next window
                 # of them: caught up only once every window was read without progress.
@@ -155,7 +166,6 @@ class Importer:
                     break
                 continue
             idle_steps = 0
-            total += consumed
             now = time.monotonic()
             if now - last_check >= PROGRESS_INTERVAL:
                 last_check = now
@@ -180,9 +190,14 @@ class Importer:
 
     def step(self) -> int:
         """Read, translate and apply once; returns how many tasks were consumed."""
+        return self._step()[0]
+
+    def _step(self) -> tuple[int, bool]:
+        """:meth:`step`, and whether its read returned everything committed at its snapshot
+        (not cut at the batch size, every open gap named)."""
         plan = self._plan()
         if plan.position == self.position:
-            return 0
+            return 0, plan.drained
         started = time.perf_counter()
         try:
             self.nsdb.apply(plan.ops, self.position, plan.position)
@@ -190,7 +205,7 @@ class Importer:
             LOG.warning("the NSDB position moved under us (another importer applied); "
                         "re-reading it")
             self.sync_position()
-            return 0
+            return 0, False
         measured = metrics.importer()
         measured.apply_duration.observe(time.perf_counter() - started)
         measured.tasks_applied.inc(plan.consumed - plan.failed)
@@ -201,7 +216,7 @@ class Importer:
         done = plan.position.done_through
         if done is not None:
             journal.set_last_processed(self.engine, done)
-        return plan.consumed
+        return plan.consumed, plan.drained
 
     # -- reading -----------------------------------------------------------------------------
     def _plan(self) -> _Plan:
@@ -238,6 +253,8 @@ class Importer:
                           gap.low, gap.high)
             units = self._fitting(_transactions(fetched))
             plan = self._translate(units, position, final)
+            plan.drained = (not full and len(listed) == len(position.gaps)
+                            and sum(map(len, units)) == len(fetched))
             if any(g.evidence is None for g in plan.position.gaps):
                 # Taken after the read that showed the gaps (later evidence is as good).
                 plan.position = _with_evidence(plan.position, self._observe(conn))

@@ -6,6 +6,7 @@ backend: every assertion about "one apply" is about calls that reached the NSDB.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -258,23 +259,13 @@ def test_a_stream_of_commits_is_applied_in_batches_and_an_idle_change_at_once(
     """``[cluster] batch_window``: after an apply the importer lets the window pass, so a
     stream of 20 single-membership commits (each its own transaction and wake-up) reaches
     the NSDB in a few applies, not 20; a change made while it is idle is not held back."""
-    from midonet_membership.cluster import importer as cluster
-    from midonet_membership.cluster.wakeup import Wakeup
-
     window = 2.0
     engine = _engine(make_database("sqlite"))
     api = AgentMemberships(engine)
     nsdb_url = f"sqlite:///{tmp_path / 'nsdb.sqlite'}"
-    wakeup = Wakeup(poll_interval=0.02)
-    wakeup.listen_in_process()
-    stop = threading.Event()
     with nsdb.connect(nsdb_url, role="cluster") as real:
         store = RecordingNSDB(real)
-        thread = threading.Thread(target=cluster.run, args=(engine, store, nsdb_url, wakeup,
-                                                            stop),
-                                  kwargs={"batch_window": window}, daemon=True)
-        thread.start()
-        try:
+        with _importer_running(engine, store, nsdb_url, window):
             first = str(uuid.uuid4())
             written = time.monotonic()
             api.create(RequestContext.admin(), [{"id": first, "ip_address": _ip(0)}])
@@ -287,10 +278,66 @@ def test_a_stream_of_commits_is_applied_in_batches_and_an_idle_change_at_once(
             _wait_until(lambda: set(stream) <= set(real.list_members()), timeout=10 * window)
             assert len(store.applies) - applies_before <= 3, store.applies[applies_before:]
             assert real.list_members() == _members_table(engine)
-        finally:
-            stop.set()
-            wakeup.stop()
-            thread.join(10)
+
+
+class SlowNSDB(RecordingNSDB):
+    """An NSDB whose every apply takes ``seconds`` (a ZooKeeper ensemble far away)."""
+
+    def __init__(self, store: nsdb.NSDB, seconds: float) -> None:
+        super().__init__(store)
+        self.seconds = seconds
+
+    def apply(self, ops: Sequence, expected, new) -> None:
+        time.sleep(self.seconds)
+        super().apply(ops, expected, new)
+
+
+def test_a_steady_stream_slower_than_a_read_is_not_chased_commit_by_commit(
+        make_database, tmp_path):
+    """A steady stream of commits, one every 5 ms, into an NSDB whose apply takes 20 ms:
+    each apply must carry what committed during the previous apply and the batch window,
+    not the one to four commits that arrived during the apply (re-reading at once after
+    every apply, 3-4 commits an apply, is the importer's CPU spent a commit at a time).
+    Over 1 s with a 100 ms window that is at most ~1 s / (100 + 20 ms) applies, and every
+    membership arrives."""
+    window, apply_seconds, interval, count = 0.1, 0.02, 0.005, 200
+    engine = _engine(make_database("sqlite"))
+    api = AgentMemberships(engine)
+    nsdb_url = f"sqlite:///{tmp_path / 'nsdb.sqlite'}"
+    with nsdb.connect(nsdb_url, role="cluster") as real:
+        store = SlowNSDB(real, apply_seconds)
+        with _importer_running(engine, store, nsdb_url, window):
+            stream = [str(uuid.uuid4()) for _ in range(count)]
+            next_at = time.monotonic()
+            for n, host in enumerate(stream):
+                api.create(RequestContext.admin(), [{"id": host, "ip_address": _ip(n)}])
+                next_at += interval
+                time.sleep(max(0.0, next_at - time.monotonic()))
+            _wait_until(lambda: set(stream) <= set(real.list_members()), timeout=10)
+            sizes = [len(ops) for ops in store.applies]
+    assert sum(sizes) == count
+    assert len(sizes) <= count * interval / (window + apply_seconds) + 4, sizes
+
+
+@contextlib.contextmanager
+def _importer_running(engine, store, nsdb_url: str, batch_window: float):
+    """The importer of ``midonet-membership importer`` (election, wake-ups on commit) in a
+    thread, stopped on exit."""
+    from midonet_membership.cluster import importer as cluster
+    from midonet_membership.cluster.wakeup import Wakeup
+
+    wakeup = Wakeup(poll_interval=0.02)
+    wakeup.listen_in_process()
+    stop = threading.Event()
+    thread = threading.Thread(target=cluster.run, args=(engine, store, nsdb_url, wakeup, stop),
+                              kwargs={"batch_window": batch_window}, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        wakeup.stop()
+        thread.join(10)
 
 
 def _wait_until(condition, timeout: float) -> None:
