@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 
 import sqlalchemy as sa
 from oslo_config import cfg
@@ -107,8 +108,7 @@ def all_in_one(conf: cfg.ConfigOpts, agent_count: int = 0) -> None:
                             {"process": "api"})
     app = make_app(conf, engine, api_nsdb, metrics_page=make_wsgi_app())
     server = ThreadedServer(app, conf.bind_host, conf.bind_port, conf.api_threads)
-    stop = threading.Event()
-    importer = _start_importer(conf, engine, stop, in_process=True)
+    stop_importer = _start_importer(conf, engine, in_process=True)
     url = f"http://{conf.bind_host}:{server.port}"
     _write_endpoint(conf, url)
     server.start()
@@ -129,8 +129,7 @@ def all_in_one(conf: cfg.ConfigOpts, agent_count: int = 0) -> None:
     for a in agents:
         a.stop()
     server.stop()
-    stop.set()
-    importer.join(timeout=10)
+    stop_importer()
     engine.dispose()
     LOG.info("stopped")
 
@@ -156,8 +155,7 @@ def agent(conf: cfg.ConfigOpts, dry_run: bool = False) -> None:
 def importer(conf: cfg.ConfigOpts) -> None:
     migration.upgrade(config.database_url(conf))
     engine = db_engine.create_engine(config.database_url(conf), pool_size=2)
-    stop = threading.Event()
-    thread = _start_importer(conf, engine, stop, in_process=False)
+    stop_importer = _start_importer(conf, engine, in_process=False)
     from midonet_membership import metrics
 
     metrics.register_probes(metrics.database_probes(engine), {"process": "importer"})
@@ -165,13 +163,12 @@ def importer(conf: cfg.ConfigOpts) -> None:
     print(f"midonet-membership importer: {_redacted(config.database_url(conf))} -> "
           f"{_redacted(config.nsdb_url(conf, 'cluster'))}", flush=True)
     _wait_for_signal()
-    stop.set()
-    thread.join(timeout=10)
+    stop_importer()
 
 
-def _start_importer(conf: cfg.ConfigOpts, engine, stop: threading.Event,
-                    in_process: bool) -> threading.Thread:
-    """The importer in a thread, woken by this process's commits or by LISTEN/poll."""
+def _start_importer(conf: cfg.ConfigOpts, engine, in_process: bool) -> Callable[[], None]:
+    """The importer in a thread, woken by this process's commits or by LISTEN/poll;
+    returns what stops it (at once, not at the next poll)."""
     from midonet_membership import metrics, nsdb
     from midonet_membership.cluster import importer as cluster
     from midonet_membership.cluster.wakeup import Wakeup
@@ -183,7 +180,8 @@ def _start_importer(conf: cfg.ConfigOpts, engine, stop: threading.Event,
     wakeup = Wakeup(conf.cluster.poll_interval)
     if in_process:
         wakeup.listen_in_process()
-    wakeup.listen_postgresql(config.database_url(conf))
+    wakeup.watch_database(config.database_url(conf))
+    stop = threading.Event()
 
     def run() -> None:
         try:
@@ -194,7 +192,12 @@ def _start_importer(conf: cfg.ConfigOpts, engine, stop: threading.Event,
             store.close()
     thread = threading.Thread(target=run, name="importer", daemon=True)
     thread.start()
-    return thread
+
+    def stop_importer() -> None:
+        stop.set()
+        wakeup.notify()
+        thread.join(timeout=10)
+    return stop_importer
 
 
 def api(conf: cfg.ConfigOpts) -> None:
