@@ -27,9 +27,10 @@ def keyset_select(conn: AnyConnection, table: sa.Table, query: ListQuery,
     order = tuple(query.order(primary_key))
     filtered = tuple(sorted(query.filters))
     params: dict[str, Any] = {f"filter_{name}": list(query.filters[name]) for name in filtered}
-    if query.limit:
+    inline_limit = query.limit if conn.dialect.name == "postgresql" else None
+    if query.limit and not inline_limit:
         params["limit"] = query.limit
-    shape = (table, order, filtered, bool(query.limit), conn.dialect.name == "postgresql")
+    shape = (table, order, filtered, bool(query.limit), inline_limit)
     as_json = conn.dialect.name == "sqlite" and _text_only(table)
     result = None
     if query.marker is not None:
@@ -72,12 +73,12 @@ def _as_dicts(table: sa.Table) -> Callable[[Sequence[Sequence[Any]]], list[dict]
     return eval(f"lambda rows: [{{{entries}}} for row in rows]", {})
 
 
-@functools.cache
+@functools.lru_cache(maxsize=512)
 def _page(table: sa.Table, order: tuple[tuple[str, bool], ...], filtered: tuple[str, ...],
-          limited: bool, inline_limit: bool, after_marker: bool, primary_key: str,
+          limited: bool, inline_limit: int | None, after_marker: bool, primary_key: str,
           as_json: bool) -> sa.Select:
     """The page statement of one query shape; parameters ``filter_<name>`` (lists),
-    ``limit`` and ``marker``.
+    ``limit`` (unless ``inline_limit``) and ``marker``.
 
     ``as_json``: SQLite answers the page as one row, a JSON array of the rows' objects in
     the page's order (the page is a subquery whose ORDER BY and LIMIT SQLite runs before it
@@ -89,12 +90,15 @@ def _page(table: sa.Table, order: tuple[tuple[str, bool], ...], filtered: tuple[
     126 µs as one JSON row parsed by orjson. One thread pays a little for it (72-88 µs of
     CPU a page as rows, 91-115 µs as JSON, two runs), which a server's threads win back.
 
-    ``inline_limit``: the limit is written into the SQL at each execution, not sent as a
-    parameter. PostgreSQL plans a prepared statement whose LIMIT is a parameter again at
-    every execution (its custom plan for a small LIMIT always looks cheaper than the
-    generic one: ``pg_prepared_statements.custom_plans`` counts every execution, 15.x):
-    35 µs more per first page, 70 µs per deep page, through psycopg on this machine. With
-    the value in the SQL, each limit is planned once per connection.
+    ``inline_limit``: the limit, written into the SQL instead of sent as a parameter.
+    PostgreSQL plans a prepared statement whose LIMIT is a parameter again at every
+    execution (its custom plan for a small LIMIT always looks cheaper than the generic
+    one: ``pg_prepared_statements.custom_plans`` counts every execution, 15.x): 35 µs more
+    per first page, 70 µs per deep page, through psycopg on this machine. With the value
+    in the SQL, each limit is planned once per connection. The statement is built and
+    compiled once per limit: rendering the value into the SQL at each execution
+    (SQLAlchemy's ``literal_execute``) cost SQLAlchemy's expansion of the compiled
+    statement every time.
     """
     columns = [table.c[name] for name, _ in order]
     stmt = sa.select(table)
@@ -102,8 +106,10 @@ def _page(table: sa.Table, order: tuple[tuple[str, bool], ...], filtered: tuple[
         stmt = stmt.where(table.c[name].in_(sa.bindparam(f"filter_{name}", expanding=True)))
     stmt = stmt.order_by(*[column.asc() if asc else column.desc()
                            for column, (_, asc) in zip(columns, order, strict=True)])
-    if limited:
-        stmt = stmt.limit(sa.bindparam("limit", type_=sa.Integer, literal_execute=inline_limit))
+    if inline_limit:
+        stmt = stmt.limit(sa.literal_column(str(int(inline_limit))))
+    elif limited:
+        stmt = stmt.limit(sa.bindparam("limit", type_=sa.Integer))
     if after_marker:
         # The marker's sort values as scalar subqueries: one round trip, index range scan.
         marker = tuple(sa.select(column).where(table.c[primary_key] == sa.bindparam("marker"))
