@@ -68,7 +68,10 @@ CLUSTER_OPTS = [
     cfg.FloatOpt("poll_interval", default=0.02, min=0.001,
                  help="Seconds between journal polls when no notification arrives "
                       "(PostgreSQL LISTEN/NOTIFY and the all-in-one wake the importer "
-                      "at once)."),
+                      "at once). On SQLite a poll reads the journal only when another "
+                      "connection committed (PRAGMA data_version); while PostgreSQL's "
+                      "LISTEN connection is up, and on SQLite when nothing was committed, "
+                      "the journal is read once a second besides, as a safety net."),
     cfg.FloatOpt("gap_timeout", default=5.0, min=0, deprecated_for_removal=True,
                  deprecated_reason="The importer no longer waits for a missing task id, "
                                    "and never gives one up on a timeout: the database "

@@ -101,6 +101,8 @@ class Wakeup:
         self._stopped.set()
         db_engine.remove_task_commit_listener(self.notify)
         self._event.set()
+        if self._data_version is not None:
+            self._data_version.close()
 
 
 class _DataVersion:
@@ -124,3 +126,7 @@ class _DataVersion:
             return True
         changed, self._last = version != self._last, version
         return changed
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
