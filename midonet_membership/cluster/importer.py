@@ -459,6 +459,6 @@ def _lead(importer: Importer, wakeup: Wakeup, stop: threading.Event,
         outage.succeeded()
         if applied and batch_window:
             stop.wait(batch_window)
-        wakeup.wait()
+        wakeup.wait(gaps_open=bool(importer.position.gaps))
     if lost.is_set():
         LOG.warning("leadership lost; campaigning again")

@@ -1,7 +1,8 @@
 """The importer's wake-up (cluster/wakeup.py). On PostgreSQL, while LISTEN is up, a commit by
-any writer wakes it at once and nothing else does more than once a second; when the LISTEN
-connection dies it polls again until LISTEN is back, so no commit waits for the safety net.
-On SQLite, a poll wakes it only when another connection committed since the last one."""
+any writer wakes it at once and nothing else does more than once a second, unless it has id
+gaps to settle; when the LISTEN connection dies it polls again until LISTEN is back, so no
+commit waits for the safety net. On SQLite, a poll wakes it only when another connection
+committed since the last one."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+from midonet_membership import nsdb
+from midonet_membership.cluster import importer as cluster
 from midonet_membership.cluster.wakeup import SAFETY_POLL_INTERVAL, Wakeup
 from midonet_membership.db import engine as db_engine
 from midonet_membership.db import journal, migration
-from midonet_membership.db.models import memberships
+from midonet_membership.db.models import memberships, tasks
 
 POLL = 0.02  # [cluster] poll_interval's default
 
@@ -50,17 +53,21 @@ def _wakeups_during(wakeup: Wakeup, seconds: float) -> int:
     return count
 
 
-def _commit_task_elsewhere(engine: sa.Engine) -> None:
-    """A task committed on a connection of its own, as another process would (no in-process
-    notification)."""
+def _commit_task_elsewhere(engine: sa.Engine, commit: bool = True) -> int:
+    """A task committed (or rolled back) on a connection of its own, as another process would
+    (no in-process notification); its id."""
     host = str(uuid.uuid4())
-    with engine.begin() as conn:
+    with engine.connect() as conn, conn.begin() as transaction:
         conn.execute(sa.insert(memberships).values(id=host, ip_address="192.0.2.77"))
         journal.record(conn, journal.CREATE, journal.AGENTMEMBERSHIP, host,
                        {"id": host, "ip_address": "192.0.2.77"}, tenant_id=None,
                        transaction_id=f"req-{host}")
+        task_id = conn.execute(sa.select(sa.func.max(tasks.c.id))).scalar_one()
+        if not commit:
+            transaction.rollback()
     with engine.begin() as conn:  # leave the address free for the next one
         conn.execute(sa.delete(memberships).where(memberships.c.id == host))
+    return task_id
 
 
 def _seconds_to_wake_after(wakeup: Wakeup, action) -> float:
@@ -128,3 +135,35 @@ def test_a_killed_listen_connection_falls_back_to_polling_then_listens_again(lis
     took = _seconds_to_wake_after(wakeup, lambda: _commit_task_elsewhere(engine))
     assert took < SAFETY_POLL_INTERVAL / 4, f"woken {took:.3f} s after the commit"
     admin.dispose()
+
+
+def test_a_rolled_back_id_is_settled_without_waiting_for_the_safety_poll(listening, tmp_path):
+    """A task id rolled back while LISTEN is up leaves a gap that nothing announces (nothing
+    committed) and only a read settles: while the importer has one it keeps polling, so its
+    copied position (``last_processed_id``, ``task-list --unprocessed``, ``task-clean``'s
+    watermark) passes the gap in a fraction of the once-a-second safety poll."""
+    wakeup, engine = listening
+    nsdb_url = f"sqlite:///{tmp_path / 'nsdb.sqlite'}"
+    took = []
+    with nsdb.connect(nsdb_url, role="cluster") as store:
+        stop = threading.Event()
+        thread = threading.Thread(target=cluster.run, args=(engine, store, nsdb_url, wakeup,
+                                                            stop), daemon=True)
+        thread.start()
+        try:
+            for _ in range(3):
+                _commit_task_elsewhere(engine, commit=False)
+                committed = _commit_task_elsewhere(engine)
+                started = time.monotonic()
+                _wait_until(lambda task_id=committed: _last_processed(engine) == task_id, 10)
+                took.append(time.monotonic() - started)
+        finally:
+            stop.set()
+            wakeup.notify()
+            thread.join(10)
+    assert max(took) < SAFETY_POLL_INTERVAL / 2, took
+
+
+def _last_processed(engine: sa.Engine) -> int | None:
+    with engine.connect() as conn:
+        return journal.last_processed_id(conn)
