@@ -71,7 +71,8 @@ CLUSTER_OPTS = [
                       "at once). On SQLite a poll reads the journal only when another "
                       "connection committed (PRAGMA data_version); while PostgreSQL's "
                       "LISTEN connection is up, and on SQLite when nothing was committed, "
-                      "the journal is read once a second besides, as a safety net."),
+                      "the journal is read once a second besides, as a safety net (every "
+                      "poll reads it while rolled-back task ids are still to be settled)."),
     cfg.FloatOpt("gap_timeout", default=5.0, min=0, deprecated_for_removal=True,
                  deprecated_reason="The importer no longer waits for a missing task id, "
                                    "and never gives one up on a timeout: the database "
