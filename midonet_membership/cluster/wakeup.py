@@ -49,6 +49,11 @@ class Wakeup:
     def notify(self) -> None:
         self._event.set()
 
+    @property
+    def pending(self) -> bool:
+        """Whether a notification arrived since the last :meth:`wait` returned."""
+        return self._event.is_set()
+
     def wait(self, gaps_open: bool = False) -> None:
         """Return at the next notification, or at the next poll that may find a task.
 

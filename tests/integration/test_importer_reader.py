@@ -319,6 +319,42 @@ def test_a_steady_stream_slower_than_a_read_is_not_chased_commit_by_commit(
     assert len(sizes) <= count * interval / (window + apply_seconds) + 4, sizes
 
 
+def test_last_processed_id_is_copied_a_few_times_a_second_under_a_stream_and_at_once_after(
+        make_database, tmp_path, monkeypatch):
+    """The position copy (``last_processed_id``) is a write transaction of its own: under a
+    stream of creates it must not follow every apply, but once the stream ends it must
+    name the last task before the importer goes idle, not at the next commit."""
+    from midonet_membership.cluster import importer as cluster
+
+    copies: list[int] = []
+    copy = journal.set_last_processed
+    monkeypatch.setattr(journal, "set_last_processed",
+                        lambda engine, task_id: (copies.append(task_id), copy(engine, task_id)))
+    engine = _engine(make_database("sqlite"))
+    api = AgentMemberships(engine)
+    nsdb_url = f"sqlite:///{tmp_path / 'nsdb.sqlite'}"
+    with nsdb.connect(nsdb_url, role="cluster") as real:
+        store = RecordingNSDB(real)
+        with _importer_running(engine, store, nsdb_url, batch_window=0.005):
+            started = time.monotonic()
+            stream = [str(uuid.uuid4()) for _ in range(300)]
+            for n, host in enumerate(stream):
+                api.create(RequestContext.admin(), [{"id": host, "ip_address": _ip(n)}])
+                time.sleep(0.002)
+            _wait_until(lambda: set(stream) <= set(real.list_members()), timeout=10)
+            elapsed = time.monotonic() - started
+            with engine.connect() as conn:
+                last = conn.execute(sa.select(sa.func.max(tasks.c.id))).scalar_one()
+            _wait_until(lambda: _last_processed(engine) == last, timeout=0.5)
+    assert len(store.applies) > 2 * len(copies), (len(store.applies), len(copies))
+    assert len(copies) <= elapsed / cluster.POSITION_COPY_INTERVAL + 3, (elapsed, copies)
+
+
+def _last_processed(engine) -> int | None:
+    with engine.connect() as conn:
+        return journal.last_processed_id(conn)
+
+
 @contextlib.contextmanager
 def _importer_running(engine, store, nsdb_url: str, batch_window: float):
     """The importer of ``midonet-membership importer`` (election, wake-ups on commit) in a
