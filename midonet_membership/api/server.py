@@ -211,7 +211,7 @@ class ThreadedServer:
         return self.server.bind_addr[1]
 
     def start(self) -> None:
-        _freeze_startup_objects()
+        freeze_startup_objects()
         self.thread.start()
 
     def stop(self) -> None:
@@ -240,13 +240,13 @@ def serve_workers(app_factory: Callable[[], Callable], host: str, port: int, wor
 
         def load(self) -> Callable:
             app = _LingerAfter413(app_factory())
-            _freeze_startup_objects()
+            freeze_startup_objects()
             return app
 
     _Gunicorn().run()
 
 
-def _freeze_startup_objects() -> None:
+def freeze_startup_objects() -> None:
     """Move what start-up built (modules, the app, its statements: ~95,000 objects in the
     all-in-one) out of the garbage collector's reach before serving. Requests leave little
     garbage, but a full collection walked all of them, holding the GIL: 36 ms in the
