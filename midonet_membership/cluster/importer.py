@@ -249,7 +249,10 @@ class Importer:
         start = self._gap_window % self._gap_windows() * MAX_GAPS_PER_READ
         self._gap_window += 1
         listed = position.gaps[start:start + MAX_GAPS_PER_READ]
-        with reader(self.engine) as conn:
+        # Each statement a snapshot by itself (PostgreSQL's and MariaDB's reads always are):
+        # what follows the read asks about transactions it saw committed, or evidence taken
+        # after it. On SQLite that spares a BEGIN and a COMMIT a step.
+        with reader(self.engine, single_statement=True) as conn:
             if self._galera is None:
                 self._galera = inflight.is_galera(conn)
             if self._galera:

@@ -158,8 +158,9 @@ def _json_or_none(text: str) -> Any:
         return None
 
 
-def _task(row: sa.Row) -> Task:
-    return Task(**row._mapping)
+def _tasks(result: sa.CursorResult) -> list[Task]:
+    """All rows at once: iterating a result fetches them one by one."""
+    return [Task(**row._mapping) for row in result.all()]
 
 
 # The importer runs these after every commit; built once, like the API's statements.
@@ -178,9 +179,8 @@ _MOVE_POSITION = (sa.update(task_state)
 def tasks_after(conn: Connection, position: int | None, limit: int) -> list[Task]:
     """Committed tasks with ``id > position``, in id order."""
     if position is None:
-        return [_task(r) for r in conn.execute(_TASKS_FROM_START, {"limit": limit})]
-    return [_task(r) for r in conn.execute(_TASKS_AFTER, {"limit": limit,
-                                                          "position": position})]
+        return _tasks(conn.execute(_TASKS_FROM_START, {"limit": limit}))
+    return _tasks(conn.execute(_TASKS_AFTER, {"limit": limit, "position": position}))
 
 
 def pending_tasks(conn: Connection, high: int | None, ranges: Sequence[tuple[int, int]],
@@ -192,7 +192,7 @@ def pending_tasks(conn: Connection, high: int | None, ranges: Sequence[tuple[int
     params = {"limit": limit, "position": high}
     for i, (low, high_) in enumerate(ranges):
         params[f"low_{i}"], params[f"high_{i}"] = low, high_
-    return [_task(r) for r in conn.execute(_pending_statement(len(ranges)), params)]
+    return _tasks(conn.execute(_pending_statement(len(ranges)), params))
 
 
 @functools.cache
@@ -210,9 +210,9 @@ def tasks_of_transactions(conn: Connection, transaction_ids: Iterable[str]) -> l
     wanted = sorted(set(transaction_ids))
     found: list[Task] = []
     for start in range(0, len(wanted), 500):  # bounded IN lists
-        found += [_task(r) for r in conn.execute(
+        found += _tasks(conn.execute(
             sa.select(tasks).where(tasks.c.transaction_id.in_(wanted[start:start + 500]))
-            .order_by(tasks.c.id))]
+            .order_by(tasks.c.id)))
     return found
 
 
@@ -238,7 +238,7 @@ def list_tasks(engine: Engine, unprocessed: bool = False) -> tuple[list[Task], i
         stmt = sa.select(tasks).order_by(tasks.c.id)
         if unprocessed and last is not None:
             stmt = stmt.where(tasks.c.id > last)
-        return [_task(r) for r in conn.execute(stmt)], last
+        return _tasks(conn.execute(stmt)), last
 
 
 def clean(engine: Engine) -> int:
@@ -305,8 +305,7 @@ def backlog(conn: Connection, high: int | None, ranges: Sequence[tuple[int, int]
 
 def recent_tasks(conn: Connection, limit: int) -> list[Task]:
     """The newest ``limit`` tasks, newest first (the console's list of last changes)."""
-    return [_task(r) for r in conn.execute(
-        sa.select(tasks).order_by(tasks.c.id.desc()).limit(limit))]
+    return _tasks(conn.execute(sa.select(tasks).order_by(tasks.c.id.desc()).limit(limit)))
 
 
 def failure_count(conn: Connection) -> int:
