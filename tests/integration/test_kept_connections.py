@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -72,6 +73,31 @@ def test_a_kept_connection_goes_back_to_the_pool_transactional(make_database, ho
         gc.collect()
     assert engine.pool.checkedin() == 1  # the kept one, back: the next checkout takes it
     _assert_transactions_roll_back(engine)
+    engine.dispose()
+
+
+def test_a_refused_sqlite_write_leaves_no_transaction_behind(make_database):
+    """SQLite's writes run BEGIN IMMEDIATE ... COMMIT on a kept connection: one the
+    database refused (a duplicate, a 409) must not stay kept inside its transaction, which
+    would hold the file's write lock and make every other writer, of any process, wait for
+    its busy timeout."""
+    url = make_database("sqlite")
+    migration.upgrade(url)
+    engine = db_engine.create_engine(url)
+    plugin = AgentMemberships(engine)
+    item = {"id": str(uuid.uuid4()), "ip_address": "192.0.2.65"}
+    plugin.create(RequestContext.admin(), [item])
+    with pytest.raises(exceptions.AgentMembershipExists):
+        plugin.create(RequestContext.admin(), [item])
+    assert not any(pooled.driver_connection.in_transaction
+                   for pooled, _ in db_engine._kept.get(engine, []))
+    other = sqlite3.connect(sa.make_url(url).database, timeout=0, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # "database is locked" at once if a write lock is held
+    other.execute("ROLLBACK")
+    other.close()
+    second = {"id": str(uuid.uuid4()), "ip_address": "192.0.2.66"}
+    plugin.create(RequestContext.admin(), [second])
+    assert plugin.get(RequestContext.admin(), second["id"]) == second
     engine.dispose()
 
 
