@@ -8,6 +8,8 @@ and the kernel's devices, FDB entries and nftables counters.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 import uuid
@@ -380,6 +382,18 @@ def test_the_demo_shows_admission_and_leaves_nothing_behind():
                           capture_output=True).returncode != 0  # none in the root namespace
 
 
+def _exit_code(process: subprocess.Popen, timeout: float, log: Path) -> int:
+    """The process's exit code; if it has not exited within ``timeout``, the test fails
+    with where each of its threads was (SIGABRT makes faulthandler write them to its log)."""
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        process.wait(10)
+        pytest.fail(f"{process.args[1]} did not exit within {timeout} s; its log, with its "
+                    f"threads' stacks at the end:\n{log.read_text()[-6000:]}")
+
+
 def test_the_agent_command_builds_in_its_namespace(make_database, start_server, lab,
                                                    tmp_path):
     """``midonet-membership agent`` with ``[agent] netns``: the production entry point."""
@@ -394,10 +408,11 @@ def test_the_agent_command_builds_in_its_namespace(make_database, start_server, 
                           f"overlay_address = {host.overlay_address}\n"
                           "heartbeat_interval = 0.2\nreconcile_interval = 0.3\n")
         state_dir = tmp_path / "agent-b"
+        log = tmp_path / "agent-b.log"
         processes.append(subprocess.Popen(
             [str(Path(_bin()) / "midonet-membership"), "agent", "--config-file", str(config),
              "--state-dir", str(state_dir)], stdout=subprocess.DEVNULL,
-            stderr=open(tmp_path / "agent-b.log", "w")))
+            stderr=open(log, "w"), env={**os.environ, "PYTHONFAULTHANDLER": "1"}))
         id_file = state_dir / "midonet_host_id.properties"
         until(id_file.exists, "b's host id")
         mesh.ids["b"] = id_file.read_text().strip().split("=", 1)[1]
@@ -411,7 +426,7 @@ def test_the_agent_command_builds_in_its_namespace(make_database, start_server, 
             mesh.wait_view(name, "built", state="active", tunnels=1)
         assert mesh.lab.wait_for_ping(mesh.hosts["a"], host.overlay_ip, 5) is not None
         processes[0].terminate()  # a stopped agent leaves its tunnels up
-        assert processes[0].wait(15) == 0
+        assert _exit_code(processes[0], 15, log) == 0
         assert mesh.reaches("a", "b")
     finally:
         for process in processes:
