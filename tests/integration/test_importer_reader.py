@@ -6,7 +6,6 @@ backend: every assertion about "one apply" is about calls that reached the NSDB.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -21,13 +20,14 @@ import pytest
 import sqlalchemy as sa
 
 from midonet_membership import nsdb
-from midonet_membership.cluster.importer import Importer
+from midonet_membership.cluster.importer import POSITION_COPY_INTERVAL, Importer
 from midonet_membership.context import RequestContext
 from midonet_membership.db import engine as db_engine
 from midonet_membership.db import journal, migration
 from midonet_membership.db.memberships import AgentMemberships
 from midonet_membership.db.models import memberships, tasks
 from midonet_membership.nsdb.base import AddMember, RemoveMember
+from tests.fixtures.importer import importer_running, last_processed, wait_until
 
 
 class RecordingNSDB:
@@ -265,17 +265,17 @@ def test_a_stream_of_commits_is_applied_in_batches_and_an_idle_change_at_once(
     nsdb_url = f"sqlite:///{tmp_path / 'nsdb.sqlite'}"
     with nsdb.connect(nsdb_url, role="cluster") as real:
         store = RecordingNSDB(real)
-        with _importer_running(engine, store, nsdb_url, window):
+        with importer_running(engine, store, nsdb_url, window):
             first = str(uuid.uuid4())
             written = time.monotonic()
             api.create(RequestContext.admin(), [{"id": first, "ip_address": _ip(0)}])
-            _wait_until(lambda: first in real.list_members(), timeout=window)
+            wait_until(lambda: first in real.list_members(), timeout=window)
             assert time.monotonic() - written < window, "an idle change waited for the window"
             applies_before = len(store.applies)
             stream = [str(uuid.uuid4()) for _ in range(20)]
             for n, host in enumerate(stream, 1):
                 api.create(RequestContext.admin(), [{"id": host, "ip_address": _ip(n)}])
-            _wait_until(lambda: set(stream) <= set(real.list_members()), timeout=10 * window)
+            wait_until(lambda: set(stream) <= set(real.list_members()), timeout=10 * window)
             assert len(store.applies) - applies_before <= 3, store.applies[applies_before:]
             assert real.list_members() == _members_table(engine)
 
@@ -306,14 +306,14 @@ def test_a_steady_stream_slower_than_a_read_is_not_chased_commit_by_commit(
     nsdb_url = f"sqlite:///{tmp_path / 'nsdb.sqlite'}"
     with nsdb.connect(nsdb_url, role="cluster") as real:
         store = SlowNSDB(real, apply_seconds)
-        with _importer_running(engine, store, nsdb_url, window):
+        with importer_running(engine, store, nsdb_url, window):
             stream = [str(uuid.uuid4()) for _ in range(count)]
             next_at = time.monotonic()
             for n, host in enumerate(stream):
                 api.create(RequestContext.admin(), [{"id": host, "ip_address": _ip(n)}])
                 next_at += interval
                 time.sleep(max(0.0, next_at - time.monotonic()))
-            _wait_until(lambda: set(stream) <= set(real.list_members()), timeout=10)
+            wait_until(lambda: set(stream) <= set(real.list_members()), timeout=10)
             sizes = [len(ops) for ops in store.applies]
     assert sum(sizes) == count
     assert len(sizes) <= count * interval / (window + apply_seconds) + 4, sizes
@@ -324,8 +324,6 @@ def test_last_processed_id_is_copied_a_few_times_a_second_under_a_stream_and_at_
     """The position copy (``last_processed_id``) is a write transaction of its own: under a
     stream of creates it must not follow every apply, but once the stream ends it must
     name the last task before the importer goes idle, not at the next commit."""
-    from midonet_membership.cluster import importer as cluster
-
     copies: list[int] = []
     copy = journal.set_last_processed
     monkeypatch.setattr(journal, "set_last_processed",
@@ -335,52 +333,19 @@ def test_last_processed_id_is_copied_a_few_times_a_second_under_a_stream_and_at_
     nsdb_url = f"sqlite:///{tmp_path / 'nsdb.sqlite'}"
     with nsdb.connect(nsdb_url, role="cluster") as real:
         store = RecordingNSDB(real)
-        with _importer_running(engine, store, nsdb_url, batch_window=0.005):
+        with importer_running(engine, store, nsdb_url, batch_window=0.005):
             started = time.monotonic()
             stream = [str(uuid.uuid4()) for _ in range(300)]
             for n, host in enumerate(stream):
                 api.create(RequestContext.admin(), [{"id": host, "ip_address": _ip(n)}])
                 time.sleep(0.002)
-            _wait_until(lambda: set(stream) <= set(real.list_members()), timeout=10)
+            wait_until(lambda: set(stream) <= set(real.list_members()), timeout=10)
             elapsed = time.monotonic() - started
             with engine.connect() as conn:
                 last = conn.execute(sa.select(sa.func.max(tasks.c.id))).scalar_one()
-            _wait_until(lambda: _last_processed(engine) == last, timeout=0.5)
+            wait_until(lambda: last_processed(engine) == last, timeout=0.5)
     assert len(store.applies) > 2 * len(copies), (len(store.applies), len(copies))
-    assert len(copies) <= elapsed / cluster.POSITION_COPY_INTERVAL + 3, (elapsed, copies)
-
-
-def _last_processed(engine) -> int | None:
-    with engine.connect() as conn:
-        return journal.last_processed_id(conn)
-
-
-@contextlib.contextmanager
-def _importer_running(engine, store, nsdb_url: str, batch_window: float):
-    """The importer of ``midonet-membership importer`` (election, wake-ups on commit) in a
-    thread, stopped on exit."""
-    from midonet_membership.cluster import importer as cluster
-    from midonet_membership.cluster.wakeup import Wakeup
-
-    wakeup = Wakeup(poll_interval=0.02)
-    wakeup.listen_in_process()
-    stop = threading.Event()
-    thread = threading.Thread(target=cluster.run, args=(engine, store, nsdb_url, wakeup, stop),
-                              kwargs={"batch_window": batch_window}, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        wakeup.stop()
-        thread.join(10)
-
-
-def _wait_until(condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout} s"
-        time.sleep(0.005)
+    assert len(copies) <= elapsed / POSITION_COPY_INTERVAL + 3, (elapsed, copies)
 
 
 def test_a_gap_stays_open_while_a_monitor_keeps_innodb_trx_stale(make_database, tmp_path):

@@ -15,11 +15,11 @@ import pytest
 import sqlalchemy as sa
 
 from midonet_membership import nsdb
-from midonet_membership.cluster import importer as cluster
 from midonet_membership.cluster.wakeup import SAFETY_POLL_INTERVAL, Wakeup
 from midonet_membership.db import engine as db_engine
 from midonet_membership.db import journal, migration
 from midonet_membership.db.models import memberships, tasks
+from tests.fixtures.importer import importer_running, last_processed, wait_until
 
 POLL = 0.02  # [cluster] poll_interval's default
 
@@ -31,18 +31,11 @@ def listening(make_database) -> Iterator[tuple[Wakeup, sa.Engine]]:
     engine = db_engine.create_engine(url)
     wakeup = Wakeup(POLL)
     wakeup.watch_database(url)
-    _wait_until(lambda: wakeup.listening, 10)
+    wait_until(lambda: wakeup.listening, 10)
     wakeup.wait()  # the notification LISTEN's start gives
     yield wakeup, engine
     wakeup.stop()
     engine.dispose()
-
-
-def _wait_until(condition, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {timeout} s"
-        time.sleep(0.01)
 
 
 def _wakeups_during(wakeup: Wakeup, seconds: float) -> int:
@@ -131,7 +124,7 @@ def test_a_killed_listen_connection_falls_back_to_polling_then_listens_again(lis
     assert not wakeup.listening
     # polling at poll_interval meanwhile: a commit now is seen within one poll, not 1 s
     assert _wakeups_during(wakeup, 0.3) >= 0.3 / POLL / 2
-    _wait_until(lambda: wakeup.listening, 10)
+    wait_until(lambda: wakeup.listening, 10)
     took = _seconds_to_wake_after(wakeup, lambda: _commit_task_elsewhere(engine))
     assert took < SAFETY_POLL_INTERVAL / 4, f"woken {took:.3f} s after the commit"
     admin.dispose()
@@ -145,25 +138,13 @@ def test_a_rolled_back_id_is_settled_without_waiting_for_the_safety_poll(listeni
     wakeup, engine = listening
     nsdb_url = f"sqlite:///{tmp_path / 'nsdb.sqlite'}"
     took = []
-    with nsdb.connect(nsdb_url, role="cluster") as store:
-        stop = threading.Event()
-        thread = threading.Thread(target=cluster.run, args=(engine, store, nsdb_url, wakeup,
-                                                            stop), daemon=True)
-        thread.start()
-        try:
-            for _ in range(3):
-                _commit_task_elsewhere(engine, commit=False)
-                committed = _commit_task_elsewhere(engine)
-                started = time.monotonic()
-                _wait_until(lambda task_id=committed: _last_processed(engine) == task_id, 10)
-                took.append(time.monotonic() - started)
-        finally:
-            stop.set()
-            wakeup.notify()
-            thread.join(10)
+    with nsdb.connect(nsdb_url, role="cluster") as store, \
+            importer_running(engine, store, nsdb_url, wakeup=wakeup):
+        for _ in range(3):
+            _commit_task_elsewhere(engine, commit=False)
+            committed = _commit_task_elsewhere(engine)
+            started = time.monotonic()
+            wait_until(lambda task_id=committed: last_processed(engine) == task_id, 10)
+            took.append(time.monotonic() - started)
     assert max(took) < SAFETY_POLL_INTERVAL / 2, took
 
-
-def _last_processed(engine: sa.Engine) -> int | None:
-    with engine.connect() as conn:
-        return journal.last_processed_id(conn)
