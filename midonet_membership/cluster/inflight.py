@@ -187,12 +187,13 @@ _node_engines: dict[str, sa.Engine] = {}
 
 def _node_engine(url: sa.URL) -> sa.Engine:
     """One small pool per Galera node: asked at every gap check, a new connection each
-    time would cost more than the question."""
+    time would cost more than the question. Two stay open: :func:`_innodb_in_flight`
+    holds a canary and a reader at once."""
     key = url.render_as_string(hide_password=False)
     engine = _node_engines.get(key)
     if engine is None:
         engine = _node_engines[key] = sa.create_engine(
-            url, pool_size=1, max_overflow=2, pool_pre_ping=True,
+            url, pool_size=2, max_overflow=1, pool_pre_ping=True,
             connect_args={"connect_timeout": 2})
     return engine
 

@@ -7,7 +7,9 @@ uses is killed mid-stream. Every acknowledged change must reach the zone exactly
 
 from __future__ import annotations
 
+import sys
 import threading
+import traceback
 import uuid
 
 import sqlalchemy as sa
@@ -43,7 +45,8 @@ def test_two_writers_on_two_nodes_and_a_killed_node(galera, tmp_path):
     propagation = Propagation()
     stop = threading.Event()
     halfway = threading.Event()
-    failures: list[str] = []
+    failures: list[str] = []  # the importer's
+    writer_errors: list[str] = []
     with nsdb.connect(f"sqlite:///{tmp_path / 'nsdb.sqlite'}", role="cluster") as real:
         store = RecordingNSDB(real)
         importer = Importer(importer_engine, store)
@@ -66,10 +69,10 @@ def test_two_writers_on_two_nodes_and_a_killed_node(galera, tmp_path):
                 try:
                     api.create(RequestContext.admin(), [
                         {"id": host, "ip_address": _ip(index * 1000 + n)}])
-                except sa.exc.DBAPIError:
-                    if index == 1 and second.process.poll() is not None:
-                        return  # its node is gone: unacknowledged, so not expected
-                    raise
+                except Exception as exc:
+                    if not (index == 1 and second.process.poll() is not None):
+                        writer_errors.append(f"writer {index}, create {n}: {exc!r}")
+                    return  # else its node is gone: unacknowledged, so not expected
                 propagation.ack(host)
 
         watcher = nsdb.connect(f"sqlite:///{tmp_path / 'nsdb.sqlite'}")
@@ -86,7 +89,10 @@ def test_two_writers_on_two_nodes_and_a_killed_node(galera, tmp_path):
             for t in threads:
                 t.join(timeout=300)
             acked = list(propagation.acked)
-            propagation.wait_for(acked, 60)
+            try:
+                propagation.wait_for(acked, 60)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{_diagnosis(galera, thread, failures)}") from None
             p99_before_kill = _p99(propagation.latencies(before_kill))
         finally:
             stop.set()
@@ -96,6 +102,7 @@ def test_two_writers_on_two_nodes_and_a_killed_node(galera, tmp_path):
         with writers[0].connect() as conn:
             table = dict(conn.execute(sa.select(memberships.c.id,
                                                 memberships.c.ip_address)).all())
+        assert not writer_errors, writer_errors
         assert set(acked) <= set(table)
         assert store.list_members() == table
         added = [op.host_id for ops in store.applies for op in ops if isinstance(op, AddMember)]
@@ -107,3 +114,28 @@ def test_two_writers_on_two_nodes_and_a_killed_node(galera, tmp_path):
     # Very loose: writers, watcher and importer share one Python process here (pymysql
     # holds the GIL), so this is not the production figure; bench/propagation.py is.
     assert p99_before_kill < 10.0
+
+
+def _diagnosis(galera, importer: threading.Thread, failures: list[str]) -> str:
+    """What a propagation timeout needs explained: the importer's errors and where its
+    thread is now, and what each surviving node says of the cluster."""
+    frame = sys._current_frames().get(importer.ident)
+    lines = [f"importer errors ({len(failures)}): {failures[-5:]}",
+             "importer thread: " + ("".join(traceback.format_stack(frame))
+                                    if frame is not None else "ended")]
+    for node in galera.nodes:
+        if node.process.poll() is not None:
+            continue
+        engine = sa.create_engine(node.url(), poolclass=sa.pool.NullPool,
+                                  connect_args={"connect_timeout": 5, "read_timeout": 5})
+        try:
+            with engine.connect() as conn:
+                status = dict(conn.exec_driver_sql(
+                    "SHOW STATUS WHERE Variable_name IN ('wsrep_cluster_status', "
+                    "'wsrep_local_state_comment', 'wsrep_cluster_size')").all())
+        except sa.exc.DBAPIError as exc:
+            status = {"unreachable": str(exc.orig)}
+        finally:
+            engine.dispose()
+        lines.append(f"node{node.index}: {status}; log: {node.log_tail()[-800:]}")
+    return "\n".join(lines)
