@@ -157,14 +157,19 @@ class _SocketReader(io.BufferedReader):
 
 class _SocketWriter:
     """cheroot's socket writer without its ``_pyio`` buffer, which it flushed at every
-    write anyway: each write is one ``sendall``."""
+    write anyway: one ``send`` per write unless the kernel takes only part of it."""
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self.bytes_written = 0  # cheroot's statistics read it (off unless enabled)
 
     def write(self, data: bytes) -> int:
-        self._sock.sendall(data)
+        """Each ``send`` waits at most the socket's timeout, as with cheroot's own writer:
+        ``sendall``'s timeout would bound the whole answer and cut off a slow reader of a
+        large page."""
+        view = memoryview(data)
+        while view:
+            view = view[self._sock.send(view):]
         return len(data)
 
     def flush(self) -> None:
