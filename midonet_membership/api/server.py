@@ -186,6 +186,8 @@ class _NeutronErrorConnection(cheroot_server.HTTPConnection):
     linger_on_close = False
 
     def __init__(self, server, sock, makefile=None) -> None:
+        """``makefile``, cheroot's ``_pyio`` one (or a TLS adapter's: we configure none),
+        gives way to :func:`_socket_file`."""
         super().__init__(server, sock, makefile=_socket_file)
 
     def close(self) -> None:

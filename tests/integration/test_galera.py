@@ -92,7 +92,8 @@ def test_two_writers_on_two_nodes_and_a_killed_node(galera, tmp_path):
             try:
                 propagation.wait_for(acked, 60)
             except AssertionError as exc:
-                raise AssertionError(f"{exc}\n{_diagnosis(galera, thread, failures)}") from None
+                raise AssertionError(f"{exc}\nwriter errors: {writer_errors}\n"
+                                     f"{_diagnosis(galera, thread, failures)}") from None
             p99_before_kill = _p99(propagation.latencies(before_kill))
         finally:
             stop.set()
