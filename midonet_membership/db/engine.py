@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import logging
 import random
 import threading
 import time
@@ -22,6 +23,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from midonet_membership import exceptions
+
+LOG = logging.getLogger(__name__)
 _commit_listeners: list[Callable[[], None]] = []
 # SQLite writers of one process queue on a lock instead of in SQLite's busy handler, which
 # sleeps in growing steps (up to 100 ms) and turned 8 concurrent POSTs' p99 into 106 ms.
@@ -448,31 +452,47 @@ def is_duplicate_error(exc: sa.exc.IntegrityError) -> bool:
     return any(marker in text for marker in ("unique", "duplicate", "1062"))
 
 
-_RETRYABLE = ("deadlock", "1213", "40p01", "40001", "could not serialize", "database is locked")
-
-
+# An aborted transaction (a deadlock, a serialisation failure, SQLite's busy lock, InnoDB's
+# lock wait timeout), or a database that cannot take it right now: it refuses connections,
+# is starting up or shutting down, or is a Galera node outside the primary component
+# (1047). Nothing committed in any of these.
+_RETRYABLE = ("deadlock", "1213", "40p01", "40001", "could not serialize", "database is locked",
+              "(1205,", "(1047,", "(2002,", "(2003,", "connection refused",
+              "the database system is starting up", "the database system is shutting down")
 _ATTEMPTS = 20
+_RETRY_SECONDS = 5.0  # no new attempt after this long (each connect may wait for its timeout)
 
 
 def retry_transient(func):
-    """Retry a whole transaction the database aborted or whose connection had died.
+    """Retry a whole transaction the database aborted, whose connection had died, or that
+    could not reach the database; when the database stays out of reach, answer 503.
 
     Concurrent inserts racing for the same unique key can deadlock on MariaDB, and a pooled
     connection may have been closed by a database restart; in both cases nothing committed,
-    so running the operation again is safe.
+    so running the operation again is safe. A restart or a failover that lasts longer than
+    the retries is :class:`~midonet_membership.exceptions.ServiceUnavailable` (503, "retry
+    later"), as Neutron's own DB retries end, not an internal error.
     """
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        give_up = time.monotonic() + _RETRY_SECONDS
         for attempt in range(_ATTEMPTS):
             try:
                 return func(*args, **kwargs)
             except sa.exc.DBAPIError as exc:
-                transient = exc.connection_invalidated or (
-                    isinstance(exc, sa.exc.OperationalError)
-                    and any(m in str(exc.orig).lower() for m in _RETRYABLE))
-                if attempt == _ATTEMPTS - 1 or not transient:
+                if not _is_transient(exc):
                     raise
+                if attempt == _ATTEMPTS - 1 or time.monotonic() > give_up:
+                    LOG.warning("the Neutron DB is unavailable after %d attempts: %s",
+                                attempt + 1, exc.orig)
+                    raise exceptions.ServiceUnavailable(service="The Neutron DB") from exc
                 # Exponential backoff with jitter: a burst of writers on one key (InnoDB
                 # deadlocks INSERT against DELETE of it) needs the losers spread out.
                 time.sleep(random.uniform(0, min(0.2, 0.002 * 2 ** attempt)))
     return wrapper
+
+
+def _is_transient(exc: sa.exc.DBAPIError) -> bool:
+    return exc.connection_invalidated or (
+        isinstance(exc, sa.exc.OperationalError)
+        and any(m in str(exc.orig).lower() for m in _RETRYABLE))

@@ -1,0 +1,106 @@
+"""A Neutron DB outage is a 503 the client can act on, and nothing of a refused request is
+written; when the database is back, the same server serves again.
+
+The all-in-one reaches PostgreSQL or MariaDB through a TCP proxy that the test cuts (every
+open connection reset, new ones refused, as a database restart or a lost failover address
+does) and restores on the same port. While it is cut, each request is retried for a few
+seconds, then answered ``503 HTTPServiceUnavailable`` in Neutron's format, never a 500.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from tests.fixtures.servers import Server
+
+PATH = "/v2.0/agent-memberships"
+
+
+class _CuttableProxy:
+    """Forwards a local port to the database until :meth:`cut`; :meth:`restore` reopens
+    the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self.sockets: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        self.restore()
+
+    def restore(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
+        self.listener.close()
+        with self.lock:
+            for sock in self.sockets:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            self.sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = listener.accept()
+                server = socket.create_connection(self.target)
+                with self.lock:
+                    self.sockets |= {client, server}
+                for source, sink in ((client, server), (server, client)):
+                    threading.Thread(target=self._pump, args=(source, sink),
+                                     daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+def test_a_database_outage_is_503_and_writes_nothing(backend, make_database, tmp_path):
+    url = sa.make_url(make_database(backend))
+    proxy = _CuttableProxy((url.host, url.port))
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    server = Server(tmp_path / "state", proxied, {}, []).start()
+    try:
+        api = server.client()
+        before = str(uuid.uuid4())
+        assert api.post(PATH, {"agent_membership": {"id": before,
+                                                    "ip_address": "192.0.2.90"}}).status == 201
+        proxy.cut()
+        refused = str(uuid.uuid4())
+        started = time.monotonic()
+        answers = [api.post(PATH, {"agent_membership": {"id": refused,
+                                                        "ip_address": "192.0.2.91"}}),
+                   api.get(f"{PATH}/{before}"), api.get(PATH), api.delete(f"{PATH}/{before}")]
+        for resp in answers:
+            assert resp.status == 503, resp
+            error = resp.json["NeutronError"]
+            assert error["type"] == "HTTPServiceUnavailable"
+            assert error["message"] == "The Neutron DB is temporarily unavailable; retry later."
+            assert resp.headers["x-openstack-request-id"].startswith("req-")
+        assert time.monotonic() - started < 4 * 10  # retried a few seconds each, not minutes
+        proxy.restore()
+        assert api.get(f"{PATH}/{refused}").status == 404  # the refused POST wrote nothing
+        assert api.get(f"{PATH}/{before}").json["agent_membership"]["ip_address"] == \
+            "192.0.2.90"  # nor did the refused DELETE
+        after = str(uuid.uuid4())
+        assert api.post(PATH, {"agent_membership": {"id": after,
+                                                    "ip_address": "192.0.2.92"}}).status == 201
+    finally:
+        server.stop()
+        proxy.cut()
+    assert "the Neutron DB is unavailable after" in server.output()
