@@ -7,6 +7,7 @@ scales out with gunicorn's pre-forked gthread workers.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import functools
 import gc
@@ -123,6 +124,18 @@ class _NeutronErrorRequest(cheroot_server.HTTPRequest):
         return None
 
 
+    def respond(self):
+        """The response's head and body in one send (:class:`_SocketWriter`)."""
+        wfile = self.conn.wfile
+        wfile.hold()
+        try:
+            super().respond()
+        except BaseException:
+            with contextlib.suppress(OSError):
+                wfile.flush()
+            raise
+        wfile.flush()
+
     def read_request_headers(self):
         try:
             return super().read_request_headers()
@@ -157,23 +170,43 @@ class _SocketReader(io.BufferedReader):
 
 class _SocketWriter:
     """cheroot's socket writer without its ``_pyio`` buffer, which it flushed at every
-    write anyway: one ``send`` per write unless the kernel takes only part of it."""
+    write anyway. While a response is :meth:`hold`-ing, writes wait for :meth:`flush`: the
+    head cheroot writes and the body after it leave in one ``send``, not two."""
+
+    JOIN_AT_MOST = 1 << 16  # a larger body is sent after its head, not copied onto it
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
+        self._held: list[bytes] | None = None
         self.bytes_written = 0  # cheroot's statistics read it (off unless enabled)
 
+    def hold(self) -> None:
+        self._held = []
+
     def write(self, data: bytes) -> int:
+        if self._held is not None:
+            self._held.append(data)
+        else:
+            self._send(data)
+        return len(data)
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if not held:
+            return
+        if sum(map(len, held)) <= self.JOIN_AT_MOST:
+            self._send(b"".join(held))
+        else:
+            for data in held:
+                self._send(data)
+
+    def _send(self, data: bytes) -> None:
         """Each ``send`` waits at most the socket's timeout, as with cheroot's own writer:
         ``sendall``'s timeout would bound the whole answer and cut off a slow reader of a
         large page."""
         view = memoryview(data)
         while view:
             view = view[self._sock.send(view):]
-        return len(data)
-
-    def flush(self) -> None:
-        """Nothing is buffered."""
 
 
 def _socket_file(sock: socket.socket, mode: str = "r",
