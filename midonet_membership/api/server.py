@@ -123,7 +123,6 @@ class _NeutronErrorRequest(cheroot_server.HTTPRequest):
                 raise
         return None
 
-
     def respond(self):
         """The response's head and body in one send (:class:`_SocketWriter`)."""
         wfile = self.conn.wfile

@@ -471,7 +471,7 @@ def retry_transient(func):
     connection may have been closed by a database restart; in both cases nothing committed,
     so running the operation again is safe. A restart or a failover that lasts longer than
     the retries is :class:`~midonet_membership.exceptions.ServiceUnavailable` (503, "retry
-    later"), as Neutron's own DB retries end, not an internal error.
+    later"), not an internal error.
     """
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
