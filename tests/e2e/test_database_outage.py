@@ -9,70 +9,22 @@ seconds, then answered ``503 HTTPServiceUnavailable`` in Neutron's format, never
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import time
 import uuid
 
 import pytest
 import sqlalchemy as sa
 
+from tests.fixtures.proxy import TcpProxy
 from tests.fixtures.servers import Server
 
 PATH = "/v2.0/agent-memberships"
 
 
-class _CuttableProxy:
-    """Forwards a local port to the database until :meth:`cut`; :meth:`restore` reopens
-    the same port."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.port = 0
-        self.sockets: set[socket.socket] = set()
-        self.lock = threading.Lock()
-        self.restore()
-
-    def restore(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", self.port))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
-
-    def cut(self) -> None:
-        with contextlib.suppress(OSError):
-            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() (close alone does not)
-        self.listener.close()
-        with self.lock:
-            for sock in self.sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-            self.sockets.clear()
-
-    def _accept(self, listener: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                client, _ = listener.accept()
-                server = socket.create_connection(self.target)
-                with self.lock:
-                    self.sockets |= {client, server}
-                for source, sink in ((client, server), (server, client)):
-                    threading.Thread(target=self._pump, args=(source, sink),
-                                     daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while chunk := source.recv(65536):
-                sink.sendall(chunk)
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-
 @pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
 def test_a_database_outage_is_503_and_writes_nothing(backend, make_database, tmp_path):
     url = sa.make_url(make_database(backend))
-    proxy = _CuttableProxy((url.host, url.port))
+    proxy = TcpProxy((url.host, url.port))
     proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     server = Server(tmp_path / "state", proxied, {}, []).start()
     try:

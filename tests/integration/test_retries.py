@@ -8,9 +8,6 @@ and the journal must hold the change's task exactly once.
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
 import uuid
 from collections.abc import Iterator
 
@@ -24,6 +21,7 @@ from midonet_membership.db import migration
 from midonet_membership.db.memberships import AgentMemberships
 from midonet_membership.db.models import memberships, tasks
 from midonet_membership.paging import ListQuery
+from tests.fixtures.proxy import TcpProxy
 
 
 def _tasks(engine, resource_id: str) -> list[tuple[str, str]]:
@@ -66,58 +64,17 @@ def test_a_repeated_request_finds_its_own_commit(plugin):
     assert _rows(plugin.engine) == {}
 
 
-class _LossyProxy:
-    """A TCP proxy to PostgreSQL that, when armed, cuts the connection instead of passing
-    on the server's next answer that holds ``cut_on`` (by default an INSERT's: the
-    statement committed, the client never hears so)."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.cut_on = b"INSERT 0 1"
-        self.armed = threading.Event()
-        self.cuts = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                client, _ = self.listener.accept()
-                server = socket.create_connection(self.target)
-                threading.Thread(target=self._pump, args=(client, server, False),
-                                 daemon=True).start()
-                threading.Thread(target=self._pump, args=(server, client, True),
-                                 daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket, from_server: bool) -> None:
-        with contextlib.suppress(OSError):
-            while chunk := source.recv(65536):
-                if from_server and self.cut_on in chunk and self.armed.is_set():
-                    self.armed.clear()
-                    self.cuts += 1
-                    break
-                sink.sendall(chunk)
-        for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 @pytest.fixture
-def lossy(make_database) -> Iterator[tuple[AgentMemberships, _LossyProxy]]:
-    """The plugin on a fresh PostgreSQL database, through a :class:`_LossyProxy`."""
+def lossy(make_database) -> Iterator[tuple[AgentMemberships, TcpProxy]]:
+    """The plugin on a fresh PostgreSQL database, through a :class:`TcpProxy`."""
     url = sa.make_url(make_database("postgresql"))
     migration.upgrade(url.render_as_string(hide_password=False))
-    proxy = _LossyProxy((url.host, url.port or 5432))
+    proxy = TcpProxy((url.host, url.port or 5432))
     engine = db_engine.create_engine(url.set(host="127.0.0.1", port=proxy.port)
                                      .render_as_string(hide_password=False))
     yield AgentMemberships(engine), proxy
     engine.dispose()
-    proxy.close()
+    proxy.cut()
 
 
 def test_postgresql_answer_lost_after_commit(lossy):
