@@ -152,7 +152,7 @@ class _SocketReader(io.BufferedReader):
     def __init__(self, sock: socket.socket, bufsize: int = io.DEFAULT_BUFFER_SIZE) -> None:
         super().__init__(socket.SocketIO(sock, "rb"), bufsize)
         self._sock = sock
-        self.bytes_read = 0  # cheroot's statistics read it (off unless enabled)
+        self.bytes_read = 0  # read by cheroot's statistics, which we never enable
 
     def has_data(self) -> bool:
         """Whether a request can be read without waiting (cheroot asks after each answer
@@ -177,7 +177,7 @@ class _SocketWriter:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._held: list[bytes] | None = None
-        self.bytes_written = 0  # cheroot's statistics read it (off unless enabled)
+        self.bytes_written = 0  # read by cheroot's statistics, which we never enable
 
     def hold(self) -> None:
         self._held = []
