@@ -62,10 +62,12 @@ def validate_ipv4_unicast(value: Any, _arg: Any = None) -> str | None:
         return (f"'{value}' is not a valid IPv4 address in dotted-quad form "
                 "(four decimal numbers without leading zeros)")
     try:
-        address = ipaddress.IPv4Address(value)
-    except ValueError:
+        # The form is checked: four decimal numbers, each to go in one byte. Quicker than
+        # ipaddress.IPv4Address (every POST, and every CREATE task the importer reads).
+        address = int.from_bytes(bytes(int(octet) for octet in value.split(".")))
+    except ValueError:  # a number over 255
         return f"'{value}' is not a valid IPv4 address"
-    return _unusable_tunnel_endpoint(address)
+    return _unusable_tunnel_endpoint(value, address)
 
 
 _UNUSABLE = [
@@ -79,11 +81,10 @@ _UNUSABLE = [
 _UNUSABLE_RANGES = [(int(n.network_address), int(n.netmask), reason) for n, reason in _UNUSABLE]
 
 
-def _unusable_tunnel_endpoint(address: ipaddress.IPv4Address) -> str | None:
-    value = int(address)
+def _unusable_tunnel_endpoint(text: str, address: int) -> str | None:
     for network, mask, reason in _UNUSABLE_RANGES:
-        if value & mask == network:
-            return f"'{address}' {reason}, not a unicast tunnel endpoint"
+        if address & mask == network:
+            return f"'{text}' {reason}, not a unicast tunnel endpoint"
     return None
 
 

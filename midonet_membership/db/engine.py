@@ -221,6 +221,11 @@ class DriverConnection:
         self.info: dict = {}  # as Connection.info: what writer() reads after the statement
         self._pooled = pooled
 
+    @classmethod
+    def of(cls, conn: Connection) -> DriverConnection:
+        """``conn``'s own driver connection, in whatever session state ``conn`` set up."""
+        return cls(conn.engine, conn.connection)
+
     def execute(self, statement: sa.Executable,
                 params: dict[str, Any] | list[dict[str, Any]] | None = None) -> Rows:
         """Run ``statement`` once, or once per dict of a list (rows then: none)."""

@@ -17,7 +17,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from midonet_membership.db.engine import AnyConnection, is_duplicate_error, reader, writer
+from midonet_membership.db.engine import (
+    AnyConnection,
+    DriverConnection,
+    is_duplicate_error,
+    reader,
+    writer,
+)
 from midonet_membership.db.models import task_failures, task_state, tasks
 
 CREATE, UPDATE, DELETE = "CREATE", "UPDATE", "DELETE"
@@ -28,6 +34,9 @@ NOTIFY_CHANNEL = "midonet_tasks"
 
 @dataclasses.dataclass(frozen=True)
 class Task:
+    """One row of the journal. The importer reads only what translation needs (the fields
+    without a default, in this order): ``created_at`` and who asked are for operators."""
+
     id: int
     type: str
     data_type: str
@@ -35,7 +44,7 @@ class Task:
     resource_id: str | None
     tenant_id: str | None
     transaction_id: str | None
-    created_at: datetime.datetime
+    created_at: datetime.datetime | None = None
     requested_by: str | None = None
     requested_from: str | None = None
 
@@ -163,10 +172,12 @@ def _tasks(result: sa.CursorResult) -> list[Task]:
     return [Task(**row._mapping) for row in result.all()]
 
 
-# The importer runs these after every commit; built once, like the API's statements.
-_TASKS_FROM_START = (sa.select(tasks).order_by(tasks.c.id)
+# The importer runs these after every commit; built once, like the API's statements. They
+# read Task's fields without a default, in its order.
+_IMPORTED = [tasks.c[field.name] for field in dataclasses.fields(Task)
+             if field.default is dataclasses.MISSING]
+_TASKS_FROM_START = (sa.select(*_IMPORTED).order_by(tasks.c.id)
                      .limit(sa.bindparam("limit", type_=sa.Integer)))
-_TASKS_AFTER = _TASKS_FROM_START.where(tasks.c.id > sa.bindparam("position"))
 _NO_WAL_FLUSH_WAIT = sa.text("SET LOCAL synchronous_commit TO OFF")
 _MOVE_POSITION = (sa.update(task_state)
                   .where(task_state.c.id == 1,
@@ -176,23 +187,21 @@ _MOVE_POSITION = (sa.update(task_state)
                           updated_at=sa.bindparam("updated_at")))
 
 
-def tasks_after(conn: Connection, position: int | None, limit: int) -> list[Task]:
-    """Committed tasks with ``id > position``, in id order."""
-    if position is None:
-        return _tasks(conn.execute(_TASKS_FROM_START, {"limit": limit}))
-    return _tasks(conn.execute(_TASKS_AFTER, {"limit": limit, "position": position}))
-
-
 def pending_tasks(conn: Connection, high: int | None, ranges: Sequence[tuple[int, int]],
                   limit: int) -> list[Task]:
     """Committed tasks above ``high`` or inside one of ``ranges``, in id order, in ONE
-    statement: one snapshot, so a transaction's tasks are all there or none is."""
+    statement: one snapshot, so a transaction's tasks are all there or none is.
+
+    The importer's read after every commit, run on ``conn``'s own driver connection (same
+    session, same autocommit): through ``Connection.execute`` it was 400 µs of a 1 ms
+    importer step carrying 6 creates in the all-in-one (``time.thread_time`` around it)."""
     if high is None:
-        return tasks_after(conn, None, limit)
-    params = {"limit": limit, "position": high}
-    for i, (low, high_) in enumerate(ranges):
-        params[f"low_{i}"], params[f"high_{i}"] = low, high_
-    return _tasks(conn.execute(_pending_statement(len(ranges)), params))
+        statement, params = _TASKS_FROM_START, {"limit": limit}
+    else:
+        statement, params = _pending_statement(len(ranges)), {"limit": limit, "position": high}
+        for i, (low, high_) in enumerate(ranges):
+            params[f"low_{i}"], params[f"high_{i}"] = low, high_
+    return [Task(*row) for row in DriverConnection.of(conn).execute(statement, params)]
 
 
 @functools.cache
