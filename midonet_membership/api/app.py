@@ -86,7 +86,7 @@ class Application:
         timer.observe(time.perf_counter() - started)
 
     def _dispatch(self, req: webob.Request, request_id: str) -> tuple[int, Any]:
-        parts = [p for p in req.path_info.split("/") if p]
+        parts = [p for p in _path(req).split("/") if p]
         if parts and parts[-1].endswith(".json"):
             parts[-1] = parts[-1][:-5]
         if not parts:
@@ -198,8 +198,21 @@ def _wants_html(accept: str) -> bool:
         [JSON, "text/html"]) == "text/html"
 
 
+def _path(req: webob.Request) -> str:
+    """``req.path_info``, which webob decodes as UTF-8 at every read: an ASCII path (the API's
+    own, always) is already what decoding would give."""
+    path = req.environ.get("PATH_INFO", "")
+    return path if path.isascii() else req.path_info
+
+
 def _check_url(req: webob.Request) -> None:
-    """webob decodes the path and query as UTF-8 only when they are read; refuse others."""
+    """webob decodes the path and query as UTF-8 only when they are read; refuse others.
+    An ASCII path (the server unquoted it) and a query without ``%`` escapes have nothing
+    to decode: a show's, a create's, a delete's URL."""
+    environ = req.environ
+    query = environ.get("QUERY_STRING", "")
+    if environ.get("PATH_INFO", "").isascii() and query.isascii() and "%" not in query:
+        return
     try:
         _ = req.path_info, req.GET  # reading them decodes them
     except UnicodeDecodeError:
@@ -213,9 +226,10 @@ def _check_length(req: webob.Request) -> None:
     Any other answer would leave it unread, and cheroot then reads it whole into memory to
     keep the connection alive; after a 413 it closes the connection instead.
     """
-    if (req.content_length or 0) > MAX_BODY_BYTES:
+    length = req.content_length or 0
+    if length > MAX_BODY_BYTES:
         raise exceptions.RequestEntityTooLarge(limit=MAX_BODY_BYTES)
-    if (req.content_length or 0) < 0:  # webob parses "-5"; reading it would fail (500)
+    if length < 0:  # webob parses "-5"; reading it would fail (500)
         raise exceptions.BadRequest("Content-Length must not be negative.")
 
 

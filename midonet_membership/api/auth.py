@@ -93,7 +93,8 @@ def token_authenticator(admin_token: str) -> Authenticator:
     expected = admin_token.encode()
 
     def authenticate(req: webob.Request, request_id: str) -> RequestContext:
-        given = req.headers.get("X-Auth-Token", "").encode()
+        # the header, without building webob's header view for it (a tenth of a show)
+        given = req.environ.get("HTTP_X_AUTH_TOKEN", "").encode()
         if not given or not hmac.compare_digest(given, expected):
             raise exceptions.NotAuthenticated()
         return RequestContext(request_id=request_id, user_id=ADMIN_TOKEN_USER,

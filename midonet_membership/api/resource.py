@@ -123,7 +123,7 @@ class Controller:
     def show(self, req: webob.Request, context: RequestContext, id_: str) -> tuple[int, dict]:
         self._authorize("get", context, id_)
         item = self.plugin.get(context, self._member_id(id_))
-        fields = _fields(req.GET)
+        fields = _fields(req.GET) if req.environ.get("QUERY_STRING") else None
         return 200, {self.resource.name: self.resource.visible(item, fields)}
 
     def create(self, req: webob.Request, context: RequestContext) -> tuple[int, dict]:
