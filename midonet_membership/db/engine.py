@@ -11,10 +11,11 @@ import dataclasses
 import functools
 import logging
 import random
+import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -221,17 +222,24 @@ class DriverConnection:
     :func:`retry_transient` and the duplicate checks see the same. What it lacks: result
     processing (rows are plain tuples; a statement whose columns need conversion is
     refused) and events.
+
+    ``autocommit``: the connection is in psycopg's autocommit, so a statement can go to
+    libpq directly (:class:`_LibpqStatements`): psycopg sends nothing else around it then.
     """
 
-    def __init__(self, engine: Engine, pooled: PoolProxiedConnection) -> None:
+    def __init__(self, engine: Engine, pooled: PoolProxiedConnection,
+                 autocommit: bool = False) -> None:
         self.dialect = engine.dialect
         self.info: dict = {}  # as Connection.info: what writer() reads after the statement
         self._pooled = pooled
+        self._libpq = autocommit and self.dialect.name == "postgresql"
 
     @classmethod
     def of(cls, conn: Connection) -> DriverConnection:
         """``conn``'s own driver connection, in whatever session state ``conn`` set up."""
-        return cls(conn.engine, conn.connection)
+        pooled = conn.connection
+        return cls(conn.engine, pooled, autocommit=conn.dialect.name == "postgresql"
+                   and pooled.driver_connection.autocommit)
 
     def execute(self, statement: sa.Executable,
                 params: dict[str, Any] | list[dict[str, Any]] | None = None) -> Rows:
@@ -239,6 +247,8 @@ class DriverConnection:
         many = isinstance(params, list)
         first = (params[0] if many else params) or {}
         prepared = _prepared(statement, self.dialect, tuple(first))
+        if self._libpq and not many and not prepared.expands:
+            return self._on_libpq(prepared, first)
         sql, args = prepared.bind(first)
         cursor = None
         try:
@@ -254,6 +264,17 @@ class DriverConnection:
         finally:
             if cursor is not None and self.dialect.name != "postgresql":
                 cursor.close()
+
+    def _on_libpq(self, prepared: _Prepared, params: dict[str, Any]) -> Rows:
+        query, args = prepared.bind_numbered(params)
+        try:
+            statements = self._pooled.info.get(_LIBPQ_STATEMENTS)
+            if statements is None:
+                statements = self._pooled.info[_LIBPQ_STATEMENTS] = _LibpqStatements(
+                    self._pooled.driver_connection)
+            return Rows(statements.execute(query, args))
+        except self.dialect.loaded_dbapi.Error as exc:
+            raise self._translated(exc, query.decode(), args) from exc
 
     def commit(self) -> None:
         try:
@@ -285,6 +306,58 @@ class DriverConnection:
 
 
 _KEPT_CURSOR = "midonet_cursor"  # DriverConnection's cursor, in the pooled connection's info
+_LIBPQ_STATEMENTS = "midonet_libpq"  # its _LibpqStatements, there too (gone on reconnect)
+
+
+class _LibpqStatements:
+    """One autocommit psycopg connection's statements, run through libpq itself, each
+    prepared on the server at its first use.
+
+    Why: psycopg's ``Cursor.execute`` is Python around libpq (the connection's lock, its
+    generator protocol, the prepared-statement manager, the cursor's result handling): 38 µs
+    of CPU for a primary-key SELECT on this machine, against 18 µs for libpq's
+    ``PQexecPrepared`` (which lets go of the GIL while it waits) with the rows loaded by
+    psycopg's own C ``Transformer`` (an ad-hoc loop, 2,000 SELECTs). The values are dumped
+    and the rows loaded by the same adapters as through a cursor, and an error is psycopg's
+    (``error_from_result``), so the callers and :meth:`DriverConnection._translated` see the
+    same; a connection that broke is ``broken``, as psycopg's own path leaves it. Only for a
+    connection in autocommit: in a transaction psycopg sends the BEGIN itself.
+
+    Each connection prepares at most :attr:`MAX_PREPARED` statements (a page's limit is in
+    its SQL, so a client choosing limits must not fill the server's memory); others run
+    unprepared, in one round trip too.
+    """
+
+    MAX_PREPARED = 128
+
+    def __init__(self, driver_connection: Any) -> None:
+        from psycopg import errors, pq
+        from psycopg.adapt import PyFormat, Transformer
+
+        self._pgconn = driver_connection.pgconn
+        self._transformer = Transformer(driver_connection)
+        self._text = PyFormat.TEXT
+        self._rows, self._done = pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK
+        self._error_of = errors.error_from_result
+        self._names: dict[bytes, bytes] = {}
+
+    def execute(self, query: bytes, args: Sequence[Any]) -> list[tuple]:
+        params = self._transformer.dump_sequence(args, [self._text] * len(args))
+        name = self._names.get(query)
+        if name is None and len(self._names) < self.MAX_PREPARED:
+            name = b"midonet_%d" % len(self._names)
+            prepared = self._pgconn.prepare(name, query)
+            if prepared.status != self._done:
+                raise self._error_of(prepared)
+            self._names[query] = name
+        result = (self._pgconn.exec_prepared(name, params) if name is not None
+                  else self._pgconn.exec_params(query, params))
+        if result.status == self._rows:
+            self._transformer.set_pgresult(result)
+            return self._transformer.load_rows(0, result.ntuples, tuple)
+        if result.status == self._done:
+            return []
+        raise self._error_of(result)
 
 
 # What the journal and the memberships write through: SQLAlchemy's (the Neutron plugin's
@@ -315,6 +388,25 @@ class _Prepared:
             return self.compiled.string, tuple(values[name]
                                                for name in self.compiled.positiontup)
         return self.compiled.string, values
+
+    @functools.cached_property
+    def numbered(self) -> tuple[bytes, tuple[str, ...]]:
+        """The SQL with libpq's ``$1, $2...`` for SQLAlchemy's ``%(name)s`` (``pyformat``,
+        psycopg's), and the names in that order."""
+        order: dict[str, int] = {}
+
+        def number(match: re.Match) -> str:
+            if match.group(0) == "%%":
+                return "%"
+            return f"${order.setdefault(match.group(1), len(order) + 1)}"
+        query = re.sub(r"%%|%\(([^)]+)\)s", number, self.compiled.string)
+        return query.encode(), tuple(order)
+
+    def bind_numbered(self, params: dict[str, Any]) -> tuple[bytes, list[Any]]:
+        """:meth:`bind` for :attr:`numbered`."""
+        query, names = self.numbered
+        values = self._processed({**self.literals, **params} if self.literals else params)
+        return query, [values[name] for name in names]
 
     def _processed(self, params: dict[str, Any]) -> dict[str, Any]:
         if not self.processors:
@@ -445,7 +537,7 @@ def _kept_connection(engine: Engine) -> Iterator[DriverConnection]:
                 _release(entry[0], flagged)
                 entry = None
     try:
-        yield DriverConnection(engine, entry[0])
+        yield DriverConnection(engine, entry[0], autocommit=True)
     except BaseException:
         dead = not entry[0].is_valid  # invalidated by the failure (asked before close())
         _release(entry[0], flagged)

@@ -20,6 +20,7 @@ from midonet_membership.db import engine as db_engine
 from midonet_membership.db import migration
 from midonet_membership.db.memberships import AgentMemberships
 from midonet_membership.db.models import memberships
+from midonet_membership.paging import ListQuery
 
 
 @pytest.fixture
@@ -149,3 +150,58 @@ def test_kept_connections_the_server_terminated_cost_one_retry(make_database, mo
     for _ in range(3):
         assert plugin.get(RequestContext.admin(), host)["ip_address"] == "192.0.2.62"
     engine.dispose()
+
+
+def test_a_connection_the_server_terminated_prepares_its_statements_again(make_database):
+    """Statements run through libpq are prepared on the server's backend, which dies with
+    the connection: the pool's new connection in the same slot must not take them for
+    prepared (a "prepared statement does not exist" would be a 500)."""
+    url = make_database("postgresql")
+    migration.upgrade(url)
+    engine = db_engine.create_engine(url, pool_size=1)
+    plugin = AgentMemberships(engine)
+    host = {"id": str(uuid.uuid4()), "ip_address": "192.0.2.63"}
+    plugin.create(RequestContext.admin(), [host])
+    assert plugin.get(RequestContext.admin(), host["id"]) == host  # prepared on its backend
+    before = _backend_pids(plugin)
+    _terminate_other_backends(url)
+    for _ in range(3):
+        assert plugin.get(RequestContext.admin(), host["id"]) == host
+    assert _backend_pids(plugin).isdisjoint(before)
+    engine.dispose()
+
+
+def test_a_connection_prepares_a_bounded_number_of_statements(make_database):
+    """A page's limit is written into its SQL, so each limit is a statement of its own: a
+    client walking through limits must not grow a backend's prepared statements (server
+    memory) without bound. Past the bound, statements run unprepared, with the same
+    answers."""
+    url = make_database("postgresql")
+    migration.upgrade(url)
+    engine = db_engine.create_engine(url, pool_size=1)
+    plugin = AgentMemberships(engine)
+    plugin.create(RequestContext.admin(), [
+        {"id": str(uuid.uuid4()), "ip_address": f"192.0.2.{n}"} for n in (70, 71, 72)])
+    bound = db_engine._LibpqStatements.MAX_PREPARED
+    for limit in range(1, bound + 20):
+        assert len(plugin.list(RequestContext.admin(), ListQuery(limit=limit))) == min(limit, 3)
+    statements = sa.table("pg_prepared_statements", sa.column("name"))
+    with db_engine._kept_connection(engine) as conn:
+        ours = conn.execute(sa.select(sa.func.count()).select_from(statements).where(
+            statements.c.name.startswith("midonet_"))).first()[0]
+    assert ours == bound
+    engine.dispose()
+
+
+def _backend_pids(plugin: AgentMemberships) -> set[int]:
+    with db_engine._kept_connection(plugin.engine) as conn:
+        return {conn.execute(sa.select(sa.func.pg_backend_pid())).first()[0]}
+
+
+def _terminate_other_backends(url: str) -> None:
+    admin = sa.create_engine(url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+    admin.dispose()
