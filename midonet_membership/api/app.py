@@ -112,14 +112,8 @@ class Application:
         if controller is None or len(parts) > 3:
             raise exceptions.ResourceNotFound()
         if len(parts) == 2:
-            return _route(req, controller, {
-                "GET": ("list", lambda: controller.index(req, context)),
-                "POST": ("create", lambda: controller.create(req, context))})
-        id_ = parts[2]
-        return _route(req, controller, {
-            "GET": ("show", lambda: controller.show(req, context, id_)),
-            "PUT": ("update", lambda: controller.update(req, context, id_)),
-            "DELETE": ("delete", lambda: controller.delete(req, context, id_))})
+            return _route(req, controller, _COLLECTION_ROUTES, (req, context))
+        return _route(req, controller, _MEMBER_ROUTES, (req, context, parts[2]))
 
     def _extension_route(self, req: webob.Request, rest: list[str]) -> tuple[int, Any]:
         _only(req, "GET")
@@ -173,15 +167,21 @@ def _response(status: int, body: Any, request_id: str,
     return f"{status} {webob.util.status_reasons[status]}", headers, payload
 
 
+# method -> (operation, Controller method), for a collection's URL and a member's
+_COLLECTION_ROUTES = {"GET": ("list", Controller.index), "POST": ("create", Controller.create)}
+_MEMBER_ROUTES = {"GET": ("show", Controller.show), "PUT": ("update", Controller.update),
+                  "DELETE": ("delete", Controller.delete)}
+
+
 def _route(req: webob.Request, controller: Controller,
-           handlers: dict[str, tuple[str, Callable]]) -> tuple[int, Any]:
+           handlers: dict[str, tuple[str, Callable]], args: tuple) -> tuple[int, Any]:
     """Run the handler of the request's method if the resource declares that operation."""
     resource = controller.resource
     method = "GET" if req.method == "HEAD" else req.method
     operation, handler = handlers.get(method, (None, None))
     if operation in resource.operations:
         req.environ[OPERATION] = f"{operation}_{resource.name}"
-        return handler()
+        return handler(controller, *args)
     if operation in resource.refusals:
         raise exceptions.MethodNotAllowed(resource.refusals[operation])
     allowed = sorted(m for m, (op, _) in handlers.items() if op in resource.operations)

@@ -47,7 +47,11 @@ class Wakeup:
         return self._listening.is_set()
 
     def notify(self) -> None:
-        self._event.set()
+        """Called after every commit of a task: an event already set (the importer has not
+        yet begun the read that will see this commit) need not be set again, which takes
+        its lock and wakes no one."""
+        if not self._event.is_set():
+            self._event.set()
 
     @property
     def pending(self) -> bool:

@@ -289,7 +289,7 @@ class DriverConnection:
         can hold a statement open on the database (SQLite's, a read snapshot), so each
         statement gets its own, closed after it."""
         if self.dialect.name != "postgresql":
-            return self._pooled.cursor()
+            return self._pooled.dbapi_connection.cursor()
         cursor = self._pooled.info.get(_KEPT_CURSOR)
         if cursor is None:
             cursor = self._pooled.info[_KEPT_CURSOR] = self._pooled.driver_connection.cursor()
