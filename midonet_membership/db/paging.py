@@ -23,7 +23,7 @@ from midonet_membership.paging import ListQuery
 
 
 def keyset_select(conn: AnyConnection, table: sa.Table, query: ListQuery,
-                  primary_key: str = "id") -> list[dict[str, Any]]:
+                  primary_key: str = "id") -> Page:
     order = tuple(query.order(primary_key))
     filtered = tuple(sorted(query.filters))
     params: dict[str, Any] = {f"filter_{name}": list(query.filters[name]) for name in filtered}
@@ -46,10 +46,24 @@ def keyset_select(conn: AnyConnection, table: sa.Table, query: ListQuery,
     return result
 
 
+class Page(list):
+    """A page's rows, each a dict whose keys are exactly ``row_keys`` (the table's columns):
+    the API need not look at every row to know what they hold."""
+
+    row_keys: frozenset[str]
+
+
 def _read(conn: AnyConnection, page: sa.Select, params: dict[str, Any], table: sa.Table,
-          as_json: bool) -> list[dict[str, Any]]:
+          as_json: bool) -> Page:
     rows = conn.execute(page, params).all()
-    return orjson.loads(rows[0][0]) if as_json else _as_dicts(table)(rows)
+    result = Page(orjson.loads(rows[0][0]) if as_json else _as_dicts(table)(rows))
+    result.row_keys = _column_keys(table)
+    return result
+
+
+@functools.cache
+def _column_keys(table: sa.Table) -> frozenset[str]:
+    return frozenset(table.c.keys())
 
 
 @functools.cache
