@@ -325,10 +325,12 @@ class _LibpqStatements:
 
     Each connection prepares at most :attr:`MAX_PREPARED` statements (a page's limit is in
     its SQL, so a client choosing limits must not fill the server's memory); others run
-    unprepared, in one round trip too.
+    unprepared, in one round trip too. A server that forgot them (``DISCARD ALL`` or
+    ``DEALLOCATE`` run on the connection) gets them prepared again.
     """
 
     MAX_PREPARED = 128
+    _UNKNOWN_STATEMENT = b"26000"  # invalid_sql_statement_name
 
     def __init__(self, driver_connection: Any) -> None:
         from psycopg import errors, pq
@@ -338,11 +340,25 @@ class _LibpqStatements:
         self._transformer = Transformer(driver_connection)
         self._text = PyFormat.TEXT
         self._rows, self._done = pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK
+        self._sqlstate = pq.DiagnosticField.SQLSTATE
         self._error_of = errors.error_from_result
         self._names: dict[bytes, bytes] = {}
 
     def execute(self, query: bytes, args: Sequence[Any]) -> list[tuple]:
         params = self._transformer.dump_sequence(args, [self._text] * len(args))
+        result = self._run(query, params)
+        if (result.status not in (self._rows, self._done) and query in self._names
+                and result.error_field(self._sqlstate) == self._UNKNOWN_STATEMENT):
+            self._names.clear()
+            result = self._run(query, params)
+        if result.status == self._rows:
+            self._transformer.set_pgresult(result)
+            return self._transformer.load_rows(0, result.ntuples, tuple)
+        if result.status == self._done:
+            return []
+        raise self._error_of(result)
+
+    def _run(self, query: bytes, params: Sequence[Any]) -> Any:
         name = self._names.get(query)
         if name is None and len(self._names) < self.MAX_PREPARED:
             name = b"midonet_%d" % len(self._names)
@@ -350,14 +366,9 @@ class _LibpqStatements:
             if prepared.status != self._done:
                 raise self._error_of(prepared)
             self._names[query] = name
-        result = (self._pgconn.exec_prepared(name, params) if name is not None
-                  else self._pgconn.exec_params(query, params))
-        if result.status == self._rows:
-            self._transformer.set_pgresult(result)
-            return self._transformer.load_rows(0, result.ntuples, tuple)
-        if result.status == self._done:
-            return []
-        raise self._error_of(result)
+        if name is None:
+            return self._pgconn.exec_params(query, params)
+        return self._pgconn.exec_prepared(name, params)
 
 
 # What the journal and the memberships write through: SQLAlchemy's (the Neutron plugin's

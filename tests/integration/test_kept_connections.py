@@ -205,3 +205,22 @@ def _terminate_other_backends(url: str) -> None:
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
     admin.dispose()
+
+
+def test_statements_the_server_forgot_are_prepared_again(make_database):
+    """``DISCARD ALL`` (a pooler's or an operator's reset) drops a backend's prepared
+    statements while its connection lives on: the next request prepares them again instead
+    of failing with "prepared statement does not exist"."""
+    url = make_database("postgresql")
+    migration.upgrade(url)
+    engine = db_engine.create_engine(url, pool_size=1)
+    plugin = AgentMemberships(engine)
+    host = {"id": str(uuid.uuid4()), "ip_address": "192.0.2.66"}
+    plugin.create(RequestContext.admin(), [host])
+    assert plugin.get(RequestContext.admin(), host["id"]) == host
+    pid = _backend_pids(plugin)
+    with db_engine._kept_connection(engine) as conn:
+        conn._pooled.driver_connection.execute("DISCARD ALL")
+    assert plugin.get(RequestContext.admin(), host["id"]) == host
+    assert _backend_pids(plugin) == pid  # the same connection: nothing was retried
+    engine.dispose()
