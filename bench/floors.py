@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import sqlite3
 import sys
 import threading
@@ -203,7 +204,9 @@ class DatabaseFloor:
 
     def setting(self) -> str:
         if self.backend == "postgresql":
-            return ("psycopg 3, autocommit, one connection per client thread; create/delete: "
+            return ("psycopg 3's libpq, autocommit, each statement prepared once per "
+                    "connection (PQexecPrepared, values and rows through psycopg's C "
+                    "adapters, as ours), one connection per client thread; create/delete: "
                     "one statement (data-modifying CTE + task INSERT)")
         return ("sqlite3, WAL, synchronous=NORMAL, one connection per client thread; "
                 "create/delete: BEGIN IMMEDIATE + 2 statements + COMMIT under a process lock; "
@@ -225,22 +228,22 @@ class DatabaseFloor:
 
     @staticmethod
     def _pg(op: str) -> DbOperation:
-        sql = PG_SQL[op]
+        query, names = _numbered(PG_SQL[op])
+        name = op.encode()
 
         def write(conn: Any, item: tuple[str, str]) -> None:
             id_, ip = item
-            conn.execute(sql, {"id": id_, "ip_address": ip, "tenant_id": "admin",
-                               "data": json.dumps({"id": id_, "ip_address": ip},
-                                                  sort_keys=True),
-                               "transaction_id": f"req-{uuid.uuid4()}",
-                               "created_at": _created_at(), "requested_by": "admin",
-                               "requested_from": "127.0.0.1"}).fetchall()
+            _run_prepared(conn, name, query, names, {
+                "id": id_, "ip_address": ip, "tenant_id": "admin",
+                "data": json.dumps({"id": id_, "ip_address": ip}, sort_keys=True),
+                "transaction_id": f"req-{uuid.uuid4()}", "created_at": _created_at(),
+                "requested_by": "admin", "requested_from": "127.0.0.1"})
 
         def show(conn: Any, item: tuple[str, str]) -> None:
-            conn.execute(sql, {"id": item[0]}).fetchall()
+            _run_prepared(conn, name, query, names, {"id": item[0]})
 
         def page(conn: Any, marker: str | None) -> None:
-            conn.execute(sql, {"marker": marker} if marker else None).fetchall()
+            _run_prepared(conn, name, query, names, {"marker": marker} if marker else {})
         return {"create": write, "delete": write, "show": show}.get(op, page)
 
     def _sqlite(self, op: str) -> DbOperation:
@@ -273,6 +276,48 @@ class DatabaseFloor:
         def page(conn: sqlite3.Connection, marker: str | None) -> None:
             conn.execute(sql, (marker,) if marker else ()).fetchall()
         return {"create": create, "delete": delete, "show": show}.get(op, page)
+
+
+def _numbered(sql: str) -> tuple[bytes, list[str]]:
+    """``sql`` with libpq's ``$1, $2...`` for its ``%(name)s``, and the names in order."""
+    names: list[str] = []
+
+    def number(match: re.Match) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+    return re.sub(r"%\(([^)]+)\)s", number, sql).encode(), names
+
+
+_transformers: dict[int, Any] = {}  # per connection (id): its psycopg Transformer
+_prepared: set[tuple[int, bytes]] = set()  # (connection id, statement name)
+
+
+def _run_prepared(conn: Any, name: bytes, query: bytes, names: list[str],
+                  values: dict[str, Any]) -> list[tuple]:
+    """Run ``query`` as ours runs a statement on PostgreSQL (db/engine.py,
+    ``_LibpqStatements``): prepared once per connection, then libpq's ``PQexecPrepared``,
+    the values dumped and the rows loaded by psycopg's C adapters, without psycopg's Python
+    cursor around it. The values keep psycopg's types (ours' SQL casts them instead)."""
+    from psycopg import errors, pq
+    from psycopg.adapt import PyFormat, Transformer
+
+    transformer = _transformers.get(id(conn))
+    if transformer is None:
+        transformer = _transformers[id(conn)] = Transformer(conn)
+    params = transformer.dump_sequence([values[n] for n in names], [PyFormat.AUTO] * len(names))
+    if (id(conn), name) not in _prepared:
+        result = conn.pgconn.prepare(name, query, transformer.types)
+        if result.status != pq.ExecStatus.COMMAND_OK:
+            raise errors.error_from_result(result)
+        _prepared.add((id(conn), name))
+    result = conn.pgconn.exec_prepared(name, params, transformer.formats)
+    if result.status == pq.ExecStatus.TUPLES_OK:
+        transformer.set_pgresult(result)
+        return transformer.load_rows(0, result.ntuples, tuple)
+    if result.status != pq.ExecStatus.COMMAND_OK:
+        raise errors.error_from_result(result)
+    return []
 
 
 def main() -> int:
