@@ -134,13 +134,7 @@ def test_kept_connections_the_server_terminated_cost_one_retry(make_database, mo
     with contextlib.ExitStack() as concurrent:  # 25 requests at once: 25 kept connections
         for _ in range(25):
             concurrent.enter_context(db_engine._kept_connection(engine))
-    admin = sa.create_engine(url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        killed = conn.execute(sa.text(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
-    admin.dispose()
-    assert killed >= 25
+    assert _terminate_other_backends(url) >= 25
     attempts = []
     execute = db_engine.DriverConnection.execute
     monkeypatch.setattr(db_engine.DriverConnection, "execute",
@@ -152,75 +146,77 @@ def test_kept_connections_the_server_terminated_cost_one_retry(make_database, mo
     engine.dispose()
 
 
-def test_a_connection_the_server_terminated_prepares_its_statements_again(make_database):
-    """Statements run through libpq are prepared on the server's backend, which dies with
-    the connection: the pool's new connection in the same slot must not take them for
-    prepared (a "prepared statement does not exist" would be a 500)."""
+@pytest.fixture
+def one_postgresql_connection(make_database) -> Iterator[AgentMemberships]:
+    """The plugin on a fresh PostgreSQL database, its pool one connection (and one overflow):
+    at c=1 every statement runs on the same kept connection."""
     url = make_database("postgresql")
     migration.upgrade(url)
     engine = db_engine.create_engine(url, pool_size=1)
-    plugin = AgentMemberships(engine)
-    host = {"id": str(uuid.uuid4()), "ip_address": "192.0.2.63"}
-    plugin.create(RequestContext.admin(), [host])
-    assert plugin.get(RequestContext.admin(), host["id"]) == host  # prepared on its backend
-    before = _backend_pids(plugin)
-    _terminate_other_backends(url)
-    for _ in range(3):
-        assert plugin.get(RequestContext.admin(), host["id"]) == host
-    assert _backend_pids(plugin).isdisjoint(before)
+    yield AgentMemberships(engine)
     engine.dispose()
 
 
-def test_a_connection_prepares_a_bounded_number_of_statements(make_database):
+def test_a_connection_the_server_terminated_prepares_its_statements_again(
+        one_postgresql_connection):
+    """Statements run through libpq are prepared on the server's backend, which dies with
+    the connection: the pool's new connection in the same slot must not take them for
+    prepared (a "prepared statement does not exist" would be a 500)."""
+    plugin = one_postgresql_connection
+    host = {"id": str(uuid.uuid4()), "ip_address": "192.0.2.63"}
+    plugin.create(RequestContext.admin(), [host])
+    assert plugin.get(RequestContext.admin(), host["id"]) == host  # prepared on its backend
+    before = _backend_pid(plugin)
+    _terminate_other_backends(plugin.engine.url)
+    for _ in range(3):
+        assert plugin.get(RequestContext.admin(), host["id"]) == host
+    assert _backend_pid(plugin) != before
+
+
+def test_statements_the_server_forgot_are_prepared_again(one_postgresql_connection):
+    """``DISCARD ALL`` (a pooler's or an operator's reset) drops a backend's prepared
+    statements while its connection lives on: the next request prepares them again instead
+    of failing with "prepared statement does not exist"."""
+    plugin = one_postgresql_connection
+    host = {"id": str(uuid.uuid4()), "ip_address": "192.0.2.66"}
+    plugin.create(RequestContext.admin(), [host])
+    assert plugin.get(RequestContext.admin(), host["id"]) == host
+    pid = _backend_pid(plugin)
+    with db_engine._kept_connection(plugin.engine) as conn:
+        conn._pooled.driver_connection.execute("DISCARD ALL")
+    assert plugin.get(RequestContext.admin(), host["id"]) == host
+    assert _backend_pid(plugin) == pid  # the same connection: nothing was retried
+
+
+def test_a_connection_prepares_a_bounded_number_of_statements(one_postgresql_connection):
     """A page's limit is written into its SQL, so each limit is a statement of its own: a
     client walking through limits must not grow a backend's prepared statements (server
     memory) without bound. Past the bound, statements run unprepared, with the same
     answers."""
-    url = make_database("postgresql")
-    migration.upgrade(url)
-    engine = db_engine.create_engine(url, pool_size=1)
-    plugin = AgentMemberships(engine)
+    plugin = one_postgresql_connection
     plugin.create(RequestContext.admin(), [
         {"id": str(uuid.uuid4()), "ip_address": f"192.0.2.{n}"} for n in (70, 71, 72)])
     bound = db_engine._LibpqStatements.MAX_PREPARED
     for limit in range(1, bound + 20):
         assert len(plugin.list(RequestContext.admin(), ListQuery(limit=limit))) == min(limit, 3)
     statements = sa.table("pg_prepared_statements", sa.column("name"))
-    with db_engine._kept_connection(engine) as conn:
+    with db_engine._kept_connection(plugin.engine) as conn:
         ours = conn.execute(sa.select(sa.func.count()).select_from(statements).where(
             statements.c.name.startswith("midonet_"))).first()[0]
     assert ours == bound
-    engine.dispose()
 
 
-def _backend_pids(plugin: AgentMemberships) -> set[int]:
+def _backend_pid(plugin: AgentMemberships) -> int:
     with db_engine._kept_connection(plugin.engine) as conn:
-        return {conn.execute(sa.select(sa.func.pg_backend_pid())).first()[0]}
+        return conn.execute(sa.select(sa.func.pg_backend_pid())).first()[0]
 
 
-def _terminate_other_backends(url: str) -> None:
+def _terminate_other_backends(url: sa.URL | str) -> int:
+    """Kill every other connection to the database; how many there were."""
     admin = sa.create_engine(url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
-        conn.execute(sa.text(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        killed = conn.execute(sa.text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
     admin.dispose()
-
-
-def test_statements_the_server_forgot_are_prepared_again(make_database):
-    """``DISCARD ALL`` (a pooler's or an operator's reset) drops a backend's prepared
-    statements while its connection lives on: the next request prepares them again instead
-    of failing with "prepared statement does not exist"."""
-    url = make_database("postgresql")
-    migration.upgrade(url)
-    engine = db_engine.create_engine(url, pool_size=1)
-    plugin = AgentMemberships(engine)
-    host = {"id": str(uuid.uuid4()), "ip_address": "192.0.2.66"}
-    plugin.create(RequestContext.admin(), [host])
-    assert plugin.get(RequestContext.admin(), host["id"]) == host
-    pid = _backend_pids(plugin)
-    with db_engine._kept_connection(engine) as conn:
-        conn._pooled.driver_connection.execute("DISCARD ALL")
-    assert plugin.get(RequestContext.admin(), host["id"]) == host
-    assert _backend_pids(plugin) == pid  # the same connection: nothing was retried
-    engine.dispose()
+    return killed
