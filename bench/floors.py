@@ -31,6 +31,7 @@ import sys
 import threading
 import urllib.parse
 import uuid
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -289,8 +290,10 @@ def _numbered(sql: str) -> tuple[bytes, list[str]]:
     return re.sub(r"%\(([^)]+)\)s", number, sql).encode(), names
 
 
-_transformers: dict[int, Any] = {}  # per connection (id): its psycopg Transformer
-_prepared: set[tuple[int, bytes]] = set()  # (connection id, statement name)
+# Per open connection: its psycopg Transformer and the names of the statements it prepared
+# (keyed by the connection itself: a closed one's id may come back with a new connection).
+_statements: weakref.WeakKeyDictionary[Any, tuple[Any, set[bytes]]] = (
+    weakref.WeakKeyDictionary())
 
 
 def _run_prepared(conn: Any, name: bytes, query: bytes, names: list[str],
@@ -302,15 +305,15 @@ def _run_prepared(conn: Any, name: bytes, query: bytes, names: list[str],
     from psycopg import errors, pq
     from psycopg.adapt import PyFormat, Transformer
 
-    transformer = _transformers.get(id(conn))
-    if transformer is None:
-        transformer = _transformers[id(conn)] = Transformer(conn)
+    if conn not in _statements:
+        _statements[conn] = (Transformer(conn), set())
+    transformer, prepared = _statements[conn]
     params = transformer.dump_sequence([values[n] for n in names], [PyFormat.AUTO] * len(names))
-    if (id(conn), name) not in _prepared:
+    if name not in prepared:
         result = conn.pgconn.prepare(name, query, transformer.types)
         if result.status != pq.ExecStatus.COMMAND_OK:
             raise errors.error_from_result(result)
-        _prepared.add((id(conn), name))
+        prepared.add(name)
     result = conn.pgconn.exec_prepared(name, params, transformer.formats)
     if result.status == pq.ExecStatus.TUPLES_OK:
         transformer.set_pgresult(result)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import logging
 import random
 import re
@@ -343,6 +344,7 @@ class _LibpqStatements:
         self._sqlstate = pq.DiagnosticField.SQLSTATE
         self._error_of = errors.error_from_result
         self._names: dict[bytes, bytes] = {}
+        self._numbers = itertools.count()  # a name is never used twice on a connection
 
     def execute(self, query: bytes, args: Sequence[Any]) -> list[tuple]:
         params = self._transformer.dump_sequence(args, [self._text] * len(args))
@@ -361,7 +363,7 @@ class _LibpqStatements:
     def _run(self, query: bytes, params: Sequence[Any]) -> Any:
         name = self._names.get(query)
         if name is None and len(self._names) < self.MAX_PREPARED:
-            name = b"midonet_%d" % len(self._names)
+            name = b"midonet_%d" % next(self._numbers)
             prepared = self._pgconn.prepare(name, query)
             if prepared.status != self._done:
                 raise self._error_of(prepared)

@@ -173,18 +173,28 @@ def test_a_connection_the_server_terminated_prepares_its_statements_again(
     assert _backend_pid(plugin) != before
 
 
-def test_statements_the_server_forgot_are_prepared_again(one_postgresql_connection):
+@pytest.mark.parametrize("forget", ["DISCARD ALL", "DEALLOCATE the show"])
+def test_statements_the_server_forgot_are_prepared_again(one_postgresql_connection, forget):
     """``DISCARD ALL`` (a pooler's or an operator's reset) drops a backend's prepared
-    statements while its connection lives on: the next request prepares them again instead
-    of failing with "prepared statement does not exist"."""
+    statements while its connection lives on, ``DEALLOCATE`` one of them: the next request
+    prepares it again instead of failing with "prepared statement does not exist", under a
+    name the backend does not hold (it still holds the others)."""
     plugin = one_postgresql_connection
     host = {"id": str(uuid.uuid4()), "ip_address": "192.0.2.66"}
     plugin.create(RequestContext.admin(), [host])
     assert plugin.get(RequestContext.admin(), host["id"]) == host
     pid = _backend_pid(plugin)
     with db_engine._kept_connection(plugin.engine) as conn:
-        conn._pooled.driver_connection.execute("DISCARD ALL")
+        driver = conn._pooled.driver_connection
+        if forget == "DISCARD ALL":
+            driver.execute("DISCARD ALL")
+        else:
+            (name,) = driver.execute(
+                "SELECT name FROM pg_prepared_statements WHERE statement LIKE 'SELECT %' "
+                "AND statement LIKE '%WHERE midonet_agent_memberships.id = %'").fetchone()
+            driver.execute(f"DEALLOCATE {name}")
     assert plugin.get(RequestContext.admin(), host["id"]) == host
+    plugin.create(RequestContext.admin(), [{"id": str(uuid.uuid4()), "ip_address": "192.0.2.67"}])
     assert _backend_pid(plugin) == pid  # the same connection: nothing was retried
 
 
