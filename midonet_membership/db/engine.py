@@ -326,8 +326,10 @@ class _LibpqStatements:
 
     Each connection prepares at most :attr:`MAX_PREPARED` statements (a page's limit is in
     its SQL, so a client choosing limits must not fill the server's memory); others run
-    unprepared, in one round trip too. A server that forgot them (``DISCARD ALL`` or
-    ``DEALLOCATE`` run on the connection) gets them prepared again.
+    unprepared, in one round trip too. A backend that forgot them gets them prepared again,
+    under names it never held: ``DISCARD ALL`` or ``DEALLOCATE`` run on the connection, and
+    psycopg's own ``DEALLOCATE ALL`` after a ROLLBACK, when a transaction that took the
+    connection from the pool had had psycopg prepare a statement of its own.
     """
 
     MAX_PREPARED = 128

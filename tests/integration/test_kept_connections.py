@@ -198,6 +198,39 @@ def test_statements_the_server_forgot_are_prepared_again(one_postgresql_connecti
     assert _backend_pid(plugin) == pid  # the same connection: nothing was retried
 
 
+def test_psycopgs_own_deallocate_all_after_a_rollback_costs_nothing(
+        one_postgresql_connection):
+    """A kept connection that saw a 409 goes back to the pool, where a transaction takes it:
+    psycopg's cursor prepares a statement run five times and, at the ROLLBACK, sends
+    ``DEALLOCATE ALL``, dropping ours too. When the connection is kept again, every
+    statement must still be answered, and one prepared again must not take a name the
+    backend still holds (the 60 s held-transaction test failed in CI with "prepared
+    statement midonet_3 already exists" when names were reused)."""
+    plugin = one_postgresql_connection
+    hosts = [{"id": str(uuid.uuid4()), "ip_address": f"192.0.2.{n}"} for n in (80, 81, 82)]
+    plugin.create(RequestContext.admin(), [hosts[0]])
+    assert plugin.get(RequestContext.admin(), hosts[0]["id"]) == hosts[0]
+    kept_pid = _backend_pid(plugin)
+    with pytest.raises(exceptions.AgentMembershipExists):  # back to the pool
+        plugin.create(RequestContext.admin(), [hosts[0]])
+    with plugin.engine.connect() as conn:
+        with conn.begin() as transaction:
+            assert conn.execute(sa.select(sa.func.pg_backend_pid())).scalar() == kept_pid
+            for _ in range(6):  # psycopg prepares it at the fifth
+                conn.execute(sa.select(memberships.c.id).where(
+                    memberships.c.id == hosts[0]["id"])).all()
+            transaction.rollback()  # psycopg: ROLLBACK, then DEALLOCATE ALL
+        prepared = sa.text("SELECT count(*) FROM pg_prepared_statements")
+        assert conn.execute(prepared).scalar() == 0
+    # A statement new to the connection, then one it had prepared, then the new one again.
+    assert plugin.list(RequestContext.admin(), ListQuery(limit=5)) == [hosts[0]]
+    assert plugin.get(RequestContext.admin(), hosts[0]["id"]) == hosts[0]
+    plugin.create(RequestContext.admin(), [hosts[1]])
+    assert len(plugin.list(RequestContext.admin(), ListQuery(limit=5))) == 2
+    plugin.delete(RequestContext.admin(), hosts[1]["id"])
+    assert _backend_pid(plugin) == kept_pid
+
+
 def test_a_connection_prepares_a_bounded_number_of_statements(one_postgresql_connection):
     """A page's limit is written into its SQL, so each limit is a statement of its own: a
     client walking through limits must not grow a backend's prepared statements (server
