@@ -35,7 +35,10 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
+from psycopg import errors, pq
+from psycopg.adapt import PyFormat, Transformer
 
 # -- the HTTP floor ----------------------------------------------------------------------------
 
@@ -215,8 +218,6 @@ class DatabaseFloor:
 
     def connect(self) -> Any:
         if self.backend == "postgresql":
-            import psycopg
-
             return psycopg.connect(self.conninfo, autocommit=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                timeout=30)
@@ -302,9 +303,6 @@ def _run_prepared(conn: Any, name: bytes, query: bytes, names: list[str],
     ``_LibpqStatements``): prepared once per connection, then libpq's ``PQexecPrepared``,
     the values dumped and the rows loaded by psycopg's C adapters, without psycopg's Python
     cursor around it. The values keep psycopg's types (ours' SQL casts them instead)."""
-    from psycopg import errors, pq
-    from psycopg.adapt import PyFormat, Transformer
-
     if conn not in _statements:
         _statements[conn] = (Transformer(conn), set())
     transformer, prepared = _statements[conn]

@@ -398,7 +398,7 @@ class _Prepared:
             expanded = self.compiled.construct_expanded_state(self._processed(params))
             return expanded.statement, (expanded.positional_parameters
                                         if self.compiled.positional else expanded.parameters)
-        values = self._processed({**self.literals, **params} if self.literals else params)
+        values = self._values(params)
         if self.compiled.positional:
             return self.compiled.string, tuple(values[name]
                                                for name in self.compiled.positiontup)
@@ -420,8 +420,12 @@ class _Prepared:
     def bind_numbered(self, params: dict[str, Any]) -> tuple[bytes, list[Any]]:
         """:meth:`bind` for :attr:`numbered`."""
         query, names = self.numbered
-        values = self._processed({**self.literals, **params} if self.literals else params)
+        values = self._values(params)
         return query, [values[name] for name in names]
+
+    def _values(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` with the statement's own literals, through the bind processors."""
+        return self._processed({**self.literals, **params} if self.literals else params)
 
     def _processed(self, params: dict[str, Any]) -> dict[str, Any]:
         if not self.processors:
