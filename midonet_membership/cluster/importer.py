@@ -197,15 +197,20 @@ class Importer:
         step's read (on PostgreSQL ~0.3 ms of the importer's CPU, on SQLite it queues with
         the API's writers), and under a stream of creates a step carries a handful of them.
         The copy may lag, never lead: steps copy it every ``POSITION_COPY_INTERVAL`` while
-        the importer is busy, and it is brought up to date before the importer waits."""
+        the importer is busy, and it is brought up to date when the importer goes idle."""
+        if self.position_copy_due_in(at_most_every) != 0.0:
+            return
+        done = self.position.done_through
+        journal.set_last_processed(self.engine, done)
+        self._copied, self._copied_at = done, time.monotonic()
+
+    def position_copy_due_in(self, at_most_every: float = POSITION_COPY_INTERVAL) -> float | None:
+        """Seconds until :meth:`copy_position` with ``at_most_every`` would copy (0.0: now);
+        None when the position has not moved since the last copy."""
         done = self.position.done_through
         if done is None or done == self._copied:
-            return
-        now = time.monotonic()
-        if now - self._copied_at < at_most_every:
-            return
-        journal.set_last_processed(self.engine, done)
-        self._copied, self._copied_at = done, now
+            return None
+        return max(0.0, self._copied_at + at_most_every - time.monotonic())
 
     def _gap_windows(self) -> int:
         return max(1, -(-len(self.position.gaps) // MAX_GAPS_PER_READ))
@@ -469,9 +474,13 @@ def _lead(importer: Importer, wakeup: Wakeup, stop: threading.Event,
     """Import at every wake-up. After a catch-up that applied tasks, ``batch_window``
     passes before the next read: under a stream of commits each apply then carries what
     arrived meanwhile instead of one task (each apply is a read and an NSDB transaction,
-    whatever its size), while a change arriving at an idle importer is read at once. The
-    position is copied to ``last_processed_id`` before the importer waits with nothing
-    pending, and every ``POSITION_COPY_INTERVAL`` while it never does."""
+    whatever its size), while a change arriving at an idle importer is read at once.
+
+    The position is copied to ``last_processed_id`` every ``POSITION_COPY_INTERVAL`` while
+    the importer is busy, and when it goes idle, but not sooner than that interval after
+    the last copy: until then it waits as usual, for at most the rest of the interval. A
+    stream of commits that pauses longer than the batch window (a loaded machine) would
+    otherwise make every pause a copy, a write transaction of its own each."""
     synced = False
     outage = Outage()
     while not stop.is_set() and not lost.is_set():
@@ -482,13 +491,15 @@ def _lead(importer: Importer, wakeup: Wakeup, stop: threading.Event,
             applied = importer.catch_up(copy_position=False)
             if applied and batch_window:
                 stop.wait(batch_window)
-            if not wakeup.pending:  # going idle: last_processed_id up to date first
+            copy_due_in = importer.position_copy_due_in()
+            if copy_due_in == 0.0 and not wakeup.pending:  # going idle: copy first
                 importer.copy_position()
+                copy_due_in = None
         except Exception as exc:  # a database or NSDB outage: retry, never die
             synced = False
             stop.wait(outage.failed(exc))
             continue
         outage.succeeded()
-        wakeup.wait(gaps_open=bool(importer.position.gaps))
+        wakeup.wait(gaps_open=bool(importer.position.gaps), at_most=copy_due_in)
     if lost.is_set():
         LOG.warning("leadership lost; campaigning again")

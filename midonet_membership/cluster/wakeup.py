@@ -58,17 +58,22 @@ class Wakeup:
         """Whether a notification arrived since the last :meth:`wait` returned."""
         return self._event.is_set()
 
-    def wait(self, gaps_open: bool = False) -> None:
+    def wait(self, gaps_open: bool = False, at_most: float | None = None) -> None:
         """Return at the next notification, or at the next poll that may find a task.
 
         ``gaps_open``: the importer has id gaps to settle, which no commit announces (a
         rolled-back id is final when its writer has ended, seen only by a read): every poll
         then reads the journal, so that ``last_processed_id`` and ``task-clean``'s low
-        watermark move on in a tenth of a second, not at the next safety poll."""
+        watermark move on in a tenth of a second, not at the next safety poll.
+        ``at_most``: return after that many seconds whatever happens (the importer has a
+        position copy to make then)."""
+        safety_interval = SAFETY_POLL_INTERVAL if at_most is None else min(
+            at_most, SAFETY_POLL_INTERVAL)
         if self.listening and not gaps_open:
-            self._event.wait(max(self.poll_interval, SAFETY_POLL_INTERVAL))
+            self._event.wait(safety_interval if at_most is not None
+                             else max(self.poll_interval, safety_interval))
         else:
-            safety = time.monotonic() + SAFETY_POLL_INTERVAL
+            safety = time.monotonic() + safety_interval
             while not self._event.wait(self.poll_interval):
                 if (gaps_open or self._data_version is None or self._data_version.changed()
                         or time.monotonic() >= safety):
