@@ -288,6 +288,7 @@ class ThreadedServer:
         self.server = wsgi.Server((host, port), app, numthreads=threads,
                                   request_queue_size=256, server_name="midonet-membership")
         self.server.ConnectionClass = _NeutronErrorConnection
+        _serve_most_recent_waiter_first(self.server.requests)
         # cheroot reads request line and headers without limit by default: a client could
         # fill memory with one endless header. 64 KiB holds any token (gunicorn: 8 KiB/field).
         self.server.max_request_header_size = MAX_HEADER_BYTES
@@ -322,7 +323,7 @@ def serve_workers(app_factory: Callable[[], Callable], host: str, port: int, wor
     class _Gunicorn(BaseApplication):
         def load_config(self) -> None:
             for key, value in {"bind": f"{host}:{port}", "workers": workers,
-                               "threads": threads, "worker_class": "gthread",
+                               "threads": threads, "worker_class": _gthread_worker(),
                                "accesslog": None, "errorlog": "-", "loglevel": "warning",
                                "timeout": 60, "graceful_timeout": 10}.items():
                 self.cfg.set(key, value)
@@ -333,6 +334,27 @@ def serve_workers(app_factory: Callable[[], Callable], host: str, port: int, wor
             return app
 
     _Gunicorn().run()
+
+
+def _serve_most_recent_waiter_first(pool) -> None:
+    """cheroot's thread pool, its requests handed to the thread that went idle last (its
+    queue is private; set before ``prepare()`` starts the threads)."""
+    from midonet_membership.api.threads import MostRecentWaiterFirst
+
+    pool._queue = MostRecentWaiterFirst()
+    pool.get = pool._queue.get
+
+
+def _gthread_worker() -> type:
+    """gunicorn's gthread worker, its requests served by the most recently idle thread."""
+    from gunicorn.workers.gthread import ThreadWorker
+
+    from midonet_membership.api.threads import MostRecentlyIdleThreads
+
+    class Worker(ThreadWorker):
+        def get_thread_pool(self) -> MostRecentlyIdleThreads:
+            return MostRecentlyIdleThreads(self.cfg.threads)
+    return Worker
 
 
 def freeze_startup_objects() -> None:

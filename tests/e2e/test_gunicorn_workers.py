@@ -1,0 +1,101 @@
+"""``midonet-membership api`` keeps what gunicorn brings with its own thread pool in the
+worker (api/threads.py): a killed worker is replaced, ``SIGHUP`` replaces the workers
+without refusing a request, and eight clients at once are all answered."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+
+from tests.fixtures.importer import wait_until
+from tests.fixtures.servers import ProductionApi
+
+PATH = "/v2.0/agent-memberships"
+
+
+def _workers(master: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == master:
+                found.add(int(entry))
+    return found
+
+
+def _answers(client) -> bool:
+    try:
+        return client.get(f"{PATH}?limit=1").status == 200
+    except OSError:
+        return False
+
+
+def test_a_killed_worker_is_replaced(tmp_path, make_database):
+    server = ProductionApi(tmp_path, make_database("sqlite"))
+    try:
+        client = server.client()
+        assert client.get(f"{PATH}?limit=1").status == 200
+        killed, = _workers(server.process.pid)
+        os.kill(killed, signal.SIGKILL)
+        wait_until(lambda: _workers(server.process.pid) - {killed} and _answers(client),
+                   timeout=30)
+        assert killed not in _workers(server.process.pid)
+    finally:
+        server.stop()
+
+
+def test_sighup_replaces_the_workers_and_every_request_is_answered(tmp_path, make_database):
+    server = ProductionApi(tmp_path, make_database("sqlite"))
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def ask() -> None:
+        client = server.client()  # a new connection per request: none outlives a worker
+        while not stop.is_set():
+            statuses.append(client.get(f"{PATH}?limit=1").status)
+
+    try:
+        before = _workers(server.process.pid)
+        asking = threading.Thread(target=ask)
+        asking.start()
+        time.sleep(0.3)
+        os.kill(server.process.pid, signal.SIGHUP)
+        wait_until(lambda: _workers(server.process.pid) and not (
+            _workers(server.process.pid) & before), timeout=30)
+        time.sleep(0.3)
+        stop.set()
+        asking.join(30)
+    finally:
+        stop.set()
+        server.stop()
+    assert statuses and set(statuses) == {200}, f"{len(statuses)} requests: {set(statuses)}"
+
+
+def test_eight_clients_at_once_are_all_answered(tmp_path, make_database):
+    server = ProductionApi(tmp_path, make_database("sqlite"))
+    created: list[int] = []
+
+    def create(n: int) -> None:
+        client = server.client()
+        for i in range(25):
+            created.append(client.post(PATH, {"agent_membership": {
+                "id": str(uuid.uuid4()), "ip_address": f"192.0.2.{n * 25 + i + 1}"}}).status)
+
+    try:
+        clients = [threading.Thread(target=create, args=(n,)) for n in range(8)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join(60)
+        listed = server.client().get(f"{PATH}?limit=500").json["agent_memberships"]
+    finally:
+        server.stop()
+    assert created == [201] * 200
+    assert len(listed) == 200
