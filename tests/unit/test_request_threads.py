@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from midonet_membership.api.threads import MostRecentlyIdleThreads
+from midonet_membership.api.threads import MostRecentlyIdleThreads, MostRecentWaiterFirst
 
 
 def _serve_one_client(pool, requests: int) -> list[str]:
@@ -81,3 +81,42 @@ def test_shutdown_ends_idle_threads_and_refuses_new_work():
         time.sleep(0.01)
     with pytest.raises(RuntimeError):
         pool.submit(time.sleep, 0)
+
+
+def _waiting_threads(queue, names: list[str], got: list[tuple[str, object]]) -> None:
+    """Start one thread per name, each blocked in ``get``, in the order of ``names``."""
+    for name in names:
+        def take(name=name) -> None:
+            got.append((name, queue.get()))
+        threading.Thread(target=take, daemon=True).start()
+        deadline = time.monotonic() + 5
+        while len(queue._waiters) < names.index(name) + 1:  # noqa: SLF001 - it is waiting
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+
+
+def test_cheroots_queue_wakes_the_thread_that_began_waiting_last():
+    queue = MostRecentWaiterFirst()
+    got: list[tuple[str, object]] = []
+    _waiting_threads(queue, ["first", "second", "third"], got)
+    queue.put("a")
+    deadline = time.monotonic() + 5
+    while not got:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert got == [("third", "a")]
+    queue.put("b")
+    queue.put("c")
+    deadline = time.monotonic() + 5
+    while len(got) < 3:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert got[1:] == [("second", "b"), ("first", "c")]
+
+
+def test_cheroots_queue_keeps_items_in_order_while_no_thread_waits():
+    queue = MostRecentWaiterFirst()
+    for item in range(3):
+        queue.put(item)
+    assert queue.qsize() == 3
+    assert [queue.get() for _ in range(3)] == [0, 1, 2]
