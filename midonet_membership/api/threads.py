@@ -1,24 +1,18 @@
 """Request threads that take work most recently idle first, for both HTTP servers.
 
-Both servers' stock thread pools give a request to the thread that has waited longest, so
-one client is served by each thread in turn, each with caches its last request left cold
-and one more hand-off of the GIL. Serving the all-in-one's shows from one thread instead of
-cheroot's sixteen saved 5 % of a show's CPU; gunicorn's production worker, 20 % (issue 12,
-README).
+Both servers' stock pools give a request to the thread that has waited longest, so one
+client is served by each thread in turn, each with caches its last request left cold and
+one more hand-off of the GIL: a fifth of a PostgreSQL show's CPU in gunicorn's worker at
+c=1 (issue 12, docs/api-performance.md).
 
-gunicorn's gthread worker (:class:`MostRecentlyIdleThreads`):
-
-gunicorn hands each request to a ``concurrent.futures.ThreadPoolExecutor``, whose idle
-threads wait on one queue and take work oldest waiter first, and which counts a thread
-idle only after the request's done-callback has run. That callback wakes gunicorn's main
-thread to watch the kept-alive connection again; when the client's next request is
-already there, the main thread submits it before the thread that served the previous one
-counts as idle, and the executor starts another thread. From then on even a single client
-is served by the threads in turn, each with caches its last request left cold and another
-hand-off of the GIL.
-
-cheroot's thread pool (:class:`MostRecentWaiterFirst`): its threads wait on one
-``queue.Queue``, whose condition wakes the oldest waiter.
+- gunicorn's gthread worker submits to a ``ThreadPoolExecutor``, which counts a thread
+  idle only after the request's done-callback has run. That callback has gunicorn's main
+  thread watch the kept-alive connection again, and when the client's next request is
+  already there it is submitted before the thread counts as idle: the executor starts
+  another one, and from then on its threads take turns. :class:`MostRecentlyIdleThreads`
+  replaces it.
+- cheroot's threads wait on one ``queue.Queue``, whose condition wakes the oldest waiter:
+  :class:`MostRecentWaiterFirst` replaces it.
 """
 
 from __future__ import annotations
@@ -44,9 +38,9 @@ class _Thread:
 
 class MostRecentlyIdleThreads:
     """The part of ``ThreadPoolExecutor`` gunicorn's gthread worker uses: ``submit`` and
-    ``shutdown``. At most ``max_threads`` threads, started as work needs them; work goes
-    to the thread that went idle last, else waits for a thread finishing its request
-    (it is publishing the result), else starts a thread, else waits in order of arrival."""
+    ``shutdown``. At most ``max_threads`` threads, started as work needs them. Work goes
+    to the thread that went idle last; else to a thread finishing its request (publishing
+    its result), one piece each; else to a new thread; else it waits its turn."""
 
     def __init__(self, max_threads: int, name: str = "request") -> None:
         self._max = max_threads
@@ -68,8 +62,8 @@ class MostRecentlyIdleThreads:
                 thread = self._idle.pop()
                 thread.work = work
                 thread.wake.release()
-            elif self._finishing or self._started >= self._max:
-                self._waiting.append(work)
+            elif len(self._waiting) < self._finishing or self._started >= self._max:
+                self._waiting.append(work)  # a finishing thread takes it in a moment
             else:
                 self._started += 1
                 threading.Thread(target=self._serve, args=(_Thread(), work), daemon=True,
