@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from cheroot import server as cheroot_server
 from cheroot import wsgi
 
+from midonet_membership.api.threads import MostRecentlyIdleThreads, MostRecentWaiterFirst
 from midonet_membership.context import new_request_id
 
 LOG = logging.getLogger(__name__)
@@ -339,8 +340,6 @@ def serve_workers(app_factory: Callable[[], Callable], host: str, port: int, wor
 def _serve_most_recent_waiter_first(pool) -> None:
     """cheroot's thread pool, its requests handed to the thread that went idle last (its
     queue is private; set before ``prepare()`` starts the threads)."""
-    from midonet_membership.api.threads import MostRecentWaiterFirst
-
     pool._queue = MostRecentWaiterFirst()
     pool.get = pool._queue.get
 
@@ -348,8 +347,6 @@ def _serve_most_recent_waiter_first(pool) -> None:
 def _gthread_worker() -> type:
     """gunicorn's gthread worker, its requests served by the most recently idle thread."""
     from gunicorn.workers.gthread import ThreadWorker
-
-    from midonet_membership.api.threads import MostRecentlyIdleThreads
 
     class Worker(ThreadWorker):
         def get_thread_pool(self) -> MostRecentlyIdleThreads:

@@ -26,14 +26,24 @@ from typing import Any
 _Work = tuple[Future, Callable[..., Any], tuple]
 
 
-class _Thread:
+class _Sleeper:
+    """A thread asleep until someone hands it ``work`` (a pool's thread, a queue's waiter)."""
+
     def __init__(self) -> None:
-        # A plain lock as a binary semaphore (taken: asleep; released by ``submit``): a
+        # A plain lock as a binary semaphore (taken: asleep; released by the hand-over): a
         # ``threading.Semaphore`` is Python code around a Condition that allocates a lock
         # at every wait.
         self.wake = threading.Lock()
         self.wake.acquire()
-        self.work: _Work | None = None
+        self.work: Any = None
+
+    def hand(self, work: Any) -> None:
+        self.work = work
+        self.wake.release()
+
+    def sleep(self) -> Any:
+        self.wake.acquire()
+        return self.work
 
 
 class MostRecentlyIdleThreads:
@@ -46,7 +56,7 @@ class MostRecentlyIdleThreads:
         self._max = max_threads
         self._name = name
         self._lock = threading.Lock()
-        self._idle: list[_Thread] = []  # a stack: the top went idle last
+        self._idle: list[_Sleeper] = []  # a stack: the top went idle last
         self._waiting: collections.deque[_Work] = collections.deque()
         self._started = 0
         self._finishing = 0  # threads between their request's end and idleness
@@ -59,14 +69,12 @@ class MostRecentlyIdleThreads:
             if self._stopping:
                 raise RuntimeError("cannot submit after shutdown")
             if self._idle:
-                thread = self._idle.pop()
-                thread.work = work
-                thread.wake.release()
+                self._idle.pop().hand(work)
             elif len(self._waiting) < self._finishing or self._started >= self._max:
                 self._waiting.append(work)  # a finishing thread takes it in a moment
             else:
                 self._started += 1
-                threading.Thread(target=self._serve, args=(_Thread(), work), daemon=True,
+                threading.Thread(target=self._serve, args=(_Sleeper(), work), daemon=True,
                                  name=f"{self._name}-{self._started}").start()
         return future
 
@@ -77,10 +85,9 @@ class MostRecentlyIdleThreads:
             self._stopping = True
             idle, self._idle = self._idle, []
         for thread in idle:
-            thread.work = None
-            thread.wake.release()
+            thread.hand(None)
 
-    def _serve(self, thread: _Thread, work: _Work | None) -> None:
+    def _serve(self, thread: _Sleeper, work: _Work | None) -> None:
         while work is not None:
             self._run(work)
             with self._lock:
@@ -90,8 +97,7 @@ class MostRecentlyIdleThreads:
                 if idle:
                     self._idle.append(thread)
             if idle:
-                thread.wake.acquire()
-                work = thread.work
+                work = thread.sleep()
 
     def _run(self, work: _Work) -> None:
         """Run the work, then publish its outcome as a thread that is finishing: the
@@ -121,7 +127,7 @@ class MostRecentWaiterFirst:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: collections.deque[Any] = collections.deque()
-        self._waiters: list[list] = []  # a stack of [lock held until woken, item]
+        self._waiters: list[_Sleeper] = []  # a stack: the top began waiting last
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         with self._lock:
@@ -129,19 +135,15 @@ class MostRecentWaiterFirst:
                 self._items.append(item)
                 return
             waiter = self._waiters.pop()
-        waiter[1] = item
-        waiter[0].release()
+        waiter.hand(item)
 
     def get(self) -> Any:
         with self._lock:
             if self._items:
                 return self._items.popleft()
-            asleep = threading.Lock()
-            asleep.acquire()
-            waiter = [asleep, None]
+            waiter = _Sleeper()
             self._waiters.append(waiter)
-        asleep.acquire()
-        return waiter[1]
+        return waiter.sleep()
 
     def qsize(self) -> int:
         return len(self._items)

@@ -67,13 +67,13 @@ class Wakeup:
         watermark move on in a tenth of a second, not at the next safety poll.
         ``at_most``: return after that many seconds whatever happens (the importer has a
         position copy to make then)."""
-        safety_interval = SAFETY_POLL_INTERVAL if at_most is None else min(
-            at_most, SAFETY_POLL_INTERVAL)
+        def bounded(seconds: float) -> float:
+            return seconds if at_most is None else min(seconds, at_most)
+
         if self.listening and not gaps_open:
-            self._event.wait(safety_interval if at_most is not None
-                             else max(self.poll_interval, safety_interval))
+            self._event.wait(bounded(max(self.poll_interval, SAFETY_POLL_INTERVAL)))
         else:
-            safety = time.monotonic() + safety_interval
+            safety = time.monotonic() + bounded(SAFETY_POLL_INTERVAL)
             while not self._event.wait(self.poll_interval):
                 if (gaps_open or self._data_version is None or self._data_version.changed()
                         or time.monotonic() >= safety):
