@@ -46,7 +46,7 @@ from psycopg.adapt import PyFormat, Transformer
 # the layout's own command (service.py): the all-in-one serves api_threads (16) cheroot
 # threads; ``api --workers 1 --threads 8`` one gunicorn gthread worker with 8 threads.
 FLOOR_SERVING = {
-    "all-in-one": {"server": "ThreadedServer (cheroot)", "threads": 16},
+    "all-in-one": {"server": "ThreadedServer (cheroot)", "threads": 16, "active_threads": 2},
     "api-1x8+importer": {"server": "serve_workers (gunicorn gthread)", "workers": 1,
                          "threads": 8},
 }
@@ -125,7 +125,8 @@ def serve_floor(layout: str, port: int, responses: dict[str, tuple[int, int]],
         server.serve_workers(lambda: app, "127.0.0.1", port, serving["workers"],
                              serving["threads"])
         return
-    threaded = server.ThreadedServer(app, "127.0.0.1", port, serving["threads"])
+    threaded = server.ThreadedServer(app, "127.0.0.1", port, serving["threads"],
+                                     serving["active_threads"])
     threaded.start()
     _wait_for_signal()
     threaded.stop()

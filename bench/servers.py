@@ -93,7 +93,7 @@ def serve_ours_with_cheroot(port: int) -> None:
     from midonet_membership.api.server import ThreadedServer
     from midonet_membership.service import _wait_for_signal
 
-    server = ThreadedServer(our_app_from_environment(), "127.0.0.1", port, 16)
+    server = ThreadedServer(our_app_from_environment(), "127.0.0.1", port, 16, 2)
     server.start()
     _wait_for_signal()
     server.stop()

@@ -107,7 +107,8 @@ def all_in_one(conf: cfg.ConfigOpts, agent_count: int = 0) -> None:
     metrics.register_probes({**metrics.database_probes(engine), **metrics.nsdb_probes(api_nsdb)},
                             {"process": "api"})
     app = make_app(conf, engine, api_nsdb, metrics_page=make_wsgi_app())
-    server = ThreadedServer(app, conf.bind_host, conf.bind_port, conf.api_threads)
+    server = ThreadedServer(app, conf.bind_host, conf.bind_port, conf.api_threads,
+                            conf.api_active_threads)
     stop_importer = _start_importer(conf, engine, in_process=True)
     url = f"http://{conf.bind_host}:{server.port}"
     _write_endpoint(conf, url)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 
 from cheroot import server as cheroot_server
 from cheroot import wsgi
+from cheroot.workers import threadpool
 
 from midonet_membership.api.threads import MostRecentlyIdleThreads, MostRecentWaiterFirst
 from midonet_membership.context import new_request_id
@@ -285,11 +286,12 @@ class _ThenLinger:
 class ThreadedServer:
     """A cheroot server running in a background thread; ``stop()`` drains and joins."""
 
-    def __init__(self, app: Callable, host: str, port: int, threads: int) -> None:
+    def __init__(self, app: Callable, host: str, port: int, threads: int,
+                 active_threads: int) -> None:
         self.server = wsgi.Server((host, port), app, numthreads=threads,
                                   request_queue_size=256, server_name="midonet-membership")
         self.server.ConnectionClass = _NeutronErrorConnection
-        _serve_most_recent_waiter_first(self.server.requests)
+        _serve_most_recent_waiter_first(self.server.requests, active_threads)
         # cheroot reads request line and headers without limit by default: a client could
         # fill memory with one endless header. 64 KiB holds any token (gunicorn: 8 KiB/field).
         self.server.max_request_header_size = MAX_HEADER_BYTES
@@ -337,10 +339,12 @@ def serve_workers(app_factory: Callable[[], Callable], host: str, port: int, wor
     _Gunicorn().run()
 
 
-def _serve_most_recent_waiter_first(pool) -> None:
-    """cheroot's thread pool, its requests handed to the thread that went idle last (its
-    queue is private; set before ``prepare()`` starts the threads)."""
-    pool._queue = MostRecentWaiterFirst()
+def _serve_most_recent_waiter_first(pool, active_threads: int) -> None:
+    """cheroot's thread pool, its requests handed to the thread that went idle last, at
+    most ``active_threads`` at once while they move (its queue and its stop request are
+    private; set before ``prepare()`` starts the threads)."""
+    pool._queue = MostRecentWaiterFirst(pool.min, active=active_threads,
+                                        shutdown=threadpool._SHUTDOWNREQUEST)
     pool.get = pool._queue.get
 
 

@@ -1,4 +1,5 @@
-"""gunicorn's request threads (api/threads.py): one client, one thread."""
+"""The HTTP servers' request threads (api/threads.py): one client, one thread; in the
+all-in-one, a few threads at once, and slow clients cannot stop the rest."""
 
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def _waiting_threads(queue, names: list[str], got: list[tuple[str, object]]) -> 
 
 
 def test_cheroots_queue_wakes_the_thread_that_began_waiting_last():
-    queue = MostRecentWaiterFirst()
+    queue = MostRecentWaiterFirst(3, active=3)
     got: list[tuple[str, object]] = []
     _waiting_threads(queue, ["first", "second", "third"], got)
     queue.put("a")
@@ -115,11 +116,100 @@ def test_cheroots_queue_wakes_the_thread_that_began_waiting_last():
 
 
 def test_cheroots_queue_keeps_items_in_order_while_no_thread_waits():
-    queue = MostRecentWaiterFirst()
+    queue = MostRecentWaiterFirst(1)
     for item in range(3):
         queue.put(item)
     assert queue.qsize() == 3
     assert [queue.get() for _ in range(3)] == [0, 1, 2]
+
+
+def _cheroot_threads(queue, count: int, work) -> list[threading.Thread]:
+    """``count`` threads serving ``queue`` as cheroot's do, each item passed to ``work``
+    until the stop request (None)."""
+    def serve() -> None:
+        while (item := queue.get()) is not None:
+            work(item)
+    threads = [threading.Thread(target=serve, daemon=True) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5
+    while len(queue._waiters) < count:  # noqa: SLF001 - all are waiting
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    return threads
+
+
+def test_cheroots_queue_keeps_the_active_threads_to_their_number_while_the_queue_moves():
+    queue = MostRecentWaiterFirst(4, active=2, stall=30)
+    release = threading.Event()
+    served: list[tuple[str, int]] = []
+
+    def work(item: int) -> None:
+        if item < 2:
+            release.wait(10)
+        served.append((threading.current_thread().name, item))
+    threads = _cheroot_threads(queue, 4, work)
+    for item in range(6):
+        queue.put(item)
+    time.sleep(0.1)
+    assert served == [] and queue.qsize() == 4, "a third thread took an item"
+    release.set()
+    deadline = time.monotonic() + 5
+    while len(served) < 6:
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert sorted(item for _, item in served) == [0, 1, 2, 3, 4, 5]
+    assert len({name for name, _ in served}) == 2
+    for _ in threads:
+        queue.put(None)
+
+
+def test_an_item_stalled_behind_stuck_threads_goes_to_another_after_the_stall():
+    """The active thread is stuck (a slow client): each item behind it waits one stall,
+    then another thread serves it, while the stuck one still is."""
+    queue = MostRecentWaiterFirst(3, active=1, stall=0.05)
+    stuck = threading.Event()
+    served: dict[str, float] = {}
+
+    def work(item: str) -> None:
+        if item == "slow":
+            stuck.wait(10)
+        served[item] = time.monotonic()
+    threads = _cheroot_threads(queue, 3, work)
+    try:
+        queue.put("slow")
+        for item in ("a", "b"):
+            put_at = time.monotonic()
+            queue.put(item)
+            deadline = put_at + 5
+            while item not in served:
+                assert time.monotonic() < deadline, f"{item} waited for the stuck thread"
+                time.sleep(0.001)
+            assert served[item] - put_at >= 0.05
+        assert "slow" not in served
+    finally:
+        stuck.set()
+        for _ in threads:
+            queue.put(None)
+
+
+def test_cheroots_stop_request_reaches_every_waiting_thread_at_once():
+    """Even while the active places are taken (here by a stuck thread)."""
+    queue = MostRecentWaiterFirst(4, active=1, stall=30)
+    stuck = threading.Event()
+    threads = _cheroot_threads(queue, 4, lambda item: stuck.wait(10))
+    queue.put("slow")
+    for _ in range(3):
+        queue.put(None)
+    deadline = time.monotonic() + 5
+    while sum(t.is_alive() for t in threads) > 1:
+        assert time.monotonic() < deadline, "a stop request waited for the stall"
+        time.sleep(0.001)
+    stuck.set()
+    queue.put(None)
+    for thread in threads:
+        thread.join(5)
+    assert not any(t.is_alive() for t in threads)
 
 
 def test_a_burst_submitted_while_a_thread_finishes_starts_threads_for_all_but_one():
