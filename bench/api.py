@@ -221,7 +221,7 @@ class FloorServer(Server):
 
     needs_token = False
 
-    def __init__(self, layout: str, responses: dict[str, tuple[int, int]],
+    def __init__(self, layout: str, responses: dict[str, tuple[int, int]], backend: str,
                  database_url: str | None = None) -> None:
         self.layout = layout
         self.state = Path(tempfile.mkdtemp(prefix="mm-bench-floor-"))
@@ -229,7 +229,7 @@ class FloorServer(Server):
         self.log_path = self.state / "floor.log"
         self.commands = [[sys.executable, str(Path(__file__).with_name("floors.py")),
                           "--layout", layout, "--port", str(self.port),
-                          "--responses", json.dumps(responses)]
+                          "--responses", json.dumps(responses), "--backend", backend]
                          + (["--database", database_url] if database_url else [])]
         self.procs = []
         self.token = ""
@@ -584,8 +584,9 @@ def bench_layout(database_url: str, layout: str, args: argparse.Namespace) -> di
         result["deep_page"] = _check_pages(server, ids, deep_index)
         posted = Fresh()
         responses = _response_sizes(server, posted, deep_marker)
-        floor_server = FloorServer(layout, responses).start()
-        sql_server = FloorServer(layout, responses, database_url).start()
+        backend = sa.make_url(database_url).get_backend_name()
+        floor_server = FloorServer(layout, responses, backend).start()
+        sql_server = FloorServer(layout, responses, backend, database_url).start()
         db_floor = DatabaseFloor(database_url)
         result["floors"] = {
             "http": {"app": "bench/floors.py trivial_app: reads the body, answers ours' "

@@ -46,7 +46,8 @@ from psycopg.adapt import PyFormat, Transformer
 # the layout's own command (service.py): the all-in-one serves api_threads (16) cheroot
 # threads; ``api --workers 1 --threads 8`` one gunicorn gthread worker with 8 threads.
 FLOOR_SERVING = {
-    "all-in-one": {"server": "ThreadedServer (cheroot)", "threads": 16, "active_threads": 2},
+    "all-in-one": {"server": "ThreadedServer (cheroot)", "threads": 16,
+                   "active_threads": "as ours: 1 on SQLite, 2 on PostgreSQL"},
     "api-1x8+importer": {"server": "serve_workers (gunicorn gthread)", "workers": 1,
                          "threads": 8},
 }
@@ -114,8 +115,8 @@ def app_from_environment() -> Callable:
 
 
 def serve_floor(layout: str, port: int, responses: dict[str, tuple[int, int]],
-                database_url: str | None = None) -> None:
-    """Serve the trivial app as the layout serves ours, until SIGTERM."""
+                backend: str, database_url: str | None = None) -> None:
+    """Serve the trivial app as the layout serves ours on ``backend``, until SIGTERM."""
     from midonet_membership.api import server
     from midonet_membership.service import _wait_for_signal
 
@@ -126,7 +127,7 @@ def serve_floor(layout: str, port: int, responses: dict[str, tuple[int, int]],
                              serving["threads"])
         return
     threaded = server.ThreadedServer(app, "127.0.0.1", port, serving["threads"],
-                                     serving["active_threads"])
+                                     server.active_threads_default(backend))
     threaded.start()
     _wait_for_signal()
     threaded.stop()
@@ -328,11 +329,14 @@ def main() -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--responses", required=True,
                         help='JSON: {"create": [201, bytes], "show": [200, bytes], ...}')
+    parser.add_argument("--backend", required=True,
+                        help="the database ours runs on (sqlite, postgresql): the all-in-one's "
+                             "active threads depend on it")
     parser.add_argument("--database", metavar="URL",
                         help="also run each operation's database floor SQL on URL")
     args = parser.parse_args()
     responses = {op: tuple(v) for op, v in json.loads(args.responses).items()}
-    serve_floor(args.layout, args.port, responses, args.database)
+    serve_floor(args.layout, args.port, responses, args.backend, args.database)
     return 0
 
 

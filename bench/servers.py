@@ -58,7 +58,7 @@ def granian_command(port: int, factory: str) -> list[str]:
 class CandidateServer(FloorServer):
     def __init__(self, candidate: str) -> None:
         layout = "all-in-one" if candidate.startswith("cheroot") else "api-1x8+importer"
-        super().__init__(layout, RESPONSES)
+        super().__init__(layout, RESPONSES, "postgresql")  # as ours below
         if candidate.startswith("granian"):
             self.commands = [granian_command(self.port, "floors:app_from_environment")]
             self.env = {"FLOOR_RESPONSES": json.dumps(RESPONSES)}
@@ -89,11 +89,13 @@ def our_app_from_environment():
 
 
 def serve_ours_with_cheroot(port: int) -> None:
-    """Our app in the all-in-one's ThreadedServer (16 threads), until SIGTERM."""
-    from midonet_membership.api.server import ThreadedServer
+    """Our app in the all-in-one's ThreadedServer (16 threads, the active ones of
+    PostgreSQL), until SIGTERM."""
+    from midonet_membership.api.server import ThreadedServer, active_threads_default
     from midonet_membership.service import _wait_for_signal
 
-    server = ThreadedServer(our_app_from_environment(), "127.0.0.1", port, 16, 2)
+    server = ThreadedServer(our_app_from_environment(), "127.0.0.1", port, 16,
+                            active_threads_default("postgresql"))
     server.start()
     _wait_for_signal()
     server.stop()

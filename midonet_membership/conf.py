@@ -35,14 +35,15 @@ DEFAULT_OPTS = [
     cfg.IntOpt("api_workers", default=1, min=1,
                help="API worker processes (gunicorn) for `midonet-membership api`."),
     cfg.IntOpt("api_threads", default=16, min=1, help="Request threads per API worker."),
-    cfg.IntOpt("api_active_threads", default=2, min=1,
+    cfg.IntOpt("api_active_threads", min=1,
                help="Of the all-in-one's api_threads, how many serve requests at once while "
                     "requests keep moving: more wait, each taken by a thread as it finishes "
                     "the one before. A request that waited 20 ms takes another thread anyway "
                     "(up to api_threads), so slow clients cannot stall the rest. One process "
                     "runs one thread's Python at a time: more threads at once only take "
-                    "turns at it. Raise it when the database is remote, where a request "
-                    "mostly waits on the network."),
+                    "turns at it. Unset: 1 on SQLite, which works inside this process; 2 on "
+                    "a database server, whose round trips a second thread fills (raise it "
+                    "when that server is remote)."),
     cfg.StrOpt("network_link_prefix",
                help="Base URL written into pagination links instead of the request's own "
                     "(set it behind a proxy)."),

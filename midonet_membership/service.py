@@ -100,7 +100,7 @@ def all_in_one(conf: cfg.ConfigOpts, agent_count: int = 0) -> None:
 
     from midonet_membership import metrics
     from midonet_membership.api import make_app
-    from midonet_membership.api.server import ThreadedServer
+    from midonet_membership.api.server import ThreadedServer, active_threads_default
 
     engine = prepare_database(conf)
     api_nsdb = _api_nsdb(conf)
@@ -108,7 +108,7 @@ def all_in_one(conf: cfg.ConfigOpts, agent_count: int = 0) -> None:
                             {"process": "api"})
     app = make_app(conf, engine, api_nsdb, metrics_page=make_wsgi_app())
     server = ThreadedServer(app, conf.bind_host, conf.bind_port, conf.api_threads,
-                            conf.api_active_threads)
+                            conf.api_active_threads or active_threads_default(engine.dialect.name))
     stop_importer = _start_importer(conf, engine, in_process=True)
     url = f"http://{conf.bind_host}:{server.port}"
     _write_endpoint(conf, url)

@@ -312,6 +312,16 @@ class ThreadedServer:
         self.thread.join(timeout=10)
 
 
+def active_threads_default(database_backend: str) -> int:
+    """``api_active_threads`` when unset. SQLite works inside this process: a request
+    never waits on another one, and a second active thread only takes turns at the GIL
+    (8 clients' creates in the all-in-one: 2,243 and 2,522/s with one, 1,986 and 1,853
+    with two). A database server's round trips leave the GIL free, which a second thread
+    fills (the all-in-one on PostgreSQL, c=8: creates 1,377 → 1,587/s, first pages
+    2,193 → 2,619 from one to two; docs/api-performance.md)."""
+    return 1 if database_backend == "sqlite" else 2
+
+
 def serve_workers(app_factory: Callable[[], Callable], host: str, port: int, workers: int,
                   threads: int) -> None:
     """Run gunicorn in the foreground; each worker builds its own app (and DB pool)."""
