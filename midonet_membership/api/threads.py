@@ -138,7 +138,7 @@ class MostRecentWaiterFirst:
     ``shutdown`` (cheroot's stop request) is never held back.
     """
 
-    def __init__(self, threads: int, active: int = 2, stall: float = STALL,
+    def __init__(self, threads: int, active: int, stall: float = STALL,
                  shutdown: object = None) -> None:
         self._lock = threading.Lock()
         self._items: collections.deque[tuple[float, Any]] = collections.deque()

@@ -116,7 +116,7 @@ def test_cheroots_queue_wakes_the_thread_that_began_waiting_last():
 
 
 def test_cheroots_queue_keeps_items_in_order_while_no_thread_waits():
-    queue = MostRecentWaiterFirst(1)
+    queue = MostRecentWaiterFirst(1, active=1)
     for item in range(3):
         queue.put(item)
     assert queue.qsize() == 3
