@@ -54,4 +54,3 @@ def test_a_request_that_trickles_in_is_answered_when_whole(each_server):
         status, headers, body = _read_response(stream)
     assert status == 200
     assert "agent_memberships" in json.loads(body)
-
