@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from floors import FLOOR_SERVING, DatabaseFloor
+from floors import DatabaseFloor, floor_serving
 
 BIN = Path(sys.executable).parent
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -591,7 +591,7 @@ def bench_layout(database_url: str, layout: str, args: argparse.Namespace) -> di
         result["floors"] = {
             "http": {"app": "bench/floors.py trivial_app: reads the body, answers ours' "
                             "status with a canned body of ours' size",
-                     "responses_status_bytes": responses, **FLOOR_SERVING[layout]},
+                     "responses_status_bytes": responses, **floor_serving(layout, backend)},
             "database": db_floor.setting(),
             "floor": "1 / (1/http_floor_req_per_s + 1/db_floor_req_per_s): the two "
                      "floors' times per request added",

@@ -44,13 +44,24 @@ from psycopg.adapt import PyFormat, Transformer
 
 # How the floor server of each layout is served: the same server functions and settings as
 # the layout's own command (service.py): the all-in-one serves api_threads (16) cheroot
-# threads; ``api --workers 1 --threads 8`` one gunicorn gthread worker with 8 threads.
+# threads, api_active_threads' default of them at once; ``api --workers 1 --threads 8`` one
+# gunicorn gthread worker with 8 threads.
 FLOOR_SERVING = {
-    "all-in-one": {"server": "ThreadedServer (cheroot)", "threads": 16,
-                   "active_threads": "as ours: 1 on SQLite, 2 on PostgreSQL"},
+    "all-in-one": {"server": "ThreadedServer (cheroot)", "threads": 16},
     "api-1x8+importer": {"server": "serve_workers (gunicorn gthread)", "workers": 1,
                          "threads": 8},
 }
+
+
+def floor_serving(layout: str, backend: str) -> dict[str, Any]:
+    """``FLOOR_SERVING[layout]`` as it serves ours on ``backend``: the all-in-one's active
+    threads are the default of that database (``active_threads_default``)."""
+    from midonet_membership.api.server import active_threads_default
+
+    serving = dict(FLOOR_SERVING[layout])
+    if "workers" not in serving:
+        serving["active_threads"] = active_threads_default(backend)
+    return serving
 
 
 def operation_of(method: str, path: str, query: str) -> str:
@@ -121,13 +132,13 @@ def serve_floor(layout: str, port: int, responses: dict[str, tuple[int, int]],
     from midonet_membership.service import _wait_for_signal
 
     app = trivial_app(responses, DatabaseFloor(database_url) if database_url else None)
-    serving = FLOOR_SERVING[layout]
+    serving = floor_serving(layout, backend)
     if "workers" in serving:
         server.serve_workers(lambda: app, "127.0.0.1", port, serving["workers"],
                              serving["threads"])
         return
     threaded = server.ThreadedServer(app, "127.0.0.1", port, serving["threads"],
-                                     server.active_threads_default(backend))
+                                     serving["active_threads"])
     threaded.start()
     _wait_for_signal()
     threaded.stop()
