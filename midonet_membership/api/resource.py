@@ -13,6 +13,7 @@ import itertools
 import json
 import re
 import urllib.parse
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -77,13 +78,15 @@ class Resource:
         """:meth:`visible` of each item, without a call per row when no row has anything to
         hide (the usual page): the calls were 37 µs of a 336 µs page (bench/profile_app.py).
         A plugin's page may say which keys all its rows have (``row_keys``, a table's
-        columns), sparing a look at each row's (11 µs of a page, cProfile)."""
+        columns), sparing a look at each row's (11 µs of a page, cProfile), and may come
+        as JSON text already (``json_fragment``, db.paging's EncodedPage), which the
+        response then carries as it is."""
         keys = getattr(items, "row_keys", None)
         if keys is None:
             keys = itertools.chain.from_iterable(items)  # every row's keys, in one C loop
         if fields or not self.visible_attributes.issuperset(keys):
             return [self.visible(i, fields) for i in items]
-        return items
+        return getattr(items, "json_fragment", items)  # a page the database wrote as JSON
 
     def visible(self, item: dict[str, Any], fields: list[str] | None = None) -> dict[str, Any]:
         shown = self.visible_attributes
@@ -315,10 +318,9 @@ class Controller:
         kept = _kept_query(tuple((k, v) for k, v in req.GET.items()
                                  if k not in ("marker", "page_reverse")))
 
-        def link(edge: list[dict], reverse: bool) -> str:
+        def link(marker: str | None, reverse: bool) -> str:
             parts = [kept] if kept else []
-            if edge:  # quoted as urlencode quotes a value (a UUID needs none)
-                marker = str(edge[0][self.resource.primary_key])
+            if marker is not None:  # quoted as urlencode quotes a value (a UUID needs none)
                 parts.append("marker=" + (marker if _UNRESERVED.fullmatch(marker)
                                           else urllib.parse.quote_plus(marker)))
             if reverse:
@@ -326,12 +328,22 @@ class Controller:
             return f"{base}?{'&'.join(parts)}"
 
         links = []
+        first, last = self._edge_ids(items)
         short = len(items) < (query.limit or 0)
         if not (short and not query.page_reverse):
-            links.append({"rel": "next", "href": link(items[-1:], reverse=False)})
+            links.append({"rel": "next", "href": link(last, reverse=False)})
         if not (short and query.page_reverse):
-            links.append({"rel": "previous", "href": link(items[:1], reverse=True)})
+            links.append({"rel": "previous", "href": link(first, reverse=True)})
         return links
+
+    def _edge_ids(self, items: Sequence[dict]) -> tuple[str | None, str | None]:
+        """The first and last rows' ids; a page the database wrote as JSON names them
+        (``edge_ids``) without being parsed."""
+        edges = getattr(items, "edge_ids", None)
+        if edges is not None or not items:
+            return edges or (None, None)
+        key = self.resource.primary_key
+        return str(items[0][key]), str(items[-1][key])
 
 
 def validation_error(attr: dict, value: Any) -> str | None:

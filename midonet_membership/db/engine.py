@@ -518,6 +518,9 @@ def _checkout(engine: Engine) -> PoolProxiedConnection:
 # recently used last.
 _kept: weakref.WeakKeyDictionary[Engine, list[tuple[PoolProxiedConnection, float]]] = (
     weakref.WeakKeyDictionary())
+# Per engine, the kept connections in use (list.append and list.remove: each atomic).
+_in_flight: weakref.WeakKeyDictionary[Engine, list[DriverConnection]] = (
+    weakref.WeakKeyDictionary())
 
 
 @contextlib.contextmanager
@@ -555,8 +558,13 @@ def _kept_connection(engine: Engine) -> Iterator[DriverConnection]:
             if not entry[0].is_valid or time.monotonic() - entry[1] > _RECYCLE_SECONDS:
                 _release(entry[0], flagged)
                 entry = None
+    conn = DriverConnection(engine, entry[0], autocommit=True)
+    in_flight = _in_flight.get(engine)
+    if in_flight is None:
+        in_flight = _in_flight.setdefault(engine, [])
+    in_flight.append(conn)
     try:
-        yield DriverConnection(engine, entry[0], autocommit=True)
+        yield conn
     except BaseException:
         dead = not entry[0].is_valid  # invalidated by the failure (asked before close())
         _release(entry[0], flagged)
@@ -564,7 +572,16 @@ def _kept_connection(engine: Engine) -> Iterator[DriverConnection]:
             while kept:  # pool reconnects them all as one
                 _release(kept.pop()[0], flagged)
         raise
+    finally:
+        in_flight.remove(conn)
     kept.append(entry)
+
+
+def statements_in_flight(engine: Engine) -> int:
+    """How many of this process's threads are running a statement on ``engine``'s kept
+    autocommit connections now (the caller's included): whether the process is serving
+    other requests beside the caller's."""
+    return len(_in_flight.get(engine, ()))
 
 
 def _release(pooled: PoolProxiedConnection, autocommit: bool) -> None:
