@@ -41,6 +41,7 @@ class AgentMemberships:
         self.max_bulk = max_bulk
         # PostgreSQL runs a change and its task as one atomic statement (one round trip).
         self._postgresql = engine.dialect.name == "postgresql"
+        self._mariadb = engine.dialect.name in ("mysql", "mariadb")
 
     @retry_transient
     def create(self, context: RequestContext, items: Sequence[dict[str, str]]) -> list[dict]:
@@ -82,16 +83,19 @@ class AgentMemberships:
         """The page is one statement (the marker's existence is checked apart only when the
         page is empty, as PostgreSQL's autocommit reads do too).
 
-        While the process serves other requests too, PostgreSQL writes the page's JSON
-        (db.paging's EncodedPage): it does so on its own core, where the rows would have
-        been turned into Python objects under the server's one GIL, shared with those
-        requests (the production layout's first pages at c=8: 1,702 -> 2,354/s). Alone,
-        the rows are faster: libpq's rows cost 60-130 µs less of PostgreSQL than its JSON,
-        and then that is the request's latency (1,747 -> 1,390 pages/s at c=1 always as
-        JSON; bench/api.py, issue 12)."""
+        The database may write the page's JSON (db.paging's EncodedPage), which the API
+        then sends as it is. It does so on its own core, where the rows would be turned
+        into Python objects under the server's one GIL:
+        - on MariaDB always: PyMySQL parses rows in Python, as long as MariaDB takes to
+          write them as JSON (280 against 279 µs a page of 100 at c=1, ad hoc);
+        - on PostgreSQL while the process serves other requests too (the production
+          layout's first pages at c=8: 1,702 -> 2,354/s). Alone, the rows are faster:
+          libpq's rows cost 60-130 µs less of PostgreSQL than its JSON, and then that is
+          the request's latency (1,747 -> 1,390 pages/s at c=1 always as JSON;
+          bench/api.py, issue 12)."""
         with reader(self.engine, single_statement=True, driver=True) as conn:
             return keyset_select(conn, memberships, query,
-                                 encoded=statements_in_flight(self.engine) > 1)
+                                 encoded=self._mariadb or statements_in_flight(self.engine) > 1)
 
     @retry_transient
     def delete(self, context: RequestContext, id_: str) -> None:
