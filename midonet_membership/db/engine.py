@@ -86,8 +86,7 @@ def create_engine(url: str, pool_size: int = 16) -> Engine:
     # the whole operation retried by @retry_transient instead.
     engine = sa.create_engine(sa_url, pool_size=pool_size, max_overflow=pool_size,
                               pool_recycle=_RECYCLE_SECONDS)
-    if sa_url.get_backend_name() == "postgresql":
-        event.listen(engine.pool, "checkin", _leave_autocommit)
+    event.listen(engine.pool, "checkin", _leave_autocommit)
     return engine
 
 
@@ -95,12 +94,29 @@ _RECYCLE_SECONDS = 3600
 
 
 def _leave_autocommit(dbapi_conn: Any, _record: Any) -> None:
-    """No connection goes back to the pool in psycopg's autocommit, which SQLAlchemy does
-    not know of: its transactions would commit statement by statement. :func:`_release`
-    takes the flag off; this catches a kept connection (:func:`_kept_connection`) handed back
-    by the garbage collector when its engine goes away."""
-    if dbapi_conn is not None and dbapi_conn.autocommit:
-        dbapi_conn.autocommit = False
+    """No connection goes back to the pool in the driver's autocommit, which SQLAlchemy
+    does not know of: its transactions would commit statement by statement.
+    :func:`_release` takes the flag off; this catches a kept connection
+    (:func:`_kept_connection`) handed back by the garbage collector when its engine goes
+    away."""
+    if dbapi_conn is not None and _in_autocommit(dbapi_conn):
+        _set_autocommit(dbapi_conn, False)
+
+
+def _in_autocommit(driver_connection: Any) -> bool:
+    """psycopg's flag is an attribute; PyMySQL's a method, and its state a status flag
+    the server sent last (no round trip)."""
+    if callable(driver_connection.autocommit):
+        return driver_connection.get_autocommit()
+    return driver_connection.autocommit
+
+
+def _set_autocommit(driver_connection: Any, on: bool) -> None:
+    """psycopg sends nothing; PyMySQL sends ``SET AUTOCOMMIT`` (a round trip)."""
+    if callable(driver_connection.autocommit):
+        driver_connection.autocommit(on)
+    else:
+        driver_connection.autocommit = on
 
 
 def _sqlite_engine(url: sa.URL) -> Engine:
@@ -466,17 +482,18 @@ def _on_driver(engine: Engine, writes: bool,
     """A DBAPI connection of the pool, for statements that need nothing of a ``Connection``.
 
     ``autocommit``: each statement is a transaction by itself, on a connection kept out of
-    the pool between statements (:func:`_kept_connection`), in psycopg's autocommit or pysqlite's
-    ``isolation_level = None`` (_sqlite_engine). PyMySQL's flag costs a round trip each way
-    (SQLAlchemy's AUTOCOMMIT read was six round trips on MariaDB), so MySQL's statements run
-    in the transaction it opens by itself: a writer's committed at the end (one round trip),
-    a reader's ended by the pool's rollback. Otherwise one transaction, committed at the end
-    (SQLite's begun IMMEDIATE, as _sqlite_engine's writers, on a kept connection too: it
-    holds nothing once committed, and the pool's checkout and check-in were 35 of a
-    create's 379 Python calls). On any exception nothing commits: the pool rolls back.
+    the pool between statements (:func:`_kept_connection`), in the driver's autocommit
+    (pysqlite's ``isolation_level = None``, _sqlite_engine). PyMySQL's flag costs a round
+    trip each way (SQLAlchemy's AUTOCOMMIT read was six round trips on MariaDB), paid once
+    per kept connection; a MariaDB read in the transaction PyMySQL opens by itself cost
+    the pool's ROLLBACK at its end, 80 µs of a 190 µs primary-key SELECT (ad hoc, this
+    machine). Otherwise one transaction, committed at the end (SQLite's begun IMMEDIATE,
+    as _sqlite_engine's writers, on a kept connection too: it holds nothing once
+    committed, and the pool's checkout and check-in were 35 of a create's 379 Python
+    calls). On any exception nothing commits: the pool rolls back.
     """
     backend = engine.dialect.name
-    if autocommit and backend in ("sqlite", "postgresql"):
+    if autocommit:
         return _kept_connection(engine)
     if backend == "sqlite":
         return _kept_transaction(engine)
@@ -541,7 +558,7 @@ def _kept_connection(engine: Engine) -> Iterator[DriverConnection]:
     pool would recycle it. When the engine goes away, so do they, through the garbage
     collector and :func:`_leave_autocommit`.
     """
-    flagged = engine.dialect.name == "postgresql"  # SQLite's connections all are
+    flagged = engine.dialect.name != "sqlite"  # SQLite's connections all are
     kept = _kept.get(engine)
     if kept is None:
         kept = _kept.setdefault(engine, [])
@@ -552,7 +569,7 @@ def _kept_connection(engine: Engine) -> Iterator[DriverConnection]:
         except IndexError:
             pooled = _checkout(engine)
             if flagged:
-                pooled.driver_connection.autocommit = True
+                _set_autocommit(pooled.driver_connection, True)
             entry = (pooled, time.monotonic())
         else:
             if not entry[0].is_valid or time.monotonic() - entry[1] > _RECYCLE_SECONDS:
@@ -585,11 +602,11 @@ def statements_in_flight(engine: Engine) -> int:
 
 
 def _release(pooled: PoolProxiedConnection, autocommit: bool) -> None:
-    """A kept connection back to the pool, out of psycopg's ``autocommit`` (a connection
+    """A kept connection back to the pool, out of the driver's autocommit (a connection
     that cannot be reset is discarded); the pool rolls back what SQLite may have open."""
     if autocommit and pooled.is_valid:
         try:
-            pooled.driver_connection.autocommit = False
+            _set_autocommit(pooled.driver_connection, False)
         except Exception as exc:
             pooled.invalidate(exc)
     pooled.close()

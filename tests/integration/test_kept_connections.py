@@ -58,17 +58,22 @@ def _assert_transactions_roll_back(engine) -> None:
                             .where(memberships.c.id == host)).all() == []
 
 
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
 @pytest.mark.parametrize("how", ["its statement failed", "its engine went away"])
-def test_a_kept_connection_goes_back_to_the_pool_transactional(make_database, how):
-    url = make_database("postgresql")
+def test_a_kept_connection_goes_back_to_the_pool_transactional(make_database, how, backend):
+    url = make_database(backend)
     migration.upgrade(url)
     engine = db_engine.create_engine(url, pool_size=1)
     plugin = AgentMemberships(engine)
     item = {"id": str(uuid.uuid4()), "ip_address": "192.0.2.63"}
-    plugin.create(RequestContext.admin(), [item])  # an autocommit statement: kept
+    plugin.create(RequestContext.admin(), [item])
+    assert plugin.get(RequestContext.admin(), item["id"]) == item  # autocommit: kept
+    assert len(db_engine._kept[engine]) == 1
     if how == "its statement failed":
-        with pytest.raises(exceptions.AgentMembershipExists):
-            plugin.create(RequestContext.admin(), [item])
+        with pytest.raises(sa.exc.ProgrammingError), db_engine.reader(
+                engine, single_statement=True, driver=True) as conn:
+            conn.execute(sa.text("SELECT * FROM no_such_table"))
+        assert db_engine._kept[engine] == []
     else:  # what the garbage collector does with the kept ones when the engine goes away
         del db_engine._kept[engine]
         gc.collect()
