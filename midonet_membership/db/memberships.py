@@ -86,8 +86,9 @@ class AgentMemberships:
         The database may write the page's JSON (db.paging's EncodedPage), which the API
         then sends as it is. It does so on its own core, where the rows would be turned
         into Python objects under the server's one GIL:
-        - on MariaDB always: PyMySQL parses rows in Python, as long as MariaDB takes to
-          write them as JSON (280 against 279 µs a page of 100 at c=1, ad hoc);
+        - on MariaDB always: PyMySQL parses rows in Python, which takes as long as MariaDB
+          takes to write them as JSON (a page of 100 at c=1: 278-304 µs as rows,
+          277-291 µs as JSON, ad hoc);
         - on PostgreSQL while the process serves other requests too (the production
           layout's first pages at c=8: 1,702 -> 2,354/s). Alone, the rows are faster:
           libpq's rows cost 60-130 µs less of PostgreSQL than its JSON, and then that is

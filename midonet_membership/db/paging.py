@@ -29,29 +29,37 @@ def keyset_select(conn: AnyConnection, table: sa.Table, query: ListQuery,
     """The page ``query`` asks for. ``encoded``: the caller will write the rows out as JSON
     as they are, so a server database may hand the page over as JSON text
     (:class:`EncodedPage`) instead of rows."""
-    if encoded and _text_only(table) and 0 < (query.limit or 0) <= _ENCODED_MAX_ROWS.get(
-            conn.dialect.name, 0):
-        return _encoded_page(conn, table, query, primary_key)
     order = tuple(query.order(primary_key))
     filtered = tuple(sorted(query.filters))
     params: dict[str, Any] = {f"filter_{name}": list(query.filters[name]) for name in filtered}
-    inline_limit = query.limit if conn.dialect.name == "postgresql" else None
+    dialect = conn.dialect.name
+    if encoded and _text_only(table) and 0 < (query.limit or 0) <= _ENCODED_MAX_ROWS.get(
+            dialect, 0):
+        shape = (dialect, table, order, filtered, query.limit, query.page_reverse, primary_key)
+        return _after_marker(conn, table, query, primary_key, params, lambda after, values: (
+            _read_encoded(conn, _encoded(*shape, after), values, table, primary_key)))
+    inline_limit = query.limit if dialect == "postgresql" else None
     if query.limit and not inline_limit:
         params["limit"] = query.limit
+    as_json = dialect == "sqlite" and _text_only(table)
     shape = (table, order, filtered, bool(query.limit), inline_limit)
-    as_json = conn.dialect.name == "sqlite" and _text_only(table)
-    result = None
-    if query.marker is not None:
-        params["marker"] = query.marker
-        result = _read(conn, _page(*shape, True, primary_key, as_json), params, table, as_json)
-        if not result and not _exists(conn, table, primary_key, query.marker):
-            result = None  # an unknown marker is ignored, as Neutron does
-    if result is None:
-        params.pop("marker", None)
-        result = _read(conn, _page(*shape, False, primary_key, as_json), params, table, as_json)
+    result = _after_marker(conn, table, query, primary_key, params, lambda after, values: (
+        _read(conn, _page(*shape, after, primary_key, as_json), values, table, as_json)))
     if query.page_reverse:
         result.reverse()
     return result
+
+
+def _after_marker(conn: AnyConnection, table: sa.Table, query: ListQuery, primary_key: str,
+                  params: dict[str, Any], read: Callable[[bool, dict[str, Any]], Any]) -> Any:
+    """``read(after_marker, params)`` of the page after the marker, or of the first page
+    when there is none, or when it names no row (an unknown marker is ignored, as Neutron
+    does; its existence is looked up only when the page after it is empty)."""
+    if query.marker is not None:
+        result = read(True, {**params, "marker": query.marker})
+        if result or _exists(conn, table, primary_key, query.marker):
+            return result
+    return read(False, params)
 
 
 # The most rows a page may have to be written as JSON by the database. MariaDB's
@@ -114,21 +122,9 @@ class EncodedPage(Sequence):
     __hash__ = None  # type: ignore[assignment]
 
 
-def _encoded_page(conn: AnyConnection, table: sa.Table, query: ListQuery,
-                  primary_key: str) -> EncodedPage:
-    order = tuple(query.order(primary_key))
-    filtered = tuple(sorted(query.filters))
-    params: dict[str, Any] = {f"filter_{name}": list(query.filters[name]) for name in filtered}
-    shape = (conn.dialect.name, table, order, filtered, query.limit, query.page_reverse,
-             primary_key)
-    row = None
-    if query.marker is not None:
-        row = conn.execute(_encoded(*shape, True), {**params, "marker": query.marker}).first()
-        if not row[1] and not _exists(conn, table, primary_key, query.marker):
-            row = None  # an unknown marker is ignored, as Neutron does
-    if row is None:
-        row = conn.execute(_encoded(*shape, False), params).first()
-    json, count, *edges = row
+def _read_encoded(conn: AnyConnection, statement: sa.Select, params: dict[str, Any],
+                  table: sa.Table, primary_key: str) -> EncodedPage:
+    json, count, *edges = conn.execute(statement, params).first()
     return EncodedPage(json, count, _column_keys(table), primary_key,
                        tuple(edges) if edges and count else None)
 
