@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.pool import PoolProxiedConnection, PoolResetState
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from midonet_membership import exceptions
@@ -85,9 +85,25 @@ def create_engine(url: str, pool_size: int = 16) -> Engine:
     # No pre-ping (a round trip per request): a connection found dead is invalidated and
     # the whole operation retried by @retry_transient instead.
     engine = sa.create_engine(sa_url, pool_size=pool_size, max_overflow=pool_size,
-                              pool_recycle=_RECYCLE_SECONDS)
+                              pool_recycle=_RECYCLE_SECONDS, pool_reset_on_return=None)
+    event.listen(engine.pool, "reset", _roll_back_unless_committed)
     event.listen(engine.pool, "checkin", _leave_autocommit)
     return engine
+
+
+_COMMITTED = "midonet_committed"  # connection info: its last use ended with our COMMIT
+
+
+def _roll_back_unless_committed(dbapi_conn: Any, record: Any, state: PoolResetState) -> None:
+    """The reset on return to the pool: SQLAlchemy's ROLLBACK (``pool_reset_on_return`` is
+    off), but not after :func:`_pooled`'s COMMIT, which left nothing open.
+
+    Why: PyMySQL's ``rollback()`` is a round trip even outside a transaction (psycopg's
+    sends nothing then), and it was a MariaDB create's fourth, after its two INSERTs and
+    the COMMIT (``Com_rollback`` counted one per create)."""
+    committed = record is not None and record.info.pop(_COMMITTED, False)
+    if state.asyncio_safe and not (state.transaction_was_reset or committed):
+        dbapi_conn.rollback()
 
 
 _RECYCLE_SECONDS = 3600
@@ -516,6 +532,7 @@ def _pooled(engine: Engine, commit: bool) -> Iterator[DriverConnection]:
         yield conn
         if commit:
             conn.commit()
+            pooled.info[_COMMITTED] = True
     finally:
         pooled.close()
 

@@ -82,6 +82,49 @@ def test_a_kept_connection_goes_back_to_the_pool_transactional(make_database, ho
     engine.dispose()
 
 
+def test_a_mariadb_write_returns_without_a_rollback_and_a_failed_one_leaves_none_open(
+        make_database):
+    """A committed write goes back to the pool without PyMySQL's ROLLBACK (a round trip
+    even with nothing open); one that failed is rolled back, so the connection's next user
+    starts outside any transaction."""
+    url = make_database("mariadb")
+    migration.upgrade(url)
+    engine = db_engine.create_engine(url, pool_size=1)  # the writes share one connection
+    try:
+        _check_mariadb_write_resets(engine)
+    finally:
+        engine.dispose()  # closes a connection left in a transaction, which holds locks
+
+
+def _check_mariadb_write_resets(engine: sa.Engine) -> None:
+    plugin = AgentMemberships(engine)
+
+    def rollbacks() -> int:
+        with engine.connect() as conn:  # its own close rolls back once
+            return int(conn.exec_driver_sql("SHOW SESSION STATUS LIKE 'Com_rollback'")
+                       .first()[1])
+
+    before = rollbacks()
+    for i in range(1, 11):
+        plugin.create(RequestContext.admin(),
+                      [{"id": str(uuid.uuid4()), "ip_address": f"192.0.2.{i}"}])
+    assert rollbacks() - before == 1
+    host = str(uuid.uuid4())
+    with pytest.raises(RuntimeError), db_engine.writer(engine, driver=True) as conn:
+        conn.execute(sa.insert(memberships), {"id": host, "ip_address": "192.0.2.99"})
+        raise RuntimeError("the request failed after its INSERT")
+    raw = engine.raw_connection()  # the connection the INSERT ran on
+    try:
+        cursor = raw.cursor()
+        cursor.execute("SELECT @@in_transaction")  # reads no table: opens none itself
+        assert cursor.fetchone() == (0,)
+        cursor.execute("SELECT COUNT(*) FROM midonet_agent_memberships WHERE id = %s",
+                       (host,))
+        assert cursor.fetchone() == (0,)  # an open transaction would show its own row
+    finally:
+        raw.invalidate()  # not back to the pool: in a failure it may hold a transaction
+
+
 def test_a_refused_sqlite_write_leaves_no_transaction_behind(make_database):
     """SQLite's writes run BEGIN IMMEDIATE ... COMMIT on a kept connection: one the
     database refused (a duplicate, a 409) must not stay kept inside its transaction, which
