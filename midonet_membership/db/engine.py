@@ -88,7 +88,20 @@ def create_engine(url: str, pool_size: int = 16) -> Engine:
                               pool_recycle=_RECYCLE_SECONDS, pool_reset_on_return=None)
     event.listen(engine.pool, "reset", _roll_back_unless_committed)
     event.listen(engine.pool, "checkin", _leave_autocommit)
+    if sa_url.get_backend_name() == "mysql":
+        event.listen(engine, "connect", _room_for_json_pages)
     return engine
+
+
+def _room_for_json_pages(dbapi_conn: Any, _record: Any) -> None:
+    """A MariaDB page written as JSON (db.paging) must not be cut: JSON_ARRAYAGG stops at
+    the session's ``group_concat_max_len`` with a warning only, and a server configured
+    below the 1 MiB default would otherwise send clients broken JSON."""
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute("SET SESSION group_concat_max_len = 4194304")
+    finally:
+        cursor.close()
 
 
 _COMMITTED = "midonet_committed"  # connection info: its last use ended with our COMMIT

@@ -33,9 +33,10 @@ def keyset_select(conn: AnyConnection, table: sa.Table, query: ListQuery,
     filtered = tuple(sorted(query.filters))
     params: dict[str, Any] = {f"filter_{name}": list(query.filters[name]) for name in filtered}
     dialect = conn.dialect.name
+    writer = "mariadb" if getattr(conn.dialect, "is_mariadb", False) else dialect
     if encoded and _text_only(table) and 0 < (query.limit or 0) <= _ENCODED_MAX_ROWS.get(
-            dialect, 0):
-        shape = (dialect, table, order, filtered, query.limit, query.page_reverse, primary_key)
+            writer, 0):
+        shape = (writer, table, order, filtered, query.limit, query.page_reverse, primary_key)
         return _after_marker(conn, table, query, primary_key, params, lambda after, values: (
             _read_encoded(conn, _encoded(*shape, after), values, table, primary_key)))
     inline_limit = query.limit if dialect == "postgresql" else None
@@ -63,10 +64,11 @@ def _after_marker(conn: AnyConnection, table: sa.Table, query: ListQuery, primar
 
 
 # The most rows a page may have to be written as JSON by the database. MariaDB's
-# JSON_ARRAYAGG cuts its text at group_concat_max_len (1 MiB by default, with a warning
-# only): a thousand rows of this project's tables are at most ~630 KB even if every
-# character were escaped. PostgreSQL's text has no such limit.
-_ENCODED_MAX_ROWS = {"postgresql": 2**63, "mysql": 1000, "mariadb": 1000}
+# JSON_ARRAYAGG cuts its text at group_concat_max_len with a warning only (db.engine sets
+# 4 MiB for its sessions): a thousand rows of this project's tables are at most ~630 KB
+# even if every character were escaped. PostgreSQL's text has no such limit. MySQL's
+# JSON_ARRAYAGG takes no ORDER BY: its pages stay rows.
+_ENCODED_MAX_ROWS = {"postgresql": 2**63, "mariadb": 1000}
 
 
 class Page(list):

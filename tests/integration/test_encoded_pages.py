@@ -141,3 +141,27 @@ def test_fields_are_picked_from_a_page_the_database_wrote(app):
     expected = apply_in_memory(items, ListQuery(limit=4))
     assert resp.json["agent_memberships"] == [{"ip_address": i["ip_address"]}
                                               for i in expected]
+
+
+def test_a_mariadb_server_with_a_short_group_concat_max_len_still_gets_whole_pages(
+        make_database):
+    """MariaDB cuts JSON_ARRAYAGG's text at ``group_concat_max_len`` with only a warning;
+    a server configured below a page's size must not send clients a cut page."""
+    url = make_database("mariadb")
+    migration.upgrade(url)
+    admin = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        configured = conn.exec_driver_sql("SELECT @@GLOBAL.group_concat_max_len").scalar()
+        conn.exec_driver_sql("SET GLOBAL group_concat_max_len = 1024")  # new sessions'
+    engine = db_engine.create_engine(url)
+    try:
+        items = [{"id": str(uuid.uuid4()), "ip_address": f"192.0.2.{i}"} for i in range(1, 61)]
+        AgentMemberships(engine).create(ADMIN, items)
+        page = AgentMemberships(engine).list(ADMIN, ListQuery(limit=60))
+        assert isinstance(page, EncodedPage) and len(page.json) > 1024
+        assert list(page) == apply_in_memory(items, ListQuery(limit=60))
+    finally:
+        engine.dispose()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"SET GLOBAL group_concat_max_len = {int(configured)}")
+        admin.dispose()
