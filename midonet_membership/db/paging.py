@@ -33,10 +33,10 @@ def keyset_select(conn: AnyConnection, table: sa.Table, query: ListQuery,
     filtered = tuple(sorted(query.filters))
     params: dict[str, Any] = {f"filter_{name}": list(query.filters[name]) for name in filtered}
     dialect = conn.dialect.name
-    writer = "mariadb" if getattr(conn.dialect, "is_mariadb", False) else dialect
+    server = "mariadb" if getattr(conn.dialect, "is_mariadb", False) else dialect
     if encoded and _text_only(table) and 0 < (query.limit or 0) <= _ENCODED_MAX_ROWS.get(
-            writer, 0):
-        shape = (writer, table, order, filtered, query.limit, query.page_reverse, primary_key)
+            server, 0):
+        shape = (server, table, order, filtered, query.limit, query.page_reverse, primary_key)
         return _after_marker(conn, table, query, primary_key, params, lambda after, values: (
             _read_encoded(conn, _encoded(*shape, after), values, table, primary_key)))
     inline_limit = query.limit if dialect == "postgresql" else None
@@ -142,12 +142,15 @@ def _encoded(dialect: str, table: sa.Table, order: tuple[tuple[str, bool], ...],
     a page's bytes do not depend on who wrote it."""
     page = _page(table, order, filtered, True, limit, after_marker, primary_key,
                  False).subquery()
-    shown = [page.c[name].asc() if asc != page_reverse else page.c[name].desc()
-             for name, asc in order]
+
+    def ordered(flip: bool) -> list[sa.ColumnElement]:
+        """``order`` (the fetch order), each direction flipped if ``flip``."""
+        return [page.c[name].asc() if asc != flip else page.c[name].desc()
+                for name, asc in order]
+
+    shown = ordered(page_reverse)
     if dialect == "postgresql":
-        return _postgresql_encoded(page, table, shown, primary_key, [
-            page.c[name].desc() if asc != page_reverse else page.c[name].asc()
-            for name, asc in order])
+        return _postgresql_encoded(page, table, shown, primary_key, ordered(not page_reverse))
     return _mariadb_encoded(page, table, shown)
 
 

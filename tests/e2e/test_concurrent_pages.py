@@ -14,7 +14,7 @@ import pytest
 from tests.fixtures.servers import ProductionApi
 
 PATH = "/v2.0/agent-memberships"
-WALKS = [  # (query, key the page is sorted by, descending)
+WALKS = [  # (query, key the walk is sorted by, descending)
     ("limit=7", "id", False),
     ("limit=9&sort_key=ip_address&sort_dir=desc", "ip_address", True),
     ("limit=50&page_reverse=True", "id", False),
@@ -50,15 +50,15 @@ def test_clients_walking_pages_at_once_each_get_every_row_in_order(tmp_path, mak
                    for i in range(100, 220)]
         resp = client.post(PATH, {"agent_memberships": members})
         assert resp.status == 201, resp
-        walked: dict[tuple[int, str], list[dict]] = {}
+        walked: list[tuple[tuple[str, str, bool], list[dict]]] = []  # (walk, its rows)
         errors: list[BaseException] = []
 
         def walker(n: int) -> None:
             own = server.client()
             try:
                 for round_ in range(3):
-                    query = WALKS[(n + round_) % len(WALKS)][0]
-                    walked[(n, f"{round_}:{query}")] = _walk(own, query)
+                    walk = WALKS[(n + round_) % len(WALKS)]
+                    walked.append((walk, _walk(own, walk[0])))
             except BaseException as exc:  # noqa: BLE001 - reported by the main thread
                 errors.append(exc)
 
@@ -69,9 +69,7 @@ def test_clients_walking_pages_at_once_each_get_every_row_in_order(tmp_path, mak
             thread.join(timeout=120)
         assert not errors, errors
         assert len(walked) == 24
-        for (_, key), rows in walked.items():
-            query = key.split(":", 1)[1]
-            sort_key, descending = next((k, d) for q, k, d in WALKS if q == query)
+        for (query, sort_key, descending), rows in walked:
             expected = sorted(members, key=lambda m: m[sort_key], reverse=descending)
             assert rows == expected, query
     finally:
