@@ -412,7 +412,7 @@ def _json_body(req: webob.Request) -> Any:
     # Chunked, nothing is announced: up to one byte over the limit, to tell it was over.
     length = req.content_length
     try:
-        raw = req.body_file.read(MAX_BODY_BYTES + 1 if length is None else length)
+        raw = _read_body(req, length)
     except (ValueError, OSError):
         # The server could not read what the client sent: a bad chunk size, a body shorter
         # than its Content-Length (the read times out), a dropped connection.
@@ -426,6 +426,21 @@ def _json_body(req: webob.Request) -> Any:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: deep nesting
         raise exceptions.BadRequest(resource="body", msg="Malformed request body") from None
+
+
+def _read_body(req: webob.Request, length: int | None) -> bytes:
+    """The body, read straight from the server's input when its length was announced:
+    WSGI lets an app read that much, and both servers' inputs (cheroot's, gunicorn's)
+    return it whole, waiting for a slow client. webob's ``body_file`` wraps the input in
+    a new length-limited, buffered reader for every request (an 8 KiB buffer; 9 of a
+    create's 110 µs of Python, cProfile). A body that ends before its announced length is
+    an error, as webob's wrapper makes it."""
+    if not length:
+        return req.body_file.read(MAX_BODY_BYTES + 1)  # chunked (or none): webob's rules
+    raw = req.environ["wsgi.input"].read(length)
+    if len(raw) < length:
+        raise OSError(f"the body ended after {len(raw)} of {length} bytes")
+    return raw
 
 
 def _only_keys(body: Any, allowed: set[str]) -> None:

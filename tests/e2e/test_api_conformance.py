@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 import sqlalchemy as sa
 
-from tests.fixtures.servers import Response, Server, free_port
+from tests.fixtures.servers import Response, Server, free_port, post_slowly
 
 PATH = "/v2.0/agent-memberships"
 REQUEST_ID = re.compile(
@@ -437,6 +437,16 @@ def test_a_body_that_cannot_be_read_is_400(api, db, shared_server, framing, body
     error = assert_error(_raw_exchange(shared_server, head, body, half_close), 400, why)
     assert error["type"] == "HTTPBadRequest"
     assert task_count(db) == before and rows(db) == []
+
+
+def test_a_body_arriving_in_pieces_is_read_whole(api, db, shared_server):
+    # A slow client's body reaches the server in several segments: the app answers once
+    # it has the announced length, not from what had arrived when it began to read.
+    host = str(uuid.uuid4())
+    raw = json.dumps(body(host, "192.0.2.77")).encode()
+    created = post_slowly(shared_server.port, shared_server.token, PATH, raw)
+    assert assert_ok(created, 201) == body(host, "192.0.2.77")
+    assert (host, "192.0.2.77") in rows(db)
 
 
 @pytest.mark.parametrize("head, status, why", [

@@ -1,9 +1,11 @@
 """``midonet-membership api`` keeps what gunicorn brings with its own thread pool in the
 worker (api/threads.py): a killed worker is replaced, ``SIGHUP`` replaces the workers
-without refusing a request, and eight clients at once are all answered."""
+without refusing a request, and eight clients at once are all answered; and its bodies
+are read as the all-in-one's are (the app reads gunicorn's input directly)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -11,7 +13,7 @@ import time
 import uuid
 
 from tests.fixtures.importer import wait_until
-from tests.fixtures.servers import ProductionApi
+from tests.fixtures.servers import ProductionApi, post_slowly
 
 PATH = "/v2.0/agent-memberships"
 
@@ -99,3 +101,20 @@ def test_eight_clients_at_once_are_all_answered(tmp_path, make_database):
         server.stop()
     assert created == [201] * 200
     assert len(listed) == 200
+
+
+def test_a_slow_body_is_read_whole_and_a_cut_one_refused(tmp_path, make_database):
+    server = ProductionApi(tmp_path, make_database("sqlite"))
+    try:
+        host = str(uuid.uuid4())
+        raw = json.dumps({"agent_membership": {"id": host, "ip_address": "192.0.2.78"}})
+        created = post_slowly(server.port, server.token, PATH, raw.encode())
+        assert created.status == 201, created
+        assert created.json["agent_membership"]["id"] == host
+        cut = post_slowly(server.port, server.token, PATH, raw.encode()[:30],
+                          announced=len(raw))
+        assert cut.status == 400, cut
+        assert "could not be read" in cut.json["NeutronError"]["message"]
+        assert server.client().get(f"{PATH}/{host}").status == 200
+    finally:
+        server.stop()
