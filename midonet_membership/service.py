@@ -85,11 +85,12 @@ def _configure(args: argparse.Namespace) -> cfg.ConfigOpts:
     return conf
 
 
-def prepare_database(conf: cfg.ConfigOpts):
-    """Upgrade the schema, then write the CONFIG task if the protocol changed."""
+def prepare_database(conf: cfg.ConfigOpts, serving: bool = False):
+    """Upgrade the schema, then write the CONFIG task if the protocol changed; the engine
+    is ``serving`` if this process serves requests on it (``create_engine``)."""
     url = config.database_url(conf)
     migration.upgrade(url)
-    engine = db_engine.create_engine(url, pool_size=conf.api_threads)
+    engine = db_engine.create_engine(url, pool_size=conf.api_threads, serving=serving)
     if journal.record_config(engine, conf.MIDONET.tunnel_protocol, new_request_id()):
         LOG.info("CONFIG task written: tunnel_protocol=%s", conf.MIDONET.tunnel_protocol)
     return engine
@@ -102,7 +103,7 @@ def all_in_one(conf: cfg.ConfigOpts, agent_count: int = 0) -> None:
     from midonet_membership.api import make_app
     from midonet_membership.api.server import ThreadedServer, active_threads_default
 
-    engine = prepare_database(conf)
+    engine = prepare_database(conf, serving=True)
     api_nsdb = _api_nsdb(conf)
     metrics.register_probes({**metrics.database_probes(engine), **metrics.nsdb_probes(api_nsdb)},
                             {"process": "api"})
@@ -221,7 +222,8 @@ def api(conf: cfg.ConfigOpts) -> None:
     _write_endpoint(conf, f"http://{conf.bind_host}:{conf.bind_port}")
 
     def app_factory():
-        engine = db_engine.create_engine(config.database_url(conf), pool_size=conf.api_threads)
+        engine = db_engine.create_engine(config.database_url(conf), pool_size=conf.api_threads,
+                                         serving=True)
         return make_app(conf, engine, _api_nsdb(conf))
     serve_workers(app_factory, conf.bind_host, conf.bind_port, conf.api_workers,
                   conf.api_threads)
