@@ -80,7 +80,7 @@ def create_engine(url: str, pool_size: int = 16, serving: bool = False) -> Engin
     """An engine tuned for its backend: SQLite in WAL with immediate write locks.
 
     ``serving``: the engine of a process serving requests, whose SQLite file is then
-    checkpointed by a thread of its own (:class:`_Checkpointer`), not by its requests."""
+    checkpointed by a thread of its own (:class:`Checkpointer`), not by its requests."""
     sa_url = sa.make_url(url)
     if sa_url.get_backend_name() == "sqlite":
         return _sqlite_engine(sa_url, serving)
@@ -157,8 +157,8 @@ def _sqlite_engine(url: sa.URL, serving: bool) -> Engine:
                               pool_size=16, max_overflow=16)
     pragmas = ["journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"]
     if serving and url.database not in (None, "", ":memory:"):
-        _Checkpointer(url.database).start_for(engine)
-        pragmas.append(f"wal_autocheckpoint={_Checkpointer.SAFETY_NET_PAGES}")
+        Checkpointer(url.database).start_for(engine)
+        pragmas.append(f"wal_autocheckpoint={Checkpointer.SAFETY_NET_PAGES}")
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:
@@ -180,7 +180,7 @@ def _sqlite_engine(url: sa.URL, serving: bool) -> Engine:
     return engine
 
 
-class _Checkpointer:
+class Checkpointer:
     """Copies a SQLite file's WAL back into the database from a thread of its own.
 
     Why: by default the commit that takes the WAL over 1,000 pages does it, inside the
@@ -200,9 +200,9 @@ class _Checkpointer:
         self.path = path
         self.stop = threading.Event()
 
-    def start_for(self, engine: Engine) -> None:
-        """Run while ``engine`` exists (it ends when the engine is garbage-collected)."""
-        weakref.finalize(engine, self.stop.set)
+    def start_for(self, owner: object) -> None:
+        """Run while ``owner`` (an engine) exists: it ends when that is garbage-collected."""
+        weakref.finalize(owner, self.stop.set)
         threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True).start()
 
     def _run(self) -> None:
