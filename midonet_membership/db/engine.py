@@ -16,6 +16,7 @@ import re
 import sqlite3
 import threading
 import time
+import urllib.parse
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -209,8 +210,9 @@ class Checkpointer:
         conn = None
         while not self.stop.wait(self.INTERVAL):
             try:
-                if conn is None:
-                    conn = sqlite3.connect(self.path, timeout=0, isolation_level=None,
+                if conn is None:  # never creating the file (mode=rw): only the engine may
+                    conn = sqlite3.connect(f"file:{urllib.parse.quote(self.path)}?mode=rw",
+                                           uri=True, timeout=0, isolation_level=None,
                                            check_same_thread=False)
                     conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()

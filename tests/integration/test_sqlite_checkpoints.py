@@ -70,3 +70,15 @@ def test_a_serving_engine_s_commits_reach_the_file_without_a_request_checkpointi
     finally:
         serving.dispose()
         other.dispose()
+
+
+def test_the_checkpoint_thread_never_creates_a_database_file(tmp_path):
+    # A file removed under a running server (its state directory cleaned up) must not come
+    # back empty from the checkpoint thread: only the engine creates its database.
+    path = tmp_path / "absent.sqlite"
+    engine = create_engine(f"sqlite:///{path}", serving=True)
+    try:
+        time.sleep(0.5)  # five of the thread's turns
+        assert not path.exists()
+    finally:
+        engine.dispose()
