@@ -9,11 +9,11 @@ server's and the client's, not ours. Started as its own process::
 
 *Database floor*: each operation's SQL through the same driver (psycopg 3, sqlite3) with no
 HTTP and no SQLAlchemy: the least a correct implementation must send. A create and a delete
-write the membership and its task atomically (PostgreSQL: one statement with a data-modifying
-CTE in autocommit, as ours; SQLite: BEGIN IMMEDIATE, two statements, COMMIT, writers of one
-process queued on a lock, as ours, the WAL checkpointed by a thread as ours); a show is one
-primary-key SELECT; a list page one ``ORDER BY id LIMIT 100`` (the deep page ``WHERE id >
-marker``), in autocommit.
+write the membership and its task atomically (PostgreSQL: one statement with a
+data-modifying CTE in autocommit, as ours; SQLite: one INSERT into a change view whose
+trigger writes both, in autocommit, writers of one process queued on a lock, as ours, the
+WAL checkpointed by a thread as ours); a show is one primary-key SELECT; a list page one
+``ORDER BY id LIMIT 100`` (the deep page ``WHERE id > marker``), in autocommit.
 
 *HTTP + SQL*: the trivial app running each operation's database floor SQL before it answers
 (``--database URL``): the server and the database in one process with nothing of ours in
@@ -172,17 +172,16 @@ PG_SQL = {
                        "WHERE id > %(marker)s ORDER BY id LIMIT 100"),
 }
 
-SQLITE_TASK = ("INSERT INTO midonet_tasks (type, data_type, resource_id, data, tenant_id, "
-               "transaction_id, created_at, requested_by, requested_from) "
-               "VALUES (?, 'AGENTMEMBERSHIP', ?, ?, ?, ?, ?, 'admin', '127.0.0.1')")
 SQLITE_SQL = {
-    "create": ["BEGIN IMMEDIATE",
-               "INSERT INTO midonet_agent_memberships (id, ip_address) VALUES (?, ?)",
-               SQLITE_TASK, "COMMIT"],
+    # One statement each, in autocommit, as ours: an INSERT into a change view whose
+    # trigger writes the change and its task (migration 0007).
+    "create": ("INSERT INTO midonet_agent_membership_creations (id, ip_address, data, "
+               "tenant_id, transaction_id, created_at, requested_by, requested_from) "
+               "VALUES (?, ?, ?, 'admin', ?, ?, 'admin', '127.0.0.1')"),
     "show": "SELECT id, ip_address FROM midonet_agent_memberships WHERE id = ?",
-    "delete": ["BEGIN IMMEDIATE",
-               "DELETE FROM midonet_agent_memberships WHERE id = ? RETURNING id, ip_address",
-               SQLITE_TASK, "COMMIT"],
+    "delete": ("INSERT INTO midonet_agent_membership_deletions (id, tenant_id, "
+               "transaction_id, created_at, requested_by, requested_from) "
+               "VALUES (?, 'admin', ?, ?, 'admin', '127.0.0.1')"),
     # A page as ours reads it on SQLite (db/paging.py): one row, the page as a JSON array.
     "list_first_page": "SELECT json_group_array(json_object('id', id, 'ip_address', "
                        "ip_address)) FROM (SELECT id, ip_address FROM "
@@ -233,7 +232,8 @@ class DatabaseFloor:
                     "adapters, as ours), one connection per client thread; create/delete: "
                     "one statement (data-modifying CTE + task INSERT)")
         return ("sqlite3, WAL, synchronous=NORMAL, one connection per client thread; "
-                "create/delete: BEGIN IMMEDIATE + 2 statements + COMMIT under a process lock; "
+                "create/delete: one INSERT into a change view (its trigger writes the row and "
+                "its task, migration 0007) in autocommit under a process lock; "
                 "pages: one row, the page as a JSON array (as ours); the WAL checkpointed "
                 "by a thread every 0.1 s, the commits' own checkpoint at 10,000 pages (as "
                 "ours, db.engine's Checkpointer)")
@@ -277,22 +277,14 @@ class DatabaseFloor:
         def create(conn: sqlite3.Connection, item: tuple[str, str]) -> None:
             id_, ip = item
             data = json.dumps({"id": id_, "ip_address": ip}, sort_keys=True)
+            values = (id_, ip, data, f"req-{uuid.uuid4()}", _sqlite_created_at())
             with lock:
-                conn.execute(sql[0])
-                conn.execute(sql[1], (id_, ip))
-                conn.execute(sql[2], ("CREATE", id_, data, "admin", f"req-{uuid.uuid4()}",
-                                      _sqlite_created_at()))
-                conn.execute(sql[3])
+                conn.execute(sql, values)
 
         def delete(conn: sqlite3.Connection, item: tuple[str, str]) -> None:
+            values = (item[0], f"req-{uuid.uuid4()}", _sqlite_created_at())
             with lock:
-                conn.execute(sql[0])
-                row = conn.execute(sql[1], (item[0],)).fetchone()
-                if row is not None:
-                    conn.execute(sql[2], ("DELETE", row[0], json.dumps(
-                        {"id": row[0], "ip_address": row[1]}, sort_keys=True), "admin",
-                        f"req-{uuid.uuid4()}", _sqlite_created_at()))
-                conn.execute(sql[3])
+                conn.execute(sql, values)
 
         def show(conn: sqlite3.Connection, item: tuple[str, str]) -> None:
             conn.execute(sql, (item[0],)).fetchall()

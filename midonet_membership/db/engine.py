@@ -375,6 +375,12 @@ class DriverConnection:
         except self.dialect.loaded_dbapi.Error as exc:
             raise self._translated(exc, query.decode(), args) from exc
 
+    @property
+    def total_changes(self) -> int:
+        """SQLite: the rows this connection's statements and their triggers have changed
+        so far (an INSTEAD OF trigger's statement reports nothing else)."""
+        return self._pooled.dbapi_connection.total_changes
+
     def commit(self) -> None:
         try:
             self._pooled.commit()

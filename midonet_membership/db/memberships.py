@@ -39,8 +39,9 @@ class AgentMemberships:
         (:func:`midonet_membership.nsdb.max_ops_per_apply`). None: no limit."""
         self.engine = engine
         self.max_bulk = max_bulk
-        # PostgreSQL runs a change and its task as one atomic statement (one round trip).
-        self._postgresql = engine.dialect.name == "postgresql"
+        # PostgreSQL (data-modifying CTEs) and SQLite (migration 0007's change views) run
+        # a change and its task as one atomic statement: one round trip, no BEGIN/COMMIT.
+        self._one_statement = engine.dialect.name in ("postgresql", "sqlite")
         self._mariadb = engine.dialect.name in ("mysql", "mariadb")
 
     @retry_transient
@@ -51,7 +52,7 @@ class AgentMemberships:
         rows = [{"id": m["id"], "ip_address": m["ip_address"]} for m in items]
         # The original contract's tenant_id lives in the task only (the table has no column).
         owners = [m.get("tenant_id") or context.project_id for m in items]
-        one_statement = len(rows) == 1 and self._postgresql
+        one_statement = len(rows) == 1 and self._one_statement
         try:
             with writer(self.engine, single_statement=one_statement, driver=True) as conn:
                 if one_statement:
@@ -107,10 +108,10 @@ class AgentMemberships:
 
     def _delete_row(self, context: RequestContext, id_: str) -> bool:
         """Whether a row was there to delete."""
-        if self._postgresql:
+        if self._one_statement:
             with writer(self.engine, single_statement=True, driver=True) as conn:
-                return bool(journal.record_with(conn, _delete_statement(), {"id": id_},
-                                                **audit_of(context)))
+                return journal.record_with(conn, _delete_statement(conn.dialect.name),
+                                           {"id": id_}, **audit_of(context))
         with writer(self.engine, driver=True) as conn:
             return delete_with_task(conn, id_, audit_of(context))
 
@@ -127,8 +128,8 @@ _SELECT_FOR_DELETE = _SHOW.with_for_update()
 
 def _insert_in_one_statement(conn: AnyConnection, row: dict[str, str], owner: str | None,
                              context: RequestContext) -> None:
-    """PostgreSQL: the row and its task in one atomic statement (one round trip)."""
-    journal.record_with(conn, _create_statement(),
+    """The row and its task in one atomic statement (PostgreSQL, SQLite)."""
+    journal.record_with(conn, _create_statement(conn.dialect.name),
                         {**row, "data": json.dumps(row, sort_keys=True)},
                         **audit_of(context, owner))
 
@@ -140,8 +141,22 @@ def audit_of(context: RequestContext, owner: str | None = None) -> dict[str, str
             "requested_by": context.requested_by, "requested_from": context.remote_address}
 
 
+# SQLite's change views (migration 0007): an INSERT into one runs the trigger that writes
+# the change and its task. Typed, so that ``created_at`` is bound as SQLAlchemy stores it.
+_AUDIT_COLUMNS = (sa.column("tenant_id", sa.String), sa.column("transaction_id", sa.String),
+                  sa.column("created_at", sa.DateTime), sa.column("requested_by", sa.String),
+                  sa.column("requested_from", sa.String))
+_CREATIONS = sa.table("midonet_agent_membership_creations", sa.column("id", sa.String),
+                      sa.column("ip_address", sa.String), sa.column("data", sa.Text),
+                      *_AUDIT_COLUMNS)
+_DELETIONS = sa.table("midonet_agent_membership_deletions", sa.column("id", sa.String),
+                      *[sa.column(c.name, c.type) for c in _AUDIT_COLUMNS])
+
+
 @functools.cache
-def _create_statement() -> sa.Insert:
+def _create_statement(dialect: str) -> sa.Insert:
+    if dialect == "sqlite":
+        return sa.insert(_CREATIONS)
     insert = (sa.insert(memberships)
               .values(id=sa.bindparam("id"), ip_address=sa.bindparam("ip_address"))
               .returning(memberships.c.id).cte("new_membership"))
@@ -150,7 +165,9 @@ def _create_statement() -> sa.Insert:
 
 
 @functools.cache
-def _delete_statement() -> sa.Insert:
+def _delete_statement(dialect: str) -> sa.Insert:
+    if dialect == "sqlite":  # its trigger writes the data as jsonb does, below
+        return sa.insert(_DELETIONS)
     deleted = (sa.delete(memberships).where(memberships.c.id == sa.bindparam("id"))
                .returning(memberships.c.id, memberships.c.ip_address)
                .cte("deleted_membership"))
