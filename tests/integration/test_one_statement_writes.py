@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
 
 from midonet_membership import exceptions
 from midonet_membership.context import RequestContext
-from midonet_membership.db import engine as db_engine
-from midonet_membership.db import migration
-from midonet_membership.db.memberships import AgentMemberships
 from midonet_membership.db.models import memberships, tasks
 
 # A trigger that makes the journal refuse every task, per backend.
@@ -30,14 +26,6 @@ REFUSING_JOURNAL = {
     "mysql": ["CREATE TRIGGER refuse BEFORE INSERT ON midonet_tasks FOR EACH ROW "
               "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'the journal refuses'"],
 }
-
-
-@pytest.fixture
-def plugin(database_url) -> Iterator[AgentMemberships]:
-    migration.upgrade(database_url)
-    engine = db_engine.create_engine(database_url, pool_size=2)
-    yield AgentMemberships(engine)
-    engine.dispose()
 
 
 def _context() -> RequestContext:

@@ -36,14 +36,6 @@ def _rows(engine) -> dict[str, str]:
         return dict(conn.execute(sa.select(memberships.c.id, memberships.c.ip_address)).all())
 
 
-@pytest.fixture
-def plugin(database_url) -> Iterator[AgentMemberships]:
-    migration.upgrade(database_url)
-    engine = db_engine.create_engine(database_url)
-    yield AgentMemberships(engine)
-    engine.dispose()
-
-
 def test_a_repeated_request_finds_its_own_commit(plugin):
     """What the retry does, on every backend: same request id, second attempt."""
     host = str(uuid.uuid4())
