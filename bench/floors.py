@@ -214,13 +214,12 @@ class DatabaseFloor:
         if self.backend == "postgresql":
             self.conninfo = url.set(drivername="postgresql").render_as_string(False)
         elif self.backend == "sqlite":
-            from midonet_membership.db.engine import Checkpointer
+            from midonet_membership.db.engine import SQLITE_PRAGMAS, Checkpointer
 
             self.path = url.database
             self.write_lock = threading.Lock()  # as db.engine's per-process SQLite lock
-            # Checkpoints as a serving engine's: by a thread, not by the commits.
-            self.pragmas = ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000",
-                            f"wal_autocheckpoint={Checkpointer.SAFETY_NET_PAGES}")
+            # Set and checkpointed as a serving engine's: by a thread, not by the commits.
+            self.pragmas = (*SQLITE_PRAGMAS, Checkpointer.PRAGMA)
             Checkpointer(self.path).start_for(self)
         else:
             raise ValueError(f"no database floor for {self.backend}")

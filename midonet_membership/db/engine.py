@@ -153,13 +153,17 @@ def _set_autocommit(driver_connection: Any, on: bool) -> None:
         driver_connection.autocommit = on
 
 
+# Every SQLite connection's settings; a checkpointed file's take Checkpointer.PRAGMA too.
+SQLITE_PRAGMAS = ("journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000")
+
+
 def _sqlite_engine(url: sa.URL, serving: bool) -> Engine:
     engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
                               pool_size=16, max_overflow=16)
-    pragmas = ["journal_mode=WAL", "synchronous=NORMAL", "busy_timeout=30000"]
+    pragmas = SQLITE_PRAGMAS
     if serving and url.database not in (None, "", ":memory:"):
         Checkpointer(url.database).start_for(engine)
-        pragmas.append(f"wal_autocheckpoint={Checkpointer.SAFETY_NET_PAGES}")
+        pragmas += (Checkpointer.PRAGMA,)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:
@@ -196,6 +200,7 @@ class Checkpointer:
 
     INTERVAL = 0.1
     SAFETY_NET_PAGES = 10_000
+    PRAGMA = f"wal_autocheckpoint={SAFETY_NET_PAGES}"  # for the file's other connections
 
     def __init__(self, path: str) -> None:
         self.path = path

@@ -19,6 +19,7 @@ from midonet_membership.context import RequestContext
 from midonet_membership.db import journal
 from midonet_membership.db.engine import (
     AnyConnection,
+    DriverConnection,
     is_duplicate_error,
     reader,
     retry_transient,
@@ -126,7 +127,7 @@ _DELETE_RETURNING = _DELETE.returning(*memberships.c)
 _SELECT_FOR_DELETE = _SHOW.with_for_update()
 
 
-def _insert_in_one_statement(conn: AnyConnection, row: dict[str, str], owner: str | None,
+def _insert_in_one_statement(conn: DriverConnection, row: dict[str, str], owner: str | None,
                              context: RequestContext) -> None:
     """The row and its task in one atomic statement (PostgreSQL, SQLite)."""
     journal.record_with(conn, _create_statement(conn.dialect.name),

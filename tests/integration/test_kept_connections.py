@@ -125,19 +125,21 @@ def _check_mariadb_write_resets(engine: sa.Engine) -> None:
         raw.invalidate()  # not back to the pool: in a failure it may hold a transaction
 
 
-def test_a_refused_sqlite_write_leaves_no_transaction_behind(make_database):
-    """SQLite's writes run BEGIN IMMEDIATE ... COMMIT on a kept connection: one the
-    database refused (a duplicate, a 409) must not stay kept inside its transaction, which
-    would hold the file's write lock and make every other writer, of any process, wait for
-    its busy timeout."""
+@pytest.mark.parametrize("bulk", [False, True], ids=["one statement", "transaction"])
+def test_a_refused_sqlite_write_leaves_no_transaction_behind(make_database, bulk):
+    """SQLite's writes run on a kept connection, one membership as one statement and a
+    bulk as BEGIN IMMEDIATE ... COMMIT: one the database refused (a duplicate, a 409) must
+    not stay kept inside a transaction, which would hold the file's write lock and make
+    every other writer, of any process, wait for its busy timeout."""
     url = make_database("sqlite")
     migration.upgrade(url)
     engine = db_engine.create_engine(url)
     plugin = AgentMemberships(engine)
     item = {"id": str(uuid.uuid4()), "ip_address": "192.0.2.65"}
     plugin.create(RequestContext.admin(), [item])
+    refused = [item, {"id": str(uuid.uuid4()), "ip_address": "192.0.2.67"}] if bulk else [item]
     with pytest.raises(exceptions.AgentMembershipExists):
-        plugin.create(RequestContext.admin(), [item])
+        plugin.create(RequestContext.admin(), refused)
     assert not any(pooled.driver_connection.in_transaction
                    for pooled, _ in db_engine._kept.get(engine, []))
     other = sqlite3.connect(sa.make_url(url).database, timeout=0, isolation_level=None)
