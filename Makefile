@@ -17,6 +17,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) -e '.[test]'
+	tools/ensure-mysqlclient $(VENV)
 	touch $@
 
 venv: $(VENV)/.installed

@@ -750,7 +750,9 @@ def neutron_verdict(reference: dict, results: dict) -> dict:
     in this run on one MariaDB database (NEUTRON_TARGETS, per operation and concurrency).
 
     ``x_address_scopes`` compares with stock neutron's own address-scopes (core Neutron's
-    cost per request), ``x_neutron_vs_ours_on_postgresql`` takes ours from the PostgreSQL
+    cost per request), ``x_neutron_ours_through_pymysql`` takes ours through neutron's
+    MariaDB driver (when ours was measured through mysqlclient's),
+    ``x_neutron_vs_ours_on_postgresql`` takes ours from the PostgreSQL
     production layout of this run instead (neutron's migrations do not run on PostgreSQL,
     so that one crosses databases), and ``x_neutron_at_our_postgresql_floor`` what ours
     would reach at that layout's floor (HTTP floor + database floor): all for information.
@@ -767,6 +769,8 @@ def neutron_verdict(reference: dict, results: dict) -> dict:
             ours = reference["ours_agent_memberships"][key][op]["req_per_s"]
             neutron = reference["neutron29_agent_memberships"][key][op]["req_per_s"]
             scopes = reference["neutron29_address_scopes"][key][op]["req_per_s"]
+            pymysql = reference.get("ours_agent_memberships_pymysql", {}).get(key, {}).get(
+                op, {}).get("req_per_s")
             pg_op = "list_first_page" if op == "list_limit_100" else op
             pg = ours_pg.get(key, {}).get(pg_op, {}).get("req_per_s")
             floor = ours_pg.get("vs_floor", {}).get(key, {}).get(pg_op, {}).get(
@@ -776,9 +780,11 @@ def neutron_verdict(reference: dict, results: dict) -> dict:
                 "x_neutron": _ratio(ours, neutron), "target_x": target,
                 "pass": bool(neutron) and ours / neutron >= target,
                 "x_address_scopes": _ratio(ours, scopes),
+                "x_neutron_ours_through_pymysql": _ratio(pymysql, neutron),
                 "x_neutron_vs_ours_on_postgresql": _ratio(pg, neutron),
                 "x_neutron_at_our_postgresql_floor": _ratio(floor, neutron)}
     checks["errors"] = neutron_reference.errors_in(reference)
+    checks["ours_driver"] = reference["settings"]["ours_driver"]
     checks["all_pass"] = checks["errors"] == 0 and all(
         v["pass"] for v in checks.values() if isinstance(v, dict))
     return checks
@@ -844,16 +850,18 @@ def _neutron_table(verdict: dict | None) -> list[str]:
     if "not_measured" in verdict:
         return ["", f"neutron 29 reference not measured: {verdict['not_measured']}"]
     lines = ["", "| c | operation | neutron 29 + our plugin | ours (same MariaDB) | x | target | "
-             "x stock address-scopes | x, ours on PostgreSQL | x at our PostgreSQL floor |",
-             "|" + "---|" * 9]
+             "x stock address-scopes | x, ours through PyMySQL | x, ours on PostgreSQL "
+             "| x at our PostgreSQL floor |", "|" + "---|" * 10]
     for name, v in verdict.items():
         if isinstance(v, dict):
             c, op = name.split("_", 1)
             lines.append(f"| {c[1:]} | {op} | {v['neutron_req_per_s']} | {v['ours_req_per_s']} "
                          f"| {v['x_neutron']} | >= {v['target_x']} | {v['x_address_scopes']} "
+                         f"| {v['x_neutron_ours_through_pymysql']} "
                          f"| {v['x_neutron_vs_ours_on_postgresql']} "
                          f"| {v['x_neutron_at_our_postgresql_floor']} |")
     lines.append("(req/s, --seconds per operation, gunicorn 1x8 and noauth for both servers; "
+                 f"ours through {verdict.get('ours_driver')}, neutron through mysql+pymysql; "
                  f"errors: {verdict['errors']})")
     return lines
 

@@ -6,7 +6,11 @@ Three targets, one MariaDB database, one load generator, one auth mode:
   admin-created resource of core Neutron: what Neutron itself costs per request);
 - ``neutron29_agent_memberships``: the same neutron-server serving our plugin's
   ``agent-memberships`` (tests/fixtures/neutron.py's layout, ``.venv-neutron``);
-- ``ours_agent_memberships``: ``midonet-membership api`` on the same database.
+- ``ours_agent_memberships``: ``midonet-membership api`` on the same database, through
+  ``--ours-driver`` (mysqlclient's ``mysql+mysqldb`` when it is installed, as the README
+  advises for MariaDB; neutron's is PyMySQL's ``mysql+pymysql``, as its guides configure
+  it), and then, when that is not PyMySQL, ``ours_agent_memberships_pymysql``: ours
+  through neutron's driver.
 
 Both servers are gunicorn, 1 worker x 8 threads, ``auth_strategy = noauth`` (no Keystone in
 the measured path; Neutron's noauth makes every caller an admin, ours is given
@@ -20,6 +24,7 @@ servers and MariaDB included); near 1.0 every figure is lower than on a quiet ma
 the three targets are measured under the same load, one after the other.
 
     .venv/bin/python bench/neutron_reference.py [--seconds 5] [--seed 200] [--concurrency 1,8]
+                                                [--ours-driver mysql+mysqldb]
 
 Prints one JSON document on stdout; progress on stderr. Needs ``tools/ensure-openstack``.
 """
@@ -51,7 +56,22 @@ from tests.fixtures.servers import ProductionApi  # noqa: E402
 
 MARIADB_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/mysql"
 SETTINGS = {"server": "gunicorn, 1 worker x 8 threads", "auth_strategy": "noauth",
-            "database": "MariaDB on 127.0.0.1, one database shared by all three"}
+            "database": "MariaDB on 127.0.0.1, one database shared by all targets",
+            "neutron_driver": "mysql+pymysql"}
+PYMYSQL = "mysql+pymysql"
+MYSQLCLIENT = "mysql+mysqldb"
+
+
+def default_ours_driver() -> str:
+    """mysqlclient's when it is installed (the README's advice for MariaDB), else PyMySQL's."""
+    try:
+        import MySQLdb  # noqa: F401
+    except ImportError:
+        return PYMYSQL
+    return MYSQLCLIENT
+
+
+OURS_CONF = "[DEFAULT]\nauth_strategy = noauth\napi_threads = 8\n"
 
 
 def log(message: str) -> None:
@@ -190,26 +210,29 @@ def measure(args: argparse.Namespace) -> dict:
                              poolclass=sa.pool.NullPool)
     with admin.connect() as conn:
         conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    url = sa.make_url(MARIADB_ADMIN).set(database=name).render_as_string(hide_password=False)
+    url = sa.make_url(MARIADB_ADMIN).set(database=name)
+    ours_drivers = dict.fromkeys([args.ours_driver, PYMYSQL])  # the chosen one first
     state = Path(tempfile.mkdtemp(prefix="mm-bench-neutron-"))
     servers: list[NeutronServer | ProductionApi] = []
     serial = Counter()
     busy0, total0 = _busy_ticks()
     try:
         log(f"neutron-db-manage upgrade heads + neutron-server on {name}")
-        neutron = NeutronServer(state / "neutron", url)
+        neutron = NeutronServer(state / "neutron", url.render_as_string(hide_password=False))
         servers.append(neutron)
         neutron.upgrade().start()
-        log("midonet-membership api on the same database")
-        (state / "ours").mkdir()
-        ours = ProductionApi(state / "ours", url,
-                             conf="[DEFAULT]\nauth_strategy = noauth\napi_threads = 8\n")
-        servers.append(ours)
+        targets = [("neutron29_address_scopes", neutron.port, ADDRESS_SCOPES),
+                   ("neutron29_agent_memberships", neutron.port, MEMBERSHIPS)]
+        for i, driver in enumerate(ours_drivers):
+            log(f"midonet-membership api on the same database, through {driver}")
+            (state / driver).mkdir()
+            ours = ProductionApi(state / driver, url.set(drivername=driver).render_as_string(
+                hide_password=False), conf=OURS_CONF)
+            servers.append(ours)
+            key = "ours_agent_memberships" + ("_pymysql" if i else "")
+            targets.append((key, ours.port, MEMBERSHIPS))
         result = {}
-        for key, port, resource in (
-                ("neutron29_address_scopes", neutron.port, ADDRESS_SCOPES),
-                ("neutron29_agent_memberships", neutron.port, MEMBERSHIPS),
-                ("ours_agent_memberships", ours.port, MEMBERSHIPS)):
+        for key, port, resource in targets:
             log(key)
             result[key] = bench_target(port, resource, args, serial)
     finally:
@@ -220,7 +243,8 @@ def measure(args: argparse.Namespace) -> dict:
         admin.dispose()
         shutil.rmtree(state, ignore_errors=True)
     busy1, total1 = _busy_ticks()
-    return {"settings": {**SETTINGS, "concurrency": args.concurrency,
+    return {"settings": {**SETTINGS, "ours_driver": args.ours_driver,
+                         "concurrency": args.concurrency,
                          "seconds_per_operation": args.seconds, "seeded_items": args.seed,
                          "cpus": os.cpu_count()},
             "machine_busy_share": round((busy1 - busy0) / max(1, total1 - total0), 2),
@@ -240,6 +264,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=200)
     p.add_argument("--concurrency", type=_concurrencies, default=[1],
                    help="comma-separated client counts, each measured in turn (default 1)")
+    p.add_argument("--ours-driver", choices=[MYSQLCLIENT, PYMYSQL], default=default_ours_driver(),
+                   help="our server's MariaDB driver (default: mysqlclient's when installed)")
     return p
 
 
@@ -256,7 +282,7 @@ def main() -> int:
 def errors_in(reference: dict) -> int:
     """Failed requests over every target, concurrency and operation."""
     return sum(figure["errors"] for key, target in reference.items()
-               if key.endswith("_memberships") or key.endswith("_scopes")
+               if "_memberships" in key or key.endswith("_scopes")
                for by_op in target.values() for figure in by_op.values())
 
 

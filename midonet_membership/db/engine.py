@@ -50,6 +50,8 @@ class DatabaseURLError(Exception):
 # The drivers this project installs, per backend (pyproject.toml).
 INSTALLED_DRIVERS = {"postgresql": "postgresql+psycopg", "mysql": "mysql+pymysql",
                      "sqlite": "sqlite"}
+# The drivers an extra of this project installs (pyproject.toml): MariaDB's C driver.
+EXTRA_DRIVERS = {"mysql+mysqldb": "mysqlclient"}
 
 
 def check_url(url: str) -> None:
@@ -72,6 +74,9 @@ def check_url(url: str) -> None:
         backend = sa_url.get_backend_name()
         instead = INSTALLED_DRIVERS.get(backend)
         hint = f"use {instead}://..." if instead else "install it"
+        extra = EXTRA_DRIVERS.get(sa_url.drivername)
+        if extra:
+            hint = f"install midonet-membership[{extra}] (tools/ensure-mysqlclient), or {hint}"
         raise DatabaseURLError(
             f"[database] connection {sa_url.drivername}://: its driver is not installed "
             f"({exc.name or exc}); {hint} (installed with midonet-membership)") from None
@@ -116,9 +121,10 @@ def _roll_back_unless_committed(dbapi_conn: Any, record: Any, state: PoolResetSt
     """The reset on return to the pool: SQLAlchemy's ROLLBACK (``pool_reset_on_return`` is
     off), but not after :func:`_pooled`'s COMMIT, which left nothing open.
 
-    Why: PyMySQL's ``rollback()`` is a round trip even outside a transaction (psycopg's
-    sends nothing then), and it was a MariaDB create's fourth, after its two INSERTs and
-    the COMMIT (``Com_rollback`` counted one per create)."""
+    Why: a MariaDB driver's ``rollback()`` (PyMySQL's, mysqlclient's) is a round trip even
+    outside a transaction (psycopg's sends nothing then), and it was a MariaDB create's
+    fourth, after its two INSERTs and the COMMIT (``Com_rollback`` counted one per
+    create)."""
     committed = record is not None and record.info.pop(_COMMITTED, False)
     if state.asyncio_safe and not (state.transaction_was_reset or committed):
         dbapi_conn.rollback()
@@ -138,15 +144,15 @@ def _leave_autocommit(dbapi_conn: Any, _record: Any) -> None:
 
 
 def _in_autocommit(driver_connection: Any) -> bool:
-    """psycopg's flag is an attribute; PyMySQL's a method, and its state a status flag
-    the server sent last (no round trip)."""
+    """psycopg's flag is an attribute; the MariaDB drivers' a method, and its state a
+    status flag the server sent last (no round trip)."""
     if callable(driver_connection.autocommit):
         return driver_connection.get_autocommit()
     return driver_connection.autocommit
 
 
 def _set_autocommit(driver_connection: Any, on: bool) -> None:
-    """psycopg sends nothing; PyMySQL sends ``SET AUTOCOMMIT`` (a round trip)."""
+    """psycopg sends nothing; the MariaDB drivers send ``SET AUTOCOMMIT`` (a round trip)."""
     if callable(driver_connection.autocommit):
         driver_connection.autocommit(on)
     else:
@@ -367,7 +373,10 @@ class DriverConnection:
             raise self._translated(exc, sql, args, cursor) from exc
         finally:
             if cursor is not None and self.dialect.name != "postgresql":
-                cursor.close()
+                # mysqlclient's close() reads what the statement left on a dead connection,
+                # and raises: the statement's own outcome is what counts.
+                with contextlib.suppress(self.dialect.loaded_dbapi.Error):
+                    cursor.close()
 
     def _on_libpq(self, prepared: _Prepared, params: dict[str, Any]) -> Rows:
         query, args = prepared.bind_numbered(params)
@@ -663,7 +672,7 @@ def _kept_connection(engine: Engine) -> Iterator[DriverConnection]:
         except IndexError:
             pooled = _checkout(engine)
             if flagged:
-                _set_autocommit(pooled.driver_connection, True)
+                _enter_autocommit(engine, pooled)
             entry = (pooled, time.monotonic())
         else:
             if not entry[0].is_valid or time.monotonic() - entry[1] > _RECYCLE_SECONDS:
@@ -686,6 +695,19 @@ def _kept_connection(engine: Engine) -> Iterator[DriverConnection]:
     finally:
         in_flight.remove(conn)
     kept.append(entry)
+
+
+def _enter_autocommit(engine: Engine, pooled: PoolProxiedConnection) -> None:
+    """The driver's autocommit on, for a kept connection. The pool checks nothing out
+    (no pre-ping), so this round trip is the first to meet a connection the database
+    dropped while it was idle: its error is SQLAlchemy's, and the connection invalidated,
+    as a statement's would be (:func:`retry_transient` then takes a new one)."""
+    try:
+        _set_autocommit(pooled.driver_connection, True)
+    except engine.dialect.loaded_dbapi.Error as exc:
+        error = DriverConnection(engine, pooled)._translated(exc, "SET AUTOCOMMIT", ())
+        pooled.close()
+        raise error from exc
 
 
 def statements_in_flight(engine: Engine) -> int:

@@ -15,13 +15,14 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
+from tests.fixtures.databases import MYSQLCLIENT
 from tests.fixtures.proxy import TcpProxy
 from tests.fixtures.servers import Server
 
 PATH = "/v2.0/agent-memberships"
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb", MYSQLCLIENT])
 def test_a_database_outage_is_503_and_writes_nothing(backend, make_database, tmp_path):
     url = sa.make_url(make_database(backend))
     proxy = TcpProxy((url.host, url.port))
@@ -56,3 +57,34 @@ def test_a_database_outage_is_503_and_writes_nothing(backend, make_database, tmp
         server.stop()
         proxy.cut()
     assert "the Neutron DB is unavailable after" in server.output()
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb", MYSQLCLIENT])
+def test_a_database_restart_between_requests_costs_no_request(backend, make_database, tmp_path):
+    """Every connection the server holds dies at once (a database restart): those kept for
+    reads and those idle in the pool after writes. Each request after it is answered as if
+    nothing had happened, its dead connections retried, never a 5xx."""
+    url = sa.make_url(make_database(backend))
+    proxy = TcpProxy((url.host, url.port))
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    server = Server(tmp_path / "state", proxied, {}, []).start()
+    try:
+        api = server.client()
+        hosts = [str(uuid.uuid4()) for _ in range(3)]
+        for i, host in enumerate(hosts):  # writes: connections back to the pool
+            assert api.post(PATH, {"agent_membership": {
+                "id": host, "ip_address": f"192.0.2.{100 + i}"}}).status == 201
+        assert api.get(f"{PATH}/{hosts[0]}").status == 200  # a read: a kept connection
+        proxy.cut()
+        proxy.restore()
+        answers = [api.get(f"{PATH}/{host}") for host in hosts]
+        assert [a.status for a in answers] == [200, 200, 200], answers
+        assert api.get(PATH).json["agent_memberships"] == [
+            a.json["agent_membership"] for a in sorted(answers, key=lambda a: a.json[
+                "agent_membership"]["id"])]
+        assert api.delete(f"{PATH}/{hosts[0]}").status == 204
+        assert api.post(PATH, {"agent_membership": {"id": str(uuid.uuid4()),
+                                                    "ip_address": "192.0.2.110"}}).status == 201
+    finally:
+        server.stop()
+        proxy.cut()

@@ -26,12 +26,13 @@ from midonet_membership.db import migration
 from midonet_membership.db.memberships import AgentMemberships
 from midonet_membership.db.paging import EncodedPage
 from midonet_membership.paging import ListQuery, apply_in_memory
+from tests.fixtures.databases import MYSQLCLIENT
 
 ADMIN = RequestContext.admin()
 PATH = "/v2.0/agent-memberships"
 
 
-@pytest.fixture(params=["postgresql", "mariadb"])
+@pytest.fixture(params=["postgresql", "mariadb", MYSQLCLIENT])
 def stored(request, make_database) -> Iterator[tuple[sa.Engine, list[dict]]]:
     url = make_database(request.param)
     migration.upgrade(url)
@@ -143,11 +144,12 @@ def test_fields_are_picked_from_a_page_the_database_wrote(app):
                                               for i in expected]
 
 
+@pytest.mark.parametrize("backend", ["mariadb", MYSQLCLIENT])
 def test_a_mariadb_server_with_a_short_group_concat_max_len_still_gets_whole_pages(
-        make_database):
+        make_database, backend):
     """MariaDB cuts JSON_ARRAYAGG's text at ``group_concat_max_len`` with only a warning;
     a server configured below a page's size must not send clients a cut page."""
-    url = make_database("mariadb")
+    url = make_database(backend)
     migration.upgrade(url)
     admin = sa.create_engine(url, poolclass=sa.pool.NullPool)
     with admin.connect() as conn:

@@ -21,12 +21,15 @@ from midonet_membership.db import migration
 from midonet_membership.db.memberships import AgentMemberships
 from midonet_membership.db.models import memberships
 from midonet_membership.paging import ListQuery
+from tests.fixtures.databases import EVERY_DRIVER, MYSQLCLIENT
+from tests.fixtures.proxy import TcpProxy
 
 
-@pytest.fixture
-def plugin(database_url) -> Iterator[AgentMemberships]:
-    migration.upgrade(database_url)
-    engine = db_engine.create_engine(database_url, pool_size=1)
+@pytest.fixture(params=EVERY_DRIVER)
+def plugin(request, make_database) -> Iterator[AgentMemberships]:
+    url = make_database(request.param)
+    migration.upgrade(url)
+    engine = db_engine.create_engine(url, pool_size=1)
     yield AgentMemberships(engine)
     engine.dispose()
 
@@ -58,7 +61,7 @@ def _assert_transactions_roll_back(engine) -> None:
                             .where(memberships.c.id == host)).all() == []
 
 
-@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb", MYSQLCLIENT])
 @pytest.mark.parametrize("how", ["its statement failed", "its engine went away"])
 def test_a_kept_connection_goes_back_to_the_pool_transactional(make_database, how, backend):
     url = make_database(backend)
@@ -82,12 +85,37 @@ def test_a_kept_connection_goes_back_to_the_pool_transactional(make_database, ho
     engine.dispose()
 
 
+@pytest.mark.parametrize("backend", ["mariadb", MYSQLCLIENT])
+def test_a_connection_that_died_idle_in_the_pool_is_retried_when_kept(make_database, backend):
+    """A MariaDB write's connection waits in the pool (no pre-ping) and dies there (the
+    database restarts). The next read takes it to keep, and turning on the driver's
+    autocommit is its first round trip: that failure is retried on a new connection, as a
+    statement's is, not a driver's error escaping to the caller."""
+    url = sa.make_url(make_database(backend))
+    migration.upgrade(url.render_as_string(hide_password=False))
+    proxy = TcpProxy((url.host, url.port))
+    engine = db_engine.create_engine(url.set(host="127.0.0.1", port=proxy.port)
+                                     .render_as_string(hide_password=False), pool_size=1)
+    try:
+        plugin = AgentMemberships(engine)
+        item = {"id": str(uuid.uuid4()), "ip_address": "192.0.2.64"}
+        plugin.create(RequestContext.admin(), [item])  # a transaction: back to the pool
+        assert db_engine._kept.get(engine, []) == [] and engine.pool.checkedin() == 1
+        proxy.cut()
+        proxy.restore()
+        assert plugin.get(RequestContext.admin(), item["id"]) == item
+    finally:
+        engine.dispose()
+        proxy.cut()
+
+
+@pytest.mark.parametrize("backend", ["mariadb", MYSQLCLIENT])
 def test_a_mariadb_write_returns_without_a_rollback_and_a_failed_one_leaves_none_open(
-        make_database):
-    """A committed write goes back to the pool without PyMySQL's ROLLBACK (a round trip
-    even with nothing open); one that failed is rolled back, so the connection's next user
-    starts outside any transaction."""
-    url = make_database("mariadb")
+        make_database, backend):
+    """A committed write goes back to the pool without the driver's ROLLBACK (a round trip
+    even with nothing open, in PyMySQL and mysqlclient); one that failed is rolled back,
+    so the connection's next user starts outside any transaction."""
+    url = make_database(backend)
     migration.upgrade(url)
     engine = db_engine.create_engine(url, pool_size=1)  # the writes share one connection
     try:

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from midonet_membership import exceptions
 from midonet_membership.context import RequestContext
 from midonet_membership.db.models import memberships, tasks
+from tests.fixtures.databases import EVERY_DRIVER
 
 # A trigger that makes the journal refuse every task, per backend.
 REFUSING_JOURNAL = {
@@ -26,6 +27,12 @@ REFUSING_JOURNAL = {
     "mysql": ["CREATE TRIGGER refuse BEFORE INSERT ON midonet_tasks FOR EACH ROW "
               "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'the journal refuses'"],
 }
+
+
+@pytest.fixture(params=EVERY_DRIVER)
+def database_url(request, make_database) -> str:
+    """Each backend, and MariaDB through each driver: the shared ``plugin`` runs on it."""
+    return make_database(request.param)
 
 
 def _context() -> RequestContext:
