@@ -81,6 +81,11 @@ class MostRecentlyIdleThreads:
                                  name=f"{self._name}-{self._started}").start()
         return future
 
+    def has_waiting_work(self) -> bool:
+        """Whether work waits for a thread (a thread that could stay with its connection
+        should take it instead)."""
+        return bool(self._waiting)
+
     def shutdown(self, wait: bool = True) -> None:
         """Idle threads end now, busy ones after their request; ``wait`` is not supported
         (gunicorn passes False)."""

@@ -5,6 +5,7 @@ are read as the all-in-one's are (the app reads gunicorn's input directly)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -101,6 +102,53 @@ def test_eight_clients_at_once_are_all_answered(tmp_path, make_database):
         server.stop()
     assert created == [201] * 200
     assert len(listed) == 200
+
+
+def test_a_client_that_never_pauses_does_not_keep_the_only_thread_from_another(
+        tmp_path, make_database):
+    """One request thread. Client A sends its next request the moment each answer arrives,
+    on one kept-alive connection, so the thread that answered it could stay with it for
+    ever (server.py's KEEPALIVE_STAY). Client B, on a connection of its own, is answered
+    all the same, its requests taking turns with A's."""
+    server = ProductionApi(tmp_path, make_database("sqlite"), conf="[DEFAULT]\napi_threads = 1\n")
+    headers = {"X-Auth-Token": server.token}
+    answered_a: list[int] = []
+    stop = threading.Event()
+
+    def client_a() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        while not stop.is_set():
+            conn.request("GET", f"{PATH}?limit=1", headers=headers)
+            answered_a.append(conn.getresponse().read() and 1)
+        conn.close()
+
+    a = threading.Thread(target=client_a)
+    try:
+        a.start()
+        wait_until(lambda: len(answered_a) > 100, timeout=30)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        a_seen, latencies = [len(answered_a)], []
+        for _ in range(50):
+            started = time.monotonic()
+            conn.request("GET", f"{PATH}?limit=1", headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            latencies.append(time.monotonic() - started)
+            a_seen.append(len(answered_a))
+            assert resp.status == 200
+        conn.close()
+    finally:
+        stop.set()
+        a.join(30)
+        server.stop()
+    # Turns: A is answered between most of B's answers (a thread that stayed with either
+    # client would leave the other waiting until that client paused: B's first request
+    # for up to seconds, then A through all of B's, 0 or 1 turns), and B waits a request
+    # of A's at most. Not every time: A's next request may reach the thread's queue only
+    # after the thread has taken B's.
+    turns = sum(after > before for before, after in zip(a_seen[1:], a_seen[2:], strict=False))
+    assert turns >= 20, (turns, sorted(latencies)[-3:])
+    assert max(latencies) < 1.0, sorted(latencies)[-3:]
 
 
 def test_a_slow_body_is_read_whole_and_a_cut_one_refused(tmp_path, make_database):
