@@ -370,9 +370,10 @@ def _gthread_worker() -> type:
 
     Why: gunicorn hands a kept-alive connection back to its main thread after every
     response (a done-callback, a pipe write, the poller's register; when the next request
-    arrives, a wake-up, unregister, a submit, a thread woken): the HTTP floor answered
-    2,554 / 2,679 requests a second at c=1 / c=8 that way and 3,353 / 3,517 with the stay
-    (docs/api-performance.md). The thread waits ``KEEPALIVE_STAY`` for the next request
+    arrives, a wake-up, unregister, a submit, a thread woken). Without that, the HTTP
+    floor of bench/api.py answers about a third more requests a second at c=1 and c=8, and
+    our worker spent ~110 µs less CPU on a PostgreSQL show at c=1 (docs/api-performance.md).
+    The thread waits ``KEEPALIVE_STAY`` for the next request
     only while the client has been sending its requests that fast (a connection that came
     back from the poller later than that goes back at once after its answer, as stock
     gunicorn does) and no other connection waits for a thread (then it goes back too: a
