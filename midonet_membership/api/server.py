@@ -373,12 +373,12 @@ def _gthread_worker() -> type:
     arrives, a wake-up, unregister, a submit, a thread woken). Without that, the HTTP
     floor of bench/api.py answers about a third more requests a second at c=1 and c=8, and
     our worker spent ~110 µs less CPU on a PostgreSQL show at c=1 (docs/api-performance.md).
-    The thread waits ``KEEPALIVE_STAY`` for the next request
-    only while the client has been sending its requests that fast (a connection that came
-    back from the poller later than that goes back at once after its answer, as stock
-    gunicorn does) and no other connection waits for a thread (then it goes back too: a
-    busy client cannot keep a thread from the others; one that found every thread
-    staying waits a stay at most)."""
+
+    The thread waits ``KEEPALIVE_STAY`` for the next request only while the client has
+    been sending its requests that fast (a connection that came back from the poller later
+    than that goes back at once after its answer, as stock gunicorn does) and no other
+    connection waits for a thread (then it goes back too: a busy client cannot keep a
+    thread from the others; one that found every thread staying waits a stay at most)."""
     from gunicorn.workers.gthread import ThreadWorker
 
     class Worker(ThreadWorker):
