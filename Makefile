@@ -17,7 +17,6 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 
 $(VENV)/.installed-test: $(VENV)/.installed
 	$(PIP) -e '.[test]'
-	tools/ensure-mysqlclient $(VENV)
 	touch $@
 
 venv: $(VENV)/.installed
@@ -29,6 +28,7 @@ run: venv
 
 ## Run the whole suite against real PostgreSQL, MariaDB, ZooKeeper and network namespaces.
 test: venv-test
+	tools/ensure-mysqlclient $(VENV)
 	tools/ensure-zookeeper
 	tools/ensure-netns-tools
 	tools/ensure-openstack
@@ -49,6 +49,7 @@ lint: venv-test
 ## The API against its floors and neutron 29 (bench/api.py): the tables on the terminal,
 ## the JSON in var/.
 bench: venv-test
+	tools/ensure-mysqlclient $(VENV)
 	tools/ensure-openstack neutron
 	mkdir -p var
 	$(BIN)/python bench/api.py $(BENCH_ARGS) > var/bench-api.json
