@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import sqlalchemy as sa
 
 from tests.fixtures.databases import MYSQLCLIENT
 from tests.fixtures.proxy import TcpProxy
@@ -27,9 +26,7 @@ PATH = "/v2.0/agent-memberships"
 def behind_proxy(request, make_database, tmp_path) -> Iterator[tuple[Server, TcpProxy]]:
     """The all-in-one on a fresh database of each backend (MariaDB through each driver),
     reached through a :class:`TcpProxy`."""
-    url = sa.make_url(make_database(request.param))
-    proxy = TcpProxy((url.host, url.port))
-    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    proxy, proxied = TcpProxy.to_database(make_database(request.param))
     server = Server(tmp_path / "state", proxied, {}, []).start()
     yield server, proxy
     server.stop()

@@ -91,11 +91,10 @@ def test_a_connection_that_died_idle_in_the_pool_is_retried_when_kept(make_datab
     database restarts). The next read takes it to keep, and turning on the driver's
     autocommit is its first round trip: that failure is retried on a new connection, as a
     statement's is, not a driver's error escaping to the caller."""
-    url = sa.make_url(make_database(backend))
-    migration.upgrade(url.render_as_string(hide_password=False))
-    proxy = TcpProxy((url.host, url.port))
-    engine = db_engine.create_engine(url.set(host="127.0.0.1", port=proxy.port)
-                                     .render_as_string(hide_password=False), pool_size=1)
+    url = make_database(backend)
+    migration.upgrade(url)
+    proxy, proxied = TcpProxy.to_database(url)
+    engine = db_engine.create_engine(proxied, pool_size=1)
     try:
         plugin = AgentMemberships(engine)
         item = {"id": str(uuid.uuid4()), "ip_address": "192.0.2.64"}

@@ -59,11 +59,10 @@ def test_a_repeated_request_finds_its_own_commit(plugin):
 @pytest.fixture
 def lossy(make_database) -> Iterator[tuple[AgentMemberships, TcpProxy]]:
     """The plugin on a fresh PostgreSQL database, through a :class:`TcpProxy`."""
-    url = sa.make_url(make_database("postgresql"))
-    migration.upgrade(url.render_as_string(hide_password=False))
-    proxy = TcpProxy((url.host, url.port or 5432))
-    engine = db_engine.create_engine(url.set(host="127.0.0.1", port=proxy.port)
-                                     .render_as_string(hide_password=False))
+    url = make_database("postgresql")
+    migration.upgrade(url)
+    proxy, proxied = TcpProxy.to_database(url)
+    engine = db_engine.create_engine(proxied)
     yield AgentMemberships(engine), proxy
     engine.dispose()
     proxy.cut()
