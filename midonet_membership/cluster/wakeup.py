@@ -29,12 +29,18 @@ from midonet_membership.db.journal import NOTIFY_CHANNEL
 
 LOG = logging.getLogger(__name__)
 SAFETY_POLL_INTERVAL = 1.0  # seconds between journal reads the database said were idle
+# The longest the LISTEN connection goes unread while a wake-up waits to be taken (a standby
+# importer never takes one): PostgreSQL keeps what it could not deliver in its notification
+# queue, which must not grow without bound, since a full one fails every commit that notifies.
+LISTEN_PARK_LIMIT = 0.1
 
 
 class Wakeup:
     def __init__(self, poll_interval: float) -> None:
         self.poll_interval = poll_interval
         self._event = threading.Event()
+        self._taken = threading.Event()  # the importer took the last wake-up (its read follows)
+        self._taken.set()
         self._stopped = threading.Event()
         self._listening = threading.Event()  # the LISTEN connection is up
         self._threads: list[threading.Thread] = []
@@ -51,6 +57,7 @@ class Wakeup:
         yet begun the read that will see this commit) need not be set again, which takes
         its lock and wakes no one."""
         if not self._event.is_set():
+            self._taken.clear()
             self._event.set()
 
     @property
@@ -79,6 +86,7 @@ class Wakeup:
                         or time.monotonic() >= safety):
                     break
         self._event.clear()
+        self._taken.set()
 
     def listen_in_process(self) -> None:
         db_engine.on_task_commit(self.notify)
@@ -108,16 +116,29 @@ class Wakeup:
                     self._listening.set()
                     self.notify()  # anything committed while we were not listening
                     while not self._stopped.is_set():
-                        for _ in conn.notifies(timeout=1.0):
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):  # a packet's
                             self.notify()
+                        self._park_until_taken()
             except psycopg.Error as exc:
                 self._listening.clear()
                 self.notify()  # a poll now, and short polls until LISTEN is back
                 LOG.warning("LISTEN connection lost (%s); polling until it is back", exc)
                 self._stopped.wait(1.0)
 
+    def _park_until_taken(self) -> None:
+        """Leave the LISTEN connection unread until the importer takes the wake-up it has.
+
+        Why: every commit of a task notifies, and each notification read was a wake-up of
+        this thread and psycopg's Python around it, in the importer's process: under a stream
+        of creates one per create, while the importer needs one per batch. The ones that
+        arrive meanwhile wait in the socket and PostgreSQL's queue, and are read together
+        once the importer has begun the read that sees their commits; any read after that
+        sets the wake-up again, so none is lost (at worst one more read of the journal)."""
+        self._taken.wait(LISTEN_PARK_LIMIT)
+
     def stop(self) -> None:
         self._stopped.set()
+        self._taken.set()
         db_engine.remove_task_commit_listener(self.notify)
         self._event.set()
         if self._data_version is not None:

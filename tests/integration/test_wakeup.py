@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from midonet_membership import nsdb
-from midonet_membership.cluster.wakeup import SAFETY_POLL_INTERVAL, Wakeup
+from midonet_membership.cluster.wakeup import LISTEN_PARK_LIMIT, SAFETY_POLL_INTERVAL, Wakeup
 from midonet_membership.db import engine as db_engine
 from midonet_membership.db import journal, migration
 from midonet_membership.db.models import memberships, tasks
@@ -148,3 +148,33 @@ def test_a_rolled_back_id_is_settled_without_waiting_for_the_safety_poll(listeni
             took.append(time.monotonic() - started)
     assert max(took) < SAFETY_POLL_INTERVAL / 2, took
 
+
+
+def test_a_stream_of_commits_is_read_in_a_few_packets_while_the_importer_is_busy(listening):
+    """Every commit of a task notifies. While the importer has a wake-up it has not taken
+    (it is applying a batch), the LISTEN connection is left unread for up to
+    LISTEN_PARK_LIMIT: the stream's notifications are then read together, not one wake-up
+    of the listener per commit. Nobody taking the wake-up (a standby importer) does not stop
+    the reads, so PostgreSQL's notification queue is drained; and once taken, the next
+    commit wakes the importer at once."""
+    wakeup, engine = listening
+    reads: list[float] = []
+    park = wakeup._park_until_taken
+
+    def counted() -> None:  # what the listener does after each read of the connection
+        reads.append(time.monotonic())
+        park()
+    wakeup._park_until_taken = counted
+    commits = 30
+    started = time.monotonic()
+    for _ in range(commits):
+        _commit_task_elsewhere(engine)
+    last_commit = time.monotonic()
+    elapsed = last_commit - started
+    wait_until(lambda: reads and reads[-1] >= last_commit, 5 * LISTEN_PARK_LIMIT + 1)
+    during = [t for t in reads if t < last_commit]
+    assert len(during) <= min(commits / 3, 2 + elapsed / LISTEN_PARK_LIMIT), (
+        f"{len(during)} notification reads for {commits} commits in {elapsed:.2f} s")
+    wakeup.wait()  # the importer takes it
+    took = _seconds_to_wake_after(wakeup, lambda: _commit_task_elsewhere(engine))
+    assert took < SAFETY_POLL_INTERVAL / 4, f"woken {took:.3f} s after the commit"
