@@ -69,13 +69,15 @@ when it ends.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from midonet_membership import metrics
@@ -99,6 +101,7 @@ BEHIND_SECONDS = 5.0  # catch-up progress is logged while the oldest pending tas
 PROGRESS_INTERVAL = 2.0  # ...checked (one count query) and logged at most this often
 GAP_CHECK_INTERVAL = 0.1  # seconds between asking whether open gaps are final
 POSITION_COPY_INTERVAL = 0.1  # while busy, last_processed_id is copied at most this often
+KEPT_READER_SECONDS = 60.0  # the longest a busy importer keeps its read connection
 
 
 @dataclasses.dataclass
@@ -132,16 +135,20 @@ class Importer:
         self._copied: int | None = None  # the last done_through copied to last_processed_id
         self._copied_at = 0.0
         self._galera: bool | None = None  # learnt at the first read
+        self._kept_reader: contextlib.ExitStack | None = None  # holds _kept_conn open
+        self._kept_conn: Connection | None = None
+        self._kept_reader_until = 0.0
 
     def sync_position(self) -> None:
         """Start from the NSDB's position: the only one that is authoritative."""
         self.position = self.nsdb.get_import_position()
 
-    def catch_up(self, copy_position: bool = True) -> int:
+    def catch_up(self, copy_position: bool = True, keep_reader: bool = False) -> int:
         """Apply everything committed before the call; returns how many tasks were consumed.
 
         ``copy_position``: end with ``last_processed_id`` up to date (:meth:`copy_position`);
-        :func:`_lead` leaves that to the moment its importer goes idle.
+        ``keep_reader``: keep the read connection for the next catch-up (:meth:`_reader`).
+        :func:`_lead` leaves both to the moment its importer goes idle.
 
         It reads again at once only while a read leaves something behind (it was cut at the
         batch size, or named only some of the open gaps): a read that returned everything
@@ -155,6 +162,13 @@ class Importer:
         done, still to go and the rate, so an operator sees it work and when it will be done.
         A catch-up shorter than ``PROGRESS_INTERVAL`` (the usual one) costs no extra query.
         """
+        try:
+            return self._catch_up(copy_position)
+        finally:
+            if not keep_reader:
+                self.release_reader()
+
+    def _catch_up(self, copy_position: bool) -> int:
         total = 0
         started = last_check = time.monotonic()
         logged = False
@@ -221,7 +235,10 @@ class Importer:
 
     def step(self) -> int:
         """Read, translate and apply once; returns how many tasks were consumed."""
-        return self._step()[0]
+        try:
+            return self._step()[0]
+        finally:
+            self.release_reader()
 
     def _step(self) -> tuple[int, bool]:
         """:meth:`step`, and whether its read returned everything committed at its snapshot
@@ -257,7 +274,7 @@ class Importer:
         # Each statement a snapshot by itself (PostgreSQL's and MariaDB's reads always are):
         # what follows the read asks about transactions it saw committed, or evidence taken
         # after it. On SQLite that spares a BEGIN and a COMMIT a step.
-        with reader(self.engine, single_statement=True) as conn:
+        with self._reader() as conn:
             if self._galera is None:
                 self._galera = inflight.is_galera(conn)
             if self._galera:
@@ -291,6 +308,38 @@ class Importer:
                 # Taken after the read that showed the gaps (later evidence is as good).
                 plan.position = _with_evidence(plan.position, self._observe(conn))
         return plan
+
+    @contextlib.contextmanager
+    def _reader(self) -> Iterator[Connection]:
+        """The connection the steps read on: each statement a snapshot by itself, and the
+        same connection from step to step while the importer is busy (:meth:`release_reader`
+        when it goes idle, a new one every ``KEPT_READER_SECONDS``, and after any failure).
+
+        Why: a connection of its own per step (the pool's checkout and check-in, the
+        autocommit flag set and reset) was a third of a step's Python under a stream of
+        creates, and a step carries only the few that commit in one batch window."""
+        if self._kept_reader is not None and time.monotonic() >= self._kept_reader_until:
+            self.release_reader()
+        if self._kept_reader is None:
+            stack = contextlib.ExitStack()
+            self._kept_conn = stack.enter_context(reader(self.engine, single_statement=True))
+            self._kept_reader, self._kept_reader_until = stack, (
+                time.monotonic() + KEPT_READER_SECONDS)
+        try:
+            yield self._kept_conn
+        except BaseException:
+            self.release_reader()
+            raise
+
+    def release_reader(self) -> None:
+        """Give the read connection back to the pool (an idle importer holds none). One
+        that died with the database cannot be closed cleanly, and need not be."""
+        stack, self._kept_reader = self._kept_reader, None
+        if stack is not None:
+            try:
+                stack.close()
+            except sa.exc.SQLAlchemyError as exc:
+                LOG.debug("the importer's read connection failed to close: %s", exc)
 
     def _whole_transactions(self, conn: Connection, fetched: list[journal.Task],
                             position: ImportPosition) -> list[journal.Task]:
@@ -430,10 +479,11 @@ def run(engine: Engine, nsdb: NSDB, nsdb_url: str, wakeup: Wakeup, stop: threadi
                 if lost is None:
                     return
                 metrics.importer().leader.set(1)
+                importer = Importer(engine, nsdb, batch_size=batch_size)
                 try:
-                    _lead(Importer(engine, nsdb, batch_size=batch_size), wakeup, stop, lost,
-                          batch_window)
+                    _lead(importer, wakeup, stop, lost, batch_window)
                 finally:
+                    importer.release_reader()
                     metrics.importer().leader.set(0)
         except Exception as exc:  # e.g. ZooKeeper unreachable while campaigning
             LOG.warning("leader election failed (%s: %s); campaigning again",
@@ -488,15 +538,18 @@ def _lead(importer: Importer, wakeup: Wakeup, stop: threading.Event,
             if not synced:
                 importer.sync_position()
                 synced = True
-            applied = importer.catch_up(copy_position=False)
+            applied = importer.catch_up(copy_position=False, keep_reader=True)
             if applied and batch_window:
                 stop.wait(batch_window)
             copy_due_in = importer.position_copy_due_in()
-            if copy_due_in == 0.0 and not wakeup.pending:  # going idle: copy first
-                importer.copy_position()
-                copy_due_in = None
+            if not wakeup.pending:  # going idle
+                importer.release_reader()
+                if copy_due_in == 0.0:
+                    importer.copy_position()
+                    copy_due_in = None
         except Exception as exc:  # a database or NSDB outage: retry, never die
             synced = False
+            importer.release_reader()
             stop.wait(outage.failed(exc))
             continue
         outage.succeeded()

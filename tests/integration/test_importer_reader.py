@@ -351,6 +351,42 @@ def test_last_processed_id_is_copied_a_few_times_a_second_under_a_stream_and_at_
     assert len(copies) <= elapsed / POSITION_COPY_INTERVAL + 3, (elapsed, copies)
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_busy_importer_reads_on_one_connection_and_an_idle_one_holds_none(
+        make_database, tmp_path, backend):
+    """Under a steady stream of creates the importer's steps read on one kept connection:
+    the pool is checked out for the position copies (a write transaction each) and a few
+    times more, not once per apply. Once the stream is applied and the importer idle, it
+    holds no connection of the pool on PostgreSQL (on SQLite the engine keeps its write
+    connection out of the pool by design, the position copy's too)."""
+    url = make_database(backend)
+    engine = _engine(url)
+    importer_engine = db_engine.create_engine(url)  # the importer's own pool, counted
+    checkouts: list[float] = []
+    sa.event.listen(importer_engine.pool, "checkout",
+                    lambda *args: checkouts.append(time.monotonic()))
+    api = AgentMemberships(engine)
+    nsdb_url = f"sqlite:///{tmp_path / 'nsdb.sqlite'}"
+    with nsdb.connect(nsdb_url, role="cluster") as real:
+        store = RecordingNSDB(real)
+        with importer_running(importer_engine, store, nsdb_url, batch_window=0.005):
+            applies_before, started = len(store.applies), time.monotonic()
+            stream = [str(uuid.uuid4()) for _ in range(300)]
+            for n, host in enumerate(stream):
+                api.create(RequestContext.admin(), [{"id": host, "ip_address": _ip(n)}])
+                time.sleep(0.002)
+            wait_until(lambda: set(stream) <= set(real.list_members()), timeout=10)
+            elapsed = time.monotonic() - started
+            during = [t for t in checkouts if started <= t <= started + elapsed]
+            applies = len(store.applies) - applies_before
+            if backend == "postgresql":
+                wait_until(lambda: importer_engine.pool.checkedout() == 0, timeout=5)
+    importer_engine.dispose()
+    copies_at_most = elapsed / POSITION_COPY_INTERVAL + 3
+    assert applies > 2 * copies_at_most, (applies, elapsed)  # a stream, many applies
+    assert len(during) <= copies_at_most + 5, (len(during), applies, elapsed)
+
+
 def test_a_gap_stays_open_while_a_monitor_keeps_innodb_trx_stale(make_database, tmp_path):
     """InnoDB refreshes ``information_schema.innodb_trx`` only on a read 0.1 s after the
     previous one: a monitoring tool polling it every 20 ms keeps it stale for ever, and a
