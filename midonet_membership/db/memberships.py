@@ -43,7 +43,7 @@ class AgentMemberships:
         # PostgreSQL (data-modifying CTEs) and SQLite (migration 0007's change views) run
         # a change and its task as one atomic statement: one round trip, no BEGIN/COMMIT.
         self._one_statement = engine.dialect.name in ("postgresql", "sqlite")
-        self._mariadb = engine.dialect.name in ("mysql", "mariadb")
+        self._rows_in_python = engine.dialect.driver == "pymysql"
 
     @retry_transient
     def create(self, context: RequestContext, items: Sequence[dict[str, str]]) -> list[dict]:
@@ -88,17 +88,18 @@ class AgentMemberships:
         The database may write the page's JSON (db.paging's EncodedPage), which the API
         then sends as it is. It does so on its own core, where the rows would be turned
         into Python objects under the server's one GIL:
-        - on MariaDB always: PyMySQL parses rows in Python, which takes as long as MariaDB
+        - through PyMySQL always: it parses rows in Python, which takes as long as MariaDB
           takes to write them as JSON (a page of 100 at c=1: 278-304 µs as rows,
           277-291 µs as JSON, ad hoc);
-        - on PostgreSQL while the process serves other requests too (the production
-          layout's first pages at c=8: 1,702 -> 2,354/s). Alone, the rows are faster:
-          libpq's rows cost 60-130 µs less of PostgreSQL than its JSON, and then that is
-          the request's latency (1,747 -> 1,390 pages/s at c=1 always as JSON;
-          bench/api.py, issue 12)."""
+        - through a driver written in C (psycopg's libpq, mysqlclient) while the process
+          serves other requests too (the production layout's first pages at c=8 on
+          PostgreSQL: 1,702 -> 2,354/s). Alone, the rows are faster: they cost the
+          database less than its JSON, and then that is the request's latency (on
+          PostgreSQL 1,747 -> 1,390 pages/s at c=1 always as JSON, bench/api.py; on
+          MariaDB through mysqlclient 911-979 -> 572-633/s, ad hoc, issue 12)."""
         with reader(self.engine, single_statement=True, driver=True) as conn:
-            return keyset_select(conn, memberships, query,
-                                 encoded=self._mariadb or statements_in_flight(self.engine) > 1)
+            return keyset_select(conn, memberships, query, encoded=self._rows_in_python
+                                 or statements_in_flight(self.engine) > 1)
 
     @retry_transient
     def delete(self, context: RequestContext, id_: str) -> None:

@@ -1,6 +1,6 @@
 """Clients walking pages at once through ``midonet-membership api`` each get every
 membership once, in their order, while the server answers others' pages beside theirs:
-the case where PostgreSQL writes a page's JSON (db.paging's EncodedPage; MariaDB always
+the case where PostgreSQL writes a page's JSON (db.paging's EncodedPage; PyMySQL always
 does), which the tests at c=1 do not reach."""
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def another_request_in_flight(engine: sa.Engine) -> Iterator[None]:
 def test_the_database_writes_the_reference_pages(stored, sorts, page_reverse):
     engine, items = stored
     plugin = AgentMemberships(engine)
-    postgresql = engine.dialect.name == "postgresql"
+    rows_alone = engine.dialect.driver != "pymysql"  # a C driver's rows (libpq, mysqlclient)
     order = [i["id"] for i in apply_in_memory(items, ListQuery(sorts=sorts))]
     for limit in (1, 7, 30, 100):
         for marker in (None, order[0], order[12], order[-1], str(uuid.uuid4())):
@@ -65,7 +65,7 @@ def test_the_database_writes_the_reference_pages(stored, sorts, page_reverse):
             alone = plugin.list(ADMIN, query)
             with another_request_in_flight(engine):
                 beside = plugin.list(ADMIN, query)
-            assert isinstance(alone, EncodedPage) != postgresql and alone == expected
+            assert isinstance(alone, EncodedPage) != rows_alone and alone == expected
             assert isinstance(beside, EncodedPage), (limit, marker)
             assert len(beside) == len(expected) and list(beside) == expected, (limit, marker)
             edges = (expected[0]["id"], expected[-1]["id"]) if expected else None
@@ -159,7 +159,8 @@ def test_a_mariadb_server_with_a_short_group_concat_max_len_still_gets_whole_pag
     try:
         items = [{"id": str(uuid.uuid4()), "ip_address": f"192.0.2.{i}"} for i in range(1, 61)]
         AgentMemberships(engine).create(ADMIN, items)
-        page = AgentMemberships(engine).list(ADMIN, ListQuery(limit=60))
+        with another_request_in_flight(engine):  # written as JSON through either driver
+            page = AgentMemberships(engine).list(ADMIN, ListQuery(limit=60))
         assert isinstance(page, EncodedPage) and len(page.json) > 1024
         assert list(page) == apply_in_memory(items, ListQuery(limit=60))
     finally:
