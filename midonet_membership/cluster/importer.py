@@ -75,7 +75,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -147,7 +147,8 @@ class Importer:
         """Apply everything committed before the call; returns how many tasks were consumed.
 
         ``copy_position``: end with ``last_processed_id`` up to date (:meth:`copy_position`);
-        ``keep_reader``: keep the read connection for the next catch-up (:meth:`_reader`).
+        ``keep_reader``: keep the read connection for the next catch-up
+        (:meth:`_read_connection`).
         :func:`_lead` leaves both to the moment its importer goes idle.
 
         It reads again at once only while a read leaves something behind (it was cut at the
@@ -274,46 +275,46 @@ class Importer:
         # Each statement a snapshot by itself (PostgreSQL's and MariaDB's reads always are):
         # what follows the read asks about transactions it saw committed, or evidence taken
         # after it. On SQLite that spares a BEGIN and a COMMIT a step.
-        with self._reader() as conn:
-            if self._galera is None:
-                self._galera = inflight.is_galera(conn)
-            if self._galera:
-                inflight.read_causally(conn)
-            if position.gaps and time.monotonic() >= self._next_gap_check:
-                # Asked BEFORE the read that must still miss their ids; not at every step
-                # (a gap costs nothing while open: tasks behind it do not wait for it).
-                self._next_gap_check = time.monotonic() + GAP_CHECK_INTERVAL
-                done = self._settled(conn, {g.evidence for g in position.gaps})
-                final = {g for g in position.gaps if g.evidence in done}
-            fetched = journal.pending_tasks(conn, position.high,
-                                            [(g.low, g.high) for g in listed],
-                                            self.batch_size)
-            full = len(fetched) == self.batch_size
-            read_through = fetched[-1].id if full else None
-            if (full or len(listed) < len(position.gaps)) and fetched:
-                fetched = self._whole_transactions(conn, fetched, position)
-            # Final: its writers had all ended before a read that covered it and found
-            # none of its ids.
-            final = {g for g in final if g in listed
-                     and (read_through is None or g.high < read_through)
-                     and not any(t.id in g for t in fetched)}
-            for gap in final:
-                LOG.debug("task ids %d-%d never committed: their writers have ended",
-                          gap.low, gap.high)
-            units = self._fitting(_transactions(fetched))
-            plan = self._translate(units, position, final)
-            plan.drained = (not full and len(listed) == len(position.gaps)
-                            and sum(map(len, units)) == len(fetched))
-            if any(g.evidence is None for g in plan.position.gaps):
-                # Taken after the read that showed the gaps (later evidence is as good).
-                plan.position = _with_evidence(plan.position, self._observe(conn))
+        conn = self._read_connection()
+        if self._galera is None:
+            self._galera = inflight.is_galera(conn)
+        if self._galera:
+            inflight.read_causally(conn)
+        if position.gaps and time.monotonic() >= self._next_gap_check:
+            # Asked BEFORE the read that must still miss their ids; not at every step
+            # (a gap costs nothing while open: tasks behind it do not wait for it).
+            self._next_gap_check = time.monotonic() + GAP_CHECK_INTERVAL
+            done = self._settled(conn, {g.evidence for g in position.gaps})
+            final = {g for g in position.gaps if g.evidence in done}
+        fetched = journal.pending_tasks(conn, position.high,
+                                        [(g.low, g.high) for g in listed],
+                                        self.batch_size)
+        full = len(fetched) == self.batch_size
+        read_through = fetched[-1].id if full else None
+        if (full or len(listed) < len(position.gaps)) and fetched:
+            fetched = self._whole_transactions(conn, fetched, position)
+        # Final: its writers had all ended before a read that covered it and found
+        # none of its ids.
+        final = {g for g in final if g in listed
+                 and (read_through is None or g.high < read_through)
+                 and not any(t.id in g for t in fetched)}
+        for gap in final:
+            LOG.debug("task ids %d-%d never committed: their writers have ended",
+                      gap.low, gap.high)
+        units = self._fitting(_transactions(fetched))
+        plan = self._translate(units, position, final)
+        plan.drained = (not full and len(listed) == len(position.gaps)
+                        and sum(map(len, units)) == len(fetched))
+        if any(g.evidence is None for g in plan.position.gaps):
+            # Taken after the read that showed the gaps (later evidence is as good).
+            plan.position = _with_evidence(plan.position, self._observe(conn))
         return plan
 
-    @contextlib.contextmanager
-    def _reader(self) -> Iterator[Connection]:
+    def _read_connection(self) -> Connection:
         """The connection the steps read on: each statement a snapshot by itself, and the
-        same connection from step to step while the importer is busy (:meth:`release_reader`
-        when it goes idle, a new one every ``KEPT_READER_SECONDS``, and after any failure).
+        same connection from step to step while the importer is busy, until
+        :meth:`release_reader` (when it goes idle, after any failure, at the end of a
+        :meth:`catch_up` or :meth:`step` of its own) or ``KEPT_READER_SECONDS``.
 
         Why: a connection of its own per step (the pool's checkout and check-in, the
         autocommit flag set and reset) was two fifths of the CPU of a step carrying one
@@ -326,11 +327,7 @@ class Importer:
             self._kept_conn = stack.enter_context(reader(self.engine, single_statement=True))
             self._kept_reader, self._kept_reader_until = stack, (
                 time.monotonic() + KEPT_READER_SECONDS)
-        try:
-            yield self._kept_conn
-        except BaseException:
-            self.release_reader()
-            raise
+        return self._kept_conn
 
     def release_reader(self) -> None:
         """Give the read connection back to the pool (an idle importer holds none). One
