@@ -54,12 +54,12 @@ from tests.fixtures.neutron import VENV as NEUTRON_VENV  # noqa: E402
 from tests.fixtures.neutron import NeutronServer  # noqa: E402
 from tests.fixtures.servers import ProductionApi  # noqa: E402
 
-MARIADB_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/mysql"
+PYMYSQL = "mysql+pymysql"  # neutron's MariaDB driver
+MYSQLCLIENT = "mysql+mysqldb"
+MARIADB_ADMIN = f"{PYMYSQL}://root@127.0.0.1:3306/mysql"
 SETTINGS = {"server": "gunicorn, 1 worker x 8 threads", "auth_strategy": "noauth",
             "database": "MariaDB on 127.0.0.1, one database shared by all targets",
-            "neutron_driver": "mysql+pymysql"}
-PYMYSQL = "mysql+pymysql"
-MYSQLCLIENT = "mysql+mysqldb"
+            "neutron_driver": PYMYSQL}
 
 
 def default_ours_driver() -> str:
