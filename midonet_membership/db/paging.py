@@ -150,12 +150,34 @@ def _encoded(dialect: str, table: sa.Table, order: tuple[tuple[str, bool], ...],
 
     shown = ordered(page_reverse)
     if dialect == "postgresql":
-        return _postgresql_encoded(page, table, shown, primary_key, ordered(not page_reverse))
+        (lead, lead_asc), = order[:1]
+        edges = _edges_of(page, primary_key, shown, ordered(not page_reverse),
+                          by_key_alone=lead == primary_key,
+                          ascending=lead_asc != page_reverse)
+        return _postgresql_encoded(page, table, shown, edges)
     return _mariadb_encoded(page, table, shown)
 
 
-def _postgresql_encoded(page: sa.Subquery, table: sa.Table, shown: list, primary_key: str,
-                        backwards: list) -> sa.Select:
+def _edges_of(page: sa.Subquery, primary_key: str, shown: list, backwards: list,
+              by_key_alone: bool, ascending: bool) -> tuple[sa.ColumnElement, sa.ColumnElement]:
+    """The first and last rows' primary keys as the client sees them. Ordered by the
+    primary key first (the default order), they are its ``min`` and ``max`` (``ascending``:
+    in that order), which PostgreSQL finds in the pass that counts the rows; otherwise
+    each is the head of the keys sorted again. The two sorts were a fifth of PostgreSQL's
+    CPU for a first page of 100 (0.14-0.15 -> 0.11 ms a page at c=8, ad hoc, issue 12)."""
+    key = page.c[primary_key]
+    if by_key_alone:
+        low, high = sa.func.min(key), sa.func.max(key)
+        return (low, high) if ascending else (high, low)
+
+    def head(direction: list[sa.ColumnElement]) -> sa.ColumnElement:
+        return sa.func.array_agg(aggregate_order_by(key, *direction))[
+            sa.literal_column("1", sa.Integer)]
+    return head(shown), head(backwards)
+
+
+def _postgresql_encoded(page: sa.Subquery, table: sa.Table, shown: list,
+                        edges: tuple[sa.ColumnElement, sa.ColumnElement]) -> sa.Select:
     """Each row's JSON concatenated from ``to_json`` of its values: PostgreSQL's
     ``json_agg`` writes ``", \n"`` between rows and ``" : "`` in them."""
     row_json = None
@@ -167,12 +189,7 @@ def _postgresql_encoded(page: sa.Subquery, table: sa.Table, shown: list, primary
     array = sa.func.coalesce(
         _sql_text("[") + sa.func.string_agg(row_json, aggregate_order_by(_sql_text(","), *shown))
         + _sql_text("]"), _sql_text("[]"))
-
-    def edge(direction: list[sa.ColumnElement]) -> sa.ColumnElement:
-        return sa.func.array_agg(aggregate_order_by(page.c[primary_key], *direction))[
-            sa.literal_column("1", sa.Integer)]
-
-    return sa.select(array, sa.func.count(), edge(shown), edge(backwards))
+    return sa.select(array, sa.func.count(), *edges)
 
 
 def _mariadb_encoded(page: sa.Subquery, table: sa.Table, shown: list) -> sa.Select:

@@ -50,7 +50,7 @@ def another_request_in_flight(engine: sa.Engine) -> Iterator[None]:
         yield
 
 
-@pytest.mark.parametrize("sorts", [[], [("ip_address", False)]])
+@pytest.mark.parametrize("sorts", [[], [("id", False)], [("ip_address", False)]])
 @pytest.mark.parametrize("page_reverse", [False, True])
 def test_the_database_writes_the_reference_pages(stored, sorts, page_reverse):
     engine, items = stored
