@@ -150,7 +150,7 @@ def _encoded(dialect: str, table: sa.Table, order: tuple[tuple[str, bool], ...],
 
     shown = ordered(page_reverse)
     if dialect == "postgresql":
-        (lead, lead_asc), = order[:1]
+        lead, lead_asc = order[0]
         edges = _edges_of(page, primary_key, shown, ordered(not page_reverse),
                           by_key_alone=lead == primary_key,
                           ascending=lead_asc != page_reverse)
