@@ -149,7 +149,6 @@ def test_a_rolled_back_id_is_settled_without_waiting_for_the_safety_poll(listeni
     assert max(took) < SAFETY_POLL_INTERVAL / 2, took
 
 
-
 def test_a_stream_of_commits_is_read_in_a_few_packets_while_the_importer_is_busy(listening):
     """Every commit of a task notifies. While the importer has a wake-up it has not taken
     (it is applying a batch), the LISTEN connection is left unread for up to
