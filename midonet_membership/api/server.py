@@ -328,11 +328,14 @@ def serve_workers(app_factory: Callable[[], Callable], host: str, port: int, wor
     """Run gunicorn in the foreground; each worker builds its own app (and DB pool)."""
     from gunicorn import util
     from gunicorn.app.base import BaseApplication
+    from gunicorn.http import wsgi
 
     # gunicorn answers a request it cannot parse with an HTML page; the workers (forked
-    # from this process, which serves nothing else) answer in Neutron's JSON instead.
+    # from this process, which serves nothing else) answer in Neutron's JSON instead, and
+    # send each response's head and body in one write.
     util.write_error = _write_neutron_error
     util.http_date = _http_date
+    wsgi.Response = _one_write_response(wsgi.Response)
 
     class _Gunicorn(BaseApplication):
         def load_config(self) -> None:
@@ -378,14 +381,29 @@ def _gthread_worker() -> type:
     been sending its requests that fast (a connection that came back from the poller later
     than that goes back at once after its answer, as stock gunicorn does) and no other
     connection waits for a thread (then it goes back too: a busy client cannot keep a
-    thread from the others; one that found every thread staying waits a stay at most)."""
+    thread from the others; one that found every thread staying waits a stay at most).
+
+    And a request costs no system call that changes nothing: gunicorn sets the socket
+    blocking again before every request, and drains the body of every request with a
+    read timeout set and reset around it, even when nothing is left to read. Each was an
+    ``ioctl`` (four a request) and each, like any system call in CPython, a release of
+    the GIL that another of the worker's threads takes at c=8 (docs/api-performance.md)."""
+    from gunicorn.http.body import LengthReader
     from gunicorn.workers.gthread import ThreadWorker
 
     class Worker(ThreadWorker):
         def get_thread_pool(self) -> MostRecentlyIdleThreads:
             return MostRecentlyIdleThreads(self.cfg.threads)
 
+        def _keepalive_after(self, conn, keepalive: bool) -> bool:
+            body = getattr(conn.parser.mesg, "body", None)
+            if keepalive and _read_to_its_end(body, LengthReader):
+                return True
+            return super()._keepalive_after(conn, keepalive)
+
         def handle(self, conn) -> object:
+            if type(conn.sock) is socket.socket:
+                conn.sock.__class__ = _ModeKeepingSocket
             returned = getattr(conn, "returned_at", None)
             fast = returned is None or time.monotonic() - returned < KEEPALIVE_STAY
             while True:
@@ -398,6 +416,75 @@ def _gthread_worker() -> type:
                     conn.returned_at = time.monotonic()
                     return keepalive
     return Worker
+
+
+class _ModeKeepingSocket(socket.socket):
+    """A socket whose ``setblocking`` and ``settimeout`` make no system call when they
+    would leave it as it is: CPython's always do (an ``ioctl``, the GIL released around
+    it). A connection's socket becomes one by a change of its class (the same layout), as
+    gunicorn's parser holds it already."""
+
+    __slots__ = ()
+
+    def setblocking(self, flag: bool) -> None:
+        if not (flag and self.gettimeout() is None):
+            super().setblocking(flag)
+
+    def settimeout(self, value: float | None) -> None:
+        if not (value is None and self.gettimeout() is None):
+            super().settimeout(value)
+
+
+def _read_to_its_end(body, length_reader: type) -> bool:
+    """Whether a gunicorn request's body is read whole (or was empty): no byte of it is
+    left on the socket or in its buffer, so there is nothing to drain."""
+    reader = getattr(body, "reader", None)
+    return (isinstance(reader, length_reader) and reader.length == 0
+            and not body.failed and body.buf.tell() == 0)
+
+
+def _one_write_response(response: type) -> type:
+    """gunicorn's ``Response``, its head sent with the first bytes of its body in one
+    write: gunicorn writes them apart, two system calls, two TCP segments, and for the
+    client a second read. A body sent in chunks (no length given) sends its head first;
+    a response without a body sends it at ``close``."""
+
+    class OneWriteResponse(response):
+        _head = b""
+
+        def send_headers(self) -> None:
+            """Build the head as gunicorn does, held until the body or ``close``."""
+            if self.headers_sent:
+                return
+            lines = self.default_headers()
+            lines.extend(f"{name}: {value}\r\n" for name, value in self.headers)
+            self._head = ("".join(lines) + "\r\n").encode("latin-1")
+            self.headers_sent = True
+
+        def _send_head(self) -> None:
+            head, self._head = self._head, b""
+            if head:
+                self.sock.sendall(head)
+
+        def _emit_body(self, data: bytes) -> None:
+            if self._head and not self.chunked:
+                head, self._head = self._head, b""
+                self.sock.sendall(head + data)
+                return
+            self._send_head()
+            super()._emit_body(data)
+
+        def sendfile(self, respiter) -> bool:
+            self.send_headers()
+            self._send_head()
+            return super().sendfile(respiter)
+
+        def close(self) -> None:
+            self.send_headers()
+            self._send_head()
+            super().close()
+
+    return OneWriteResponse
 
 
 def _readable(sock: socket.socket, timeout: float) -> bool:

@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import threading
 import time
 import uuid
@@ -170,3 +171,57 @@ def test_a_slow_body_is_read_whole_and_a_cut_one_refused(tmp_path, make_database
         assert server.client().get(f"{PATH}/{host}").status == 200
     finally:
         server.stop()
+
+
+def test_the_next_request_on_a_connection_is_read_from_its_first_byte(tmp_path,
+                                                                     make_database):
+    """After a body the app left unread (a 404 or 405 before any reading) and after one it
+    read whole, the next request on the kept-alive connection is answered as itself."""
+    server = ProductionApi(tmp_path, make_database("sqlite"))
+    headers = {"X-Auth-Token": server.token, "Content-Type": "application/json"}
+    created = json.dumps({"agent_membership": {"id": str(uuid.uuid4()),
+                                               "ip_address": "192.0.2.79"}})
+    unread = json.dumps({"agent_membership": {"note": "x" * 3000}})
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        answers = []
+        for method, path, body in [("POST", "/v2.0/no-such-resources", unread),
+                                   ("GET", f"{PATH}?limit=1", None),
+                                   ("POST", PATH, created),
+                                   ("GET", f"{PATH}?limit=5", None),
+                                   ("PUT", f"{PATH}/{uuid.uuid4()}", unread),
+                                   ("GET", f"{PATH}?limit=5", None)]:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            answers.append((resp.status, json.loads(resp.read() or b"null")))
+        conn.close()
+    finally:
+        server.stop()
+    assert [status for status, _ in answers] == [404, 200, 201, 200, 405, 200], answers
+    assert len(answers[3][1]["agent_memberships"]) == 1
+    assert answers[5][1] == answers[3][1]
+
+
+def test_a_client_stalled_in_a_body_left_unread_frees_the_only_thread(tmp_path,
+                                                                      make_database):
+    """A client announces a body, sends a little of it and stops; the app answers 404
+    without reading it. The worker drains the rest before the connection can serve
+    another request, for 5 s at most (gunicorn's worker data timeout), then closes it:
+    the only request thread is free again, and another client is answered."""
+    server = ProductionApi(tmp_path, make_database("sqlite"), conf="[DEFAULT]\napi_threads = 1\n")
+    stalled = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    try:
+        stalled.sendall(f"POST /v2.0/no-such-resources HTTP/1.1\r\nHost: 192.0.2.1\r\n"
+                        f"X-Auth-Token: {server.token}\r\nContent-Length: 5000\r\n\r\n"
+                        .encode() + b"{" * 100)
+        answer = stalled.makefile("rb")
+        assert answer.readline().startswith(b"HTTP/1.1 404")
+        started = time.monotonic()
+        other = server.client().get(f"{PATH}?limit=1")
+        waited = time.monotonic() - started
+        assert other.status == 200
+        assert answer.read() is not None and stalled.recv(1) == b""  # closed by the server
+    finally:
+        stalled.close()
+        server.stop()
+    assert 3 < waited < 10, waited
