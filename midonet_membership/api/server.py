@@ -437,7 +437,8 @@ class _ModeKeepingSocket(socket.socket):
 
 def _read_to_its_end(body, length_reader: type) -> bool:
     """Whether a gunicorn request's body is read whole (or was empty): no byte of it is
-    left on the socket or in its buffer, so there is nothing to drain."""
+    left on the socket or in its buffer, so there is nothing to drain. ``length_reader``
+    is gunicorn's ``LengthReader``, passed in as gunicorn is imported only to serve."""
     reader = getattr(body, "reader", None)
     return (isinstance(reader, length_reader) and reader.length == 0
             and not body.failed and body.buf.tell() == 0)
