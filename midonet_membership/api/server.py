@@ -396,8 +396,12 @@ def _gthread_worker() -> type:
             return MostRecentlyIdleThreads(self.cfg.threads)
 
         def _keepalive_after(self, conn, keepalive: bool) -> bool:
+            """No drain of a body read whole (or empty): nothing of it is left on the
+            socket or in its buffer."""
             body = getattr(conn.parser.mesg, "body", None)
-            if keepalive and _read_to_its_end(body, LengthReader):
+            reader = getattr(body, "reader", None)
+            if (keepalive and isinstance(reader, LengthReader) and reader.length == 0
+                    and not body.failed and body.buf.tell() == 0):
                 return True
             return super()._keepalive_after(conn, keepalive)
 
@@ -435,15 +439,6 @@ class _ModeKeepingSocket(socket.socket):
             super().settimeout(value)
 
 
-def _read_to_its_end(body, length_reader: type) -> bool:
-    """Whether a gunicorn request's body is read whole (or was empty): no byte of it is
-    left on the socket or in its buffer, so there is nothing to drain. ``length_reader``
-    is gunicorn's ``LengthReader``, passed in as gunicorn is imported only to serve."""
-    reader = getattr(body, "reader", None)
-    return (isinstance(reader, length_reader) and reader.length == 0
-            and not body.failed and body.buf.tell() == 0)
-
-
 def _one_write_response(response: type) -> type:
     """gunicorn's ``Response``, its head sent with the first bytes of its body in one
     write: gunicorn writes them apart, two system calls, two TCP segments, and for the
@@ -463,6 +458,8 @@ def _one_write_response(response: type) -> type:
             self.headers_sent = True
 
         def _send_head(self) -> None:
+            """The head alone, if it has not left yet."""
+            self.send_headers()
             head, self._head = self._head, b""
             if head:
                 self.sock.sendall(head)
@@ -476,12 +473,10 @@ def _one_write_response(response: type) -> type:
             super()._emit_body(data)
 
         def sendfile(self, respiter) -> bool:
-            self.send_headers()
             self._send_head()
             return super().sendfile(respiter)
 
         def close(self) -> None:
-            self.send_headers()
             self._send_head()
             super().close()
 
