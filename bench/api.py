@@ -274,7 +274,11 @@ class CpuMeter:
 
 
 def _postgres_cpu_seconds(tck: int) -> float:
-    """All PostgreSQL processes (ours and anyone else's on this server)."""
+    """All PostgreSQL processes (ours and anyone else's on this server), the backends that
+    have exited included: the postmaster reaps them, and their time moves into its
+    children's (``cutime``, ``cstime``). Without those, a connection closed during a run
+    (the database floor opens its own for each run) took its backend's CPU out of the sum,
+    and the database floor's PostgreSQL CPU a request came out negative."""
     total = 0.0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -286,7 +290,7 @@ def _postgres_cpu_seconds(tck: int) -> float:
             fields = _proc_stat(int(entry))
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / tck
+        total += sum(int(field) for field in fields[11:15]) / tck  # utime .. cstime
     return total
 
 
