@@ -13,9 +13,12 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 import sqlalchemy as sa
 
 from tests.fixtures.databases import ADMIN_URLS, require_server
+
+pytestmark = pytest.mark.postgresql
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
