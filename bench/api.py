@@ -236,11 +236,16 @@ class FloorServer(Server):
 
 
 def _cpu_seconds(pid: int) -> float:
+    """The CPU ``pid`` used, with that of the children it has reaped (``cutime``,
+    ``cstime``): a child that exits during a run keeps its time in the sum. PostgreSQL's
+    postmaster reaps a backend when its connection closes (the database floor opens its
+    own for each run); without those fields its CPU left the sum, and the database floor's
+    PostgreSQL CPU a request came out negative."""
     try:
         fields = _proc_stat(pid)
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def _proc_stat(pid: int) -> list[str]:
@@ -269,16 +274,13 @@ class CpuMeter:
         return {"server": self.server.cpu_seconds(),
                 "importer": self.server.importer_cpu_seconds(),
                 "client": times.user + times.system,
-                "postgres": _postgres_cpu_seconds(tck),
+                "postgres": _postgres_cpu_seconds(),
                 "machine_busy": (sum(values) - idle) / tck, "machine_total": sum(values) / tck}
 
 
-def _postgres_cpu_seconds(tck: int) -> float:
+def _postgres_cpu_seconds() -> float:
     """All PostgreSQL processes (ours and anyone else's on this server), the backends that
-    have exited included: the postmaster reaps them, and their time moves into its
-    children's (``cutime``, ``cstime``). Without those, a connection closed during a run
-    (the database floor opens its own for each run) took its backend's CPU out of the sum,
-    and the database floor's PostgreSQL CPU a request came out negative."""
+    have exited included (:func:`_cpu_seconds`)."""
     total = 0.0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -287,10 +289,9 @@ def _postgres_cpu_seconds(tck: int) -> float:
             with open(f"/proc/{entry}/comm") as f:
                 if f.read().strip() != "postgres":
                     continue
-            fields = _proc_stat(int(entry))
         except OSError:
             continue
-        total += sum(int(field) for field in fields[11:15]) / tck  # utime .. cstime
+        total += _cpu_seconds(int(entry))
     return total
 
 
