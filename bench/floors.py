@@ -129,8 +129,8 @@ def app_from_environment() -> Callable:
 def serve_floor(layout: str, port: int, responses: dict[str, tuple[int, int]],
                 backend: str, database_url: str | None = None) -> None:
     """Serve the trivial app as the layout serves ours on ``backend``, until SIGTERM."""
+    from midonet_membership import stop_signal
     from midonet_membership.api import server
-    from midonet_membership.service import _wait_for_signal
 
     app = trivial_app(responses, DatabaseFloor(database_url) if database_url else None)
     serving = floor_serving(layout, backend)
@@ -141,7 +141,7 @@ def serve_floor(layout: str, port: int, responses: dict[str, tuple[int, int]],
     threaded = server.ThreadedServer(app, "127.0.0.1", port, serving["threads"],
                                      serving["active_threads"])
     threaded.start()
-    _wait_for_signal()
+    stop_signal.wait()
     threaded.stop()
 
 

@@ -91,13 +91,13 @@ def our_app_from_environment():
 def serve_ours_with_cheroot(port: int) -> None:
     """Our app in the all-in-one's ThreadedServer (16 threads, the active ones of
     PostgreSQL), until SIGTERM."""
+    from midonet_membership import stop_signal
     from midonet_membership.api.server import ThreadedServer, active_threads_default
-    from midonet_membership.service import _wait_for_signal
 
     server = ThreadedServer(our_app_from_environment(), "127.0.0.1", port, 16,
                             active_threads_default("postgresql"))
     server.start()
-    _wait_for_signal()
+    stop_signal.wait()
     server.stop()
 
 

@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -22,6 +21,7 @@ import sqlalchemy as sa
 from oslo_config import cfg
 
 from midonet_membership import conf as config
+from midonet_membership import stop_signal
 from midonet_membership.context import new_request_id
 from midonet_membership.db import engine as db_engine
 from midonet_membership.db import journal, migration
@@ -127,7 +127,7 @@ def all_in_one(conf: cfg.ConfigOpts, agent_count: int = 0) -> None:
     # One write, so the log lines of the threads already running cannot split a line.
     sys.stdout.write("\n".join(banner) + "\n")
     sys.stdout.flush()
-    _wait_for_signal()
+    stop_signal.wait()
     for a in agents:
         a.stop()
     server.stop()
@@ -164,7 +164,7 @@ def importer(conf: cfg.ConfigOpts) -> None:
     metrics.serve(conf.metrics.importer_listen)
     print(f"midonet-membership importer: {_redacted(config.database_url(conf))} -> "
           f"{_redacted(config.nsdb_url(conf, 'cluster'))}", flush=True)
-    _wait_for_signal()
+    stop_signal.wait()
     stop_importer()
 
 
@@ -279,13 +279,6 @@ def _write_endpoint(conf: cfg.ConfigOpts, url: str) -> None:
 def _redacted(url: str) -> str:
     """The URL without its password (ZooKeeper URLs name several hosts: no URL parser)."""
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
-
-
-def _wait_for_signal() -> None:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
 
 
 def _nsdb_errors() -> tuple[type[BaseException], ...]:

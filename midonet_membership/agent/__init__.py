@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 
 from oslo_config import cfg
 
 from midonet_membership import conf as config
-from midonet_membership import nsdb
+from midonet_membership import nsdb, stop_signal
 from midonet_membership.agent import identity
 from midonet_membership.agent.agent import ERROR, Agent
 from midonet_membership.agent.dataplane import (
@@ -92,8 +91,7 @@ def run_agent(conf: cfg.ConfigOpts, state_dir: str | None = None, dry_run: bool 
     print(f"midonet-membership agent: host {running.host_id} ({running.host.hostname}), "
           f"{running.state.describe()}", flush=True)
     if stop is None:
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+        stop_signal.wait()
+    else:
+        stop.wait()
     running.stop()
