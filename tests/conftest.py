@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.browser",
     "tests.fixtures.neutron",
     "tests.fixtures.galera",
+    "tests.fixtures.bench",
 ]

@@ -7,10 +7,8 @@ request came out negative in `var/bench-api.json`).
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -19,8 +17,6 @@ import sqlalchemy as sa
 from tests.fixtures.databases import ADMIN_URLS, require_server
 
 pytestmark = pytest.mark.postgresql
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def _cpu_of(pid: int, tck: int) -> float | None:
@@ -32,9 +28,7 @@ def _cpu_of(pid: int, tck: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / tck
 
 
-def test_a_closed_connections_backend_cpu_stays_counted(monkeypatch) -> None:
-    monkeypatch.syspath_prepend(str(BENCH))  # bench/api.py imports its neighbours by name
-    bench_api = importlib.import_module("api")
+def test_a_closed_connections_backend_cpu_stays_counted(bench_api) -> None:
     tck = os.sysconf("SC_CLK_TCK")
     conninfo = sa.make_url(ADMIN_URLS["postgresql"]).set(
         drivername="postgresql").render_as_string(hide_password=False)

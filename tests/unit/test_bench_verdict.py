@@ -6,18 +6,7 @@ met against 0.6 because it compared the fraction rounded to 0.60.
 
 from __future__ import annotations
 
-import importlib
-from pathlib import Path
-
 import pytest
-
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-
-
-@pytest.fixture
-def bench_api(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))  # bench/api.py imports its neighbours by name
-    return importlib.import_module("api")
 
 
 def _figures(bench_api, ours: float, http: float, db: float) -> dict:
