@@ -13,8 +13,18 @@ and then from N threads of this process at once (the requests split between them
 the process's CPU per request, the two in the same run, to see what the GIL makes of
 concurrency with no HTTP server in the way.
 
+With ``--instructions``, instead: the instructions this process executes per request of
+each operation, counted by valgrind's callgrind. A count does not move with the machine's
+load or speed, so two checkouts (``PYTHONPATH=<checkout>``) compare to a fraction of a
+percent where their req/s move by ±15 %: the script is run under callgrind once for
+``--requests`` and once for three times as many requests of the operation after the same
+setup (building the app, seeding, 300 requests to warm it), and the difference is divided
+by the requests between them. It counts this process only: SQLite's work for SQLite, not
+PostgreSQL's server's.
+
     .venv/bin/python bench/profile_app.py [--database postgresql|sqlite] [--requests 2000]
                                           [--rows 10000] [--top 12] [--threads 8]
+                                          [--instructions [--operations list_first_page,...]]
 
 Prints one JSON document on stdout. No importer runs: in the all-in-one it shares the
 process (bench/api.py measures that), here only the request path is looked at.
@@ -27,6 +37,9 @@ import cProfile
 import io
 import json
 import pstats
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -162,6 +175,44 @@ def threaded(app: Callable, requests: list[dict], n: int) -> dict[str, float]:
             "cpu_us_per_request": round(cpu / len(requests) * 1e6, 1)}
 
 
+WARM = 300  # requests before the counted ones: caches filled, statements prepared
+
+
+def instructions(args: argparse.Namespace) -> dict[str, int]:
+    """Instructions per request of each operation (the module's docstring says how)."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (Debian's package valgrind)")
+    return {op: round((_counted(args, op, 3 * args.requests) - _counted(args, op, args.requests))
+                      / (2 * args.requests)) for op in args.operations.split(",")}
+
+
+def _counted(args: argparse.Namespace, op: str, n: int) -> int:
+    """The instructions of one run of this script counting ``n`` requests of ``op``."""
+    proc = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+         __file__, "--database", args.database, "--rows", str(args.rows), "--counted", op,
+         str(n), str(3 * args.requests)], capture_output=True, text=True)
+    found = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
+    if proc.returncode or not found:
+        raise RuntimeError(f"{op} x {n} under callgrind failed:\n{proc.stderr[-3000:]}")
+    return int(found.group(1).replace(",", ""))
+
+
+def counted_run(database_url: str, op: str, n: int, most: int, rows: int) -> None:
+    """What ``_counted`` runs under callgrind: ``n`` requests of ``op`` after a setup that
+    does not depend on ``n`` (the memberships a show or delete reads are the ``most`` that
+    any run of the pair reads, created either way)."""
+    with tempfile.TemporaryDirectory(prefix="mm-profile-") as state:
+        app, token = build_app(database_url, Path(state))
+        marker = seed(database_url, rows)[int(rows * 0.9)]
+        freeze_startup_objects()
+        if op in ("show", "delete"):
+            run(app, requests_of("create", WARM, 0, marker, token))
+            run(app, requests_of("create", most, 1, marker, token))
+        run(app, requests_of(op, WARM, 0, marker, token))
+        run(app, requests_of(op, n, 1, marker, token))
+
+
 def _top(stats: pstats.Stats, n: int, requests: int) -> list[str]:
     """The frames with the most own time: 'file:line(function) µs/request calls/request'."""
     rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:n]
@@ -177,8 +228,29 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1,
                         help="also run each operation from this many threads at once")
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions per request under valgrind instead")
+    parser.add_argument("--operations", default=",".join(OPERATIONS),
+                        help="with --instructions: the operations to count (comma-separated)")
+    parser.add_argument("--counted", nargs=3, metavar=("OP", "N", "MOST"),
+                        help=argparse.SUPPRESS)  # the run --instructions counts
     args = parser.parse_args()
     runner = with_postgresql if args.database == "postgresql" else with_sqlite
+    if args.counted:
+        op, n, most = args.counted
+        runner(lambda url: counted_run(url, op, int(n), int(most), args.rows))
+        return 0
+    if args.instructions:
+        print(json.dumps({
+            "benchmark": "instructions per request of our WSGI app in-process, valgrind "
+                         "callgrind (bench/profile_app.py --instructions)",
+            "settings": {"database": args.database, "rows": args.rows,
+                         "requests_counted": [args.requests, 3 * args.requests],
+                         "operations": args.operations,
+                         "warm_requests": WARM, "auth": "token", "threads": 1,
+                         "http_server": "none", "importer": "none"},
+            "instructions_per_request": instructions(args)}, indent=2))
+        return 0
     out = {"benchmark": "our WSGI app in-process (bench/profile_app.py)",
            "settings": {"database": args.database, "requests_per_operation": args.requests,
                         "rows": args.rows, "auth": "token", "threads": 1,
