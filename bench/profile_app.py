@@ -36,6 +36,7 @@ import argparse
 import cProfile
 import io
 import json
+import os
 import pstats
 import re
 import shutil
@@ -187,11 +188,14 @@ def instructions(args: argparse.Namespace) -> dict[str, int]:
 
 
 def _counted(args: argparse.Namespace, op: str, n: int) -> int:
-    """The instructions of one run of this script counting ``n`` requests of ``op``."""
+    """The instructions of one run of this script counting ``n`` requests of ``op``. Both
+    runs of a pair must do the same setup: neither writes bytecode (``-B``: the first
+    would compile what the second reads) and both hash strings alike (PYTHONHASHSEED)."""
     proc = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-         __file__, "--database", args.database, "--rows", str(args.rows), "--counted", op,
-         str(n), str(3 * args.requests)], capture_output=True, text=True)
+         "-B", __file__, "--database", args.database, "--rows", str(args.rows), "--counted",
+         op, str(n), str(3 * args.requests)], capture_output=True, text=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"})
     found = re.search(r"I\s+refs:\s+([\d,]+)", proc.stderr)
     if proc.returncode or not found:
         raise RuntimeError(f"{op} x {n} under callgrind failed:\n{proc.stderr[-3000:]}")

@@ -198,8 +198,9 @@ def _sqlite_encoded(page: sa.Subquery, table: sa.Table, primary_key: str) -> sa.
     paths parses the page's text once.
 
     Why: the page used to come as JSON and be parsed by orjson for the links' markers, then
-    written again (19 + 8 µs of a 179 µs first page in-process, bench/profile_app.py); the
-    statement's own parse costs SQLite 13 µs, with the GIL let go (issue 12)."""
+    written again (19 + 8 µs of a 179 µs first page in-process, bench/profile_app.py
+    --top). SQLite's one parse of its own text costs less, and runs with the GIL let go
+    (instructions per page before and after: docs/api-performance.md, issue 12)."""
     aggregated = sa.select(sa.func.json_group_array(_json_object(page, table)).label("json"),
                            sa.func.count().label("count")).subquery()
     json, count = aggregated.c.json, aggregated.c.count
