@@ -728,6 +728,11 @@ def _release(pooled: PoolProxiedConnection, autocommit: bool) -> None:
     pooled.close()
 
 
+def database_server(dialect: sa.Dialect) -> str:
+    """The database's name, MariaDB told apart from MySQL (known once connected)."""
+    return "mariadb" if getattr(dialect, "is_mariadb", False) else dialect.name
+
+
 def is_duplicate_error(exc: sa.exc.IntegrityError) -> bool:
     """True when the database refused a row because a unique key already holds it."""
     text = str(exc.orig).lower()

@@ -103,11 +103,40 @@ def statement_with_task(change: sa.CTE, type_: str, data_type: str,
     ).returning(tasks.c.id)
 
 
-def record_with(conn: DriverConnection, statement: sa.Insert, params: dict[str, Any], *,
+def mariadb_statement_with_task(change: str, type_: str, data_type: str, resource_id: str,
+                                data: str, *, declare: str = "",
+                                written: str | None = None) -> sa.TextualSelect:
+    """``change`` (SQL statements) and its task as ONE statement on MariaDB, which has no
+    data-modifying CTEs: a compound statement (``BEGIN NOT ATOMIC``) that runs them in one
+    transaction and commits it, or on any error rolls it back and raises that error. On a
+    connection in autocommit it is one round trip where a transaction took three (the
+    change, the task's INSERT, the COMMIT). ``resource_id`` and ``data`` are SQL
+    expressions (of ``change``'s parameters or of variables it declared in ``declare``),
+    ``written`` the SQL condition under which ``change`` ran and the task was written (None:
+    always). Like :func:`statement_with_task`'s, it returns the task's id, or no row when
+    no task was written, and takes the same audit parameters; run it with
+    :func:`record_with`. The change comes first, so a writer holds its row before it takes
+    its task id (the importer's ordering argument)."""
+    task = (f"INSERT INTO {tasks.name} (type, data_type, resource_id, data, tenant_id, "
+            "transaction_id, created_at, requested_by, requested_from) VALUES "
+            f"('{type_}', '{data_type}', {resource_id}, {data}, :tenant_id, :transaction_id, "
+            ":created_at, :requested_by, :requested_from);")
+    when = written or "TRUE"
+    return sa.text(
+        f"BEGIN NOT ATOMIC {declare} "
+        "DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN ROLLBACK; RESIGNAL; END; "
+        f"START TRANSACTION; {change} "
+        + (f"IF {when} THEN {task} END IF; " if written else f"{task} ")
+        + f"COMMIT; IF {when} THEN SELECT LAST_INSERT_ID(); END IF; END"
+    ).columns(sa.column("id", sa.Integer))
+
+
+def record_with(conn: DriverConnection, statement: sa.Executable, params: dict[str, Any], *,
                 tenant_id: str | None, transaction_id: str, requested_by: str | None = None,
                 requested_from: str | None = None) -> bool:
     """Run a change and its task as one statement: a :func:`statement_with_task` on
-    PostgreSQL, an INSERT into one of SQLite's change views (migration 0007). Returns
+    PostgreSQL, a :func:`mariadb_statement_with_task` on MariaDB, an INSERT into one of
+    SQLite's change views (migration 0007). Returns
     whether the change touched a row, and so wrote its task."""
     values = {**params, "tenant_id": tenant_id, "transaction_id": transaction_id,
               "created_at": utcnow(), "requested_by": _clip(requested_by, 255),

@@ -20,6 +20,7 @@ from midonet_membership.db import journal
 from midonet_membership.db.engine import (
     AnyConnection,
     DriverConnection,
+    database_server,
     is_duplicate_error,
     reader,
     retry_transient,
@@ -40,9 +41,6 @@ class AgentMemberships:
         (:func:`midonet_membership.nsdb.max_ops_per_apply`). None: no limit."""
         self.engine = engine
         self.max_bulk = max_bulk
-        # PostgreSQL (data-modifying CTEs) and SQLite (migration 0007's change views) run
-        # a change and its task as one atomic statement: one round trip, no BEGIN/COMMIT.
-        self._one_statement = engine.dialect.name in ("postgresql", "sqlite")
         self._pages_as_json = engine.dialect.driver == "pymysql" or engine.dialect.name == "sqlite"
 
     @retry_transient
@@ -53,7 +51,7 @@ class AgentMemberships:
         rows = [{"id": m["id"], "ip_address": m["ip_address"]} for m in items]
         # The original contract's tenant_id lives in the task only (the table has no column).
         owners = [m.get("tenant_id") or context.project_id for m in items]
-        one_statement = len(rows) == 1 and self._one_statement
+        one_statement = len(rows) == 1 and _one_statement(self.engine.dialect)
         try:
             with writer(self.engine, single_statement=one_statement, driver=True) as conn:
                 if one_statement:
@@ -112,9 +110,9 @@ class AgentMemberships:
 
     def _delete_row(self, context: RequestContext, id_: str) -> bool:
         """Whether a row was there to delete."""
-        if self._one_statement:
+        if _one_statement(self.engine.dialect):
             with writer(self.engine, single_statement=True, driver=True) as conn:
-                return journal.record_with(conn, _delete_statement(conn.dialect.name),
+                return journal.record_with(conn, _delete_statement(database_server(conn.dialect)),
                                            {"id": id_}, **audit_of(context))
         with writer(self.engine, driver=True) as conn:
             return delete_with_task(conn, id_, audit_of(context))
@@ -130,10 +128,17 @@ _DELETE_RETURNING = _DELETE.returning(*memberships.c)
 _SELECT_FOR_DELETE = _SHOW.with_for_update()
 
 
+def _one_statement(dialect: sa.Dialect) -> bool:
+    """Whether a change and its task run as one atomic statement: one round trip, no
+    BEGIN/COMMIT (PostgreSQL's data-modifying CTEs, SQLite's change views of migration
+    0007, MariaDB's compound statements; not MySQL's, which has none of them)."""
+    return database_server(dialect) in ("postgresql", "sqlite", "mariadb")
+
+
 def _insert_in_one_statement(conn: DriverConnection, row: dict[str, str], owner: str | None,
                              context: RequestContext) -> None:
-    """The row and its task in one atomic statement (PostgreSQL, SQLite)."""
-    journal.record_with(conn, _create_statement(conn.dialect.name),
+    """The row and its task in one atomic statement (:func:`_one_statement`)."""
+    journal.record_with(conn, _create_statement(database_server(conn.dialect)),
                         {**row, "data": json.dumps(row, sort_keys=True)},
                         **audit_of(context, owner))
 
@@ -158,9 +163,13 @@ _DELETIONS = sa.table("midonet_agent_membership_deletions", sa.column("id", sa.S
 
 
 @functools.cache
-def _create_statement(dialect: str) -> sa.Insert:
-    if dialect == "sqlite":
+def _create_statement(server: str) -> sa.Executable:
+    if server == "sqlite":
         return sa.insert(_CREATIONS)
+    if server == "mariadb":
+        return journal.mariadb_statement_with_task(
+            f"INSERT INTO {memberships.name} (id, ip_address) VALUES (:id, :ip_address);",
+            journal.CREATE, journal.AGENTMEMBERSHIP, ":id", ":data")
     insert = (sa.insert(memberships)
               .values(id=sa.bindparam("id"), ip_address=sa.bindparam("ip_address"))
               .returning(memberships.c.id).cte("new_membership"))
@@ -169,9 +178,19 @@ def _create_statement(dialect: str) -> sa.Insert:
 
 
 @functools.cache
-def _delete_statement(dialect: str) -> sa.Insert:
-    if dialect == "sqlite":  # its trigger writes the data as jsonb does, below
+def _delete_statement(server: str) -> sa.Executable:
+    if server == "sqlite":  # its trigger writes the data as jsonb does, below
         return sa.insert(_DELETIONS)
+    if server == "mariadb":  # the row locked and read, then deleted; JSON_OBJECT as jsonb
+        return journal.mariadb_statement_with_task(
+            f"SELECT id, ip_address INTO deleted_id, deleted_ip FROM {memberships.name} "
+            f"WHERE id = :id FOR UPDATE; DELETE FROM {memberships.name} WHERE id = :id;",
+            journal.DELETE, journal.AGENTMEMBERSHIP, "deleted_id",
+            "JSON_OBJECT('id', deleted_id, 'ip_address', deleted_ip)",
+            declare=f"DECLARE deleted_id TYPE OF {memberships.name}.id; "
+                    f"DECLARE deleted_ip TYPE OF {memberships.name}.ip_address; "
+                    "DECLARE CONTINUE HANDLER FOR NOT FOUND SET deleted_id = NULL;",
+            written="deleted_id IS NOT NULL")
     deleted = (sa.delete(memberships).where(memberships.c.id == sa.bindparam("id"))
                .returning(memberships.c.id, memberships.c.ip_address)
                .cte("deleted_membership"))

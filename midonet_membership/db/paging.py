@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.ext.compiler import compiles
 
-from midonet_membership.db.engine import AnyConnection
+from midonet_membership.db.engine import AnyConnection, database_server
 from midonet_membership.paging import ListQuery
 
 
@@ -33,7 +33,7 @@ def keyset_select(conn: AnyConnection, table: sa.Table, query: ListQuery,
     filtered = tuple(sorted(query.filters))
     params: dict[str, Any] = {f"filter_{name}": list(query.filters[name]) for name in filtered}
     dialect = conn.dialect.name
-    server = "mariadb" if getattr(conn.dialect, "is_mariadb", False) else dialect
+    server = database_server(conn.dialect)
     if encoded and _text_only(table) and 0 < (query.limit or 0) <= _ENCODED_MAX_ROWS.get(
             server, 0):
         shape = (server, table, order, filtered, query.limit, query.page_reverse, primary_key)

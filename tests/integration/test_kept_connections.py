@@ -111,7 +111,8 @@ def test_a_connection_that_died_idle_in_the_pool_is_retried_when_kept(make_datab
 @pytest.mark.parametrize("backend", ["mariadb", MYSQLCLIENT])
 def test_a_mariadb_write_returns_without_a_rollback_and_a_failed_one_leaves_none_open(
         make_database, backend):
-    """A committed write goes back to the pool without the driver's ROLLBACK (a round trip
+    """A committed write transaction (a bulk create: one membership is one statement, on a
+    kept connection) goes back to the pool without the driver's ROLLBACK (a round trip
     even with nothing open, in PyMySQL and mysqlclient); one that failed is rolled back,
     so the connection's next user starts outside any transaction."""
     url = make_database(backend)
@@ -134,7 +135,8 @@ def _check_mariadb_write_resets(engine: sa.Engine) -> None:
     before = rollbacks()
     for i in range(1, 11):
         plugin.create(RequestContext.admin(),
-                      [{"id": str(uuid.uuid4()), "ip_address": f"192.0.2.{i}"}])
+                      [{"id": str(uuid.uuid4()), "ip_address": f"192.0.2.{i}"},
+                       {"id": str(uuid.uuid4()), "ip_address": f"198.51.100.{i}"}])
     assert rollbacks() - before == 1
     host = str(uuid.uuid4())
     with pytest.raises(RuntimeError), db_engine.writer(engine, driver=True) as conn:
@@ -150,6 +152,45 @@ def _check_mariadb_write_resets(engine: sa.Engine) -> None:
         assert cursor.fetchone() == (0,)  # an open transaction would show its own row
     finally:
         raw.invalidate()  # not back to the pool: in a failure it may hold a transaction
+
+
+@pytest.mark.parametrize("backend", ["mariadb", MYSQLCLIENT])
+def test_a_mariadb_change_and_its_task_are_one_statement_that_leaves_nothing_open(
+        make_database, backend):
+    """On MariaDB a membership's create and delete each reach the server as one statement
+    (a compound statement that commits the row and its task together: one round trip,
+    where a transaction took three), and one that failed (a duplicate, a 409; a delete of
+    what is not there, a 404) leaves its kept connection outside any transaction."""
+    url = make_database(backend)
+    migration.upgrade(url)
+    engine = db_engine.create_engine(url, pool_size=1)  # every statement on one connection
+    plugin = AgentMemberships(engine)
+    host = str(uuid.uuid4())
+
+    def on_kept_connection(sql: str) -> int:
+        """The last column of ``sql``'s first row, read on the kept connection itself."""
+        with db_engine.reader(engine, driver=True) as conn:
+            return int(conn.execute(sa.text(sql).columns(sa.column("value"))).first()[-1])
+    try:
+        with pytest.raises(exceptions.AgentMembershipNotFound):  # connects: MariaDB is known
+            plugin.get(RequestContext.admin(), host)
+        questions = "SHOW SESSION STATUS LIKE 'Questions'"
+        before = on_kept_connection(questions)
+        plugin.create(RequestContext.admin(), [{"id": host, "ip_address": "192.0.2.70"}])
+        plugin.delete(RequestContext.admin(), host)
+        assert on_kept_connection(questions) - before == 3  # the create, the delete, the SHOW
+        with db_engine.reader(engine) as conn:
+            assert [tuple(r) for r in conn.execute(sa.select(memberships))] == []
+        plugin.create(RequestContext.admin(), [{"id": host, "ip_address": "192.0.2.70"}])
+        with pytest.raises(exceptions.AgentMembershipExists):
+            plugin.create(RequestContext.admin(), [{"id": host, "ip_address": "192.0.2.71"}])
+        assert on_kept_connection("SELECT @@in_transaction") == 0
+        plugin.delete(RequestContext.admin(), host)
+        with pytest.raises(exceptions.AgentMembershipNotFound):
+            plugin.delete(RequestContext.admin(), host)
+        assert on_kept_connection("SELECT @@in_transaction") == 0
+    finally:
+        engine.dispose()
 
 
 @pytest.mark.parametrize("bulk", [False, True], ids=["one statement", "transaction"])
