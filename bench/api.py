@@ -122,7 +122,9 @@ def posted_ip(n: int) -> str:
 class Server:
     """The layout's processes, each the ``midonet-membership`` console script of this venv."""
 
-    def __init__(self, database_url: str, layout: str, nsdb_url: str | None = None) -> None:
+    def __init__(self, database_url: str, layout: str, nsdb_url: str | None = None,
+                 commands: list[list[str]] | None = None) -> None:
+        """``commands``: the layout's processes (default: ``LAYOUTS[layout]``)."""
         self.layout = layout
         self.state = Path(tempfile.mkdtemp(prefix="mm-bench-state-"))
         self.port = free_port()
@@ -131,7 +133,7 @@ class Server:
             f"[nsdb]\nconnection = {nsdb_url}\n" if nsdb_url else ""))
         self.log_path = self.state / "server.log"
         self.commands = []
-        for command in LAYOUTS[layout]:
+        for command in commands or LAYOUTS[layout]:
             bind = [] if command[0] == "importer" else ["--bind", f"127.0.0.1:{self.port}"]
             self.commands.append([str(BIN / "midonet-membership"), *command, "--config-file",
                                   str(self.config_file), "--state-dir", str(self.state), *bind])
@@ -520,7 +522,9 @@ def seed(database_url: str, rows: int) -> list[str]:
             conn.execute(sa.insert(table), [{"id": ids[i], "ip_address": seeded_ip(i)}
                                             for i in range(start, min(rows, start + 10000))])
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql("ANALYZE midonet_agent_memberships")
+        conn.exec_driver_sql("ANALYZE TABLE midonet_agent_memberships"
+                             if conn.dialect.name == "mysql" else
+                             "ANALYZE midonet_agent_memberships")
     engine.dispose()
     return ids
 
