@@ -71,6 +71,7 @@ from floors import DatabaseFloor, floor_serving
 
 BIN = Path(sys.executable).parent
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+MARIADB_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/mysql"
 BASE = "/v2.0/agent-memberships"
 CONCURRENCY = (1, 8)
 OPERATIONS = ("create", "show", "delete", "list_first_page", "list_deep_page")
@@ -539,16 +540,29 @@ def count_rows(database_url: str) -> int:
 
 def with_postgresql(run):
     """Run ``run(url)`` on a fresh PostgreSQL database, dropped afterwards."""
+    return _with_fresh_database(PG_ADMIN, 'CREATE DATABASE "{}"',
+                                'DROP DATABASE IF EXISTS "{}" WITH (FORCE)', run)
+
+
+def with_mariadb(run, driver: str = "mysql+mysqldb"):
+    """Run ``run(url)`` on a fresh MariaDB database through ``driver``, dropped afterwards."""
+    return _with_fresh_database(MARIADB_ADMIN, "CREATE DATABASE `{}` CHARACTER SET utf8mb4",
+                                "DROP DATABASE IF EXISTS `{}`", run, driver)
+
+
+def _with_fresh_database(admin_url: str, create: str, drop: str, run,
+                         driver: str | None = None):
     name = f"mm_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT",
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT",
                              poolclass=sa.pool.NullPool)
     with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        conn.exec_driver_sql(create.format(name))
     try:
-        return run(sa.make_url(PG_ADMIN).set(database=name).render_as_string(False))
+        url = sa.make_url(admin_url).set(database=name)
+        return run(url.set(drivername=driver or url.drivername).render_as_string(False))
     finally:
         with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.exec_driver_sql(drop.format(name))
         admin.dispose()
 
 

@@ -26,33 +26,13 @@ import math
 import statistics
 import subprocess
 import sys
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import api  # bench/api.py
-import sqlalchemy as sa
 
 LAYOUTS = {**api.LAYOUTS, "api-1x8": [["api", "--workers", "1", "--threads", "8"]]}
 OPERATIONS = ("create", "show", "delete", "list_first_page")
-MARIADB_ADMIN = "mysql+pymysql://root@127.0.0.1:3306/mysql"
-
-
-def with_mariadb(driver: str, run: Callable[[str], Any]) -> Any:
-    """Run ``run(url)`` on a fresh MariaDB database through ``driver``, dropped afterwards."""
-    name = f"mm_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(MARIADB_ADMIN, isolation_level="AUTOCOMMIT",
-                             poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    try:
-        return run(sa.make_url(MARIADB_ADMIN).set(drivername=driver, database=name)
-                   .render_as_string(False))
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-        admin.dispose()
 
 
 def package_of(tree: str) -> str:
@@ -159,7 +139,7 @@ def main() -> int:
     args.before, args.after = (str(Path(t).resolve()) for t in (args.before, args.after))
     run = lambda url: compare(url, args)  # noqa: E731
     if args.database == "mariadb":
-        figures = with_mariadb(args.driver, run)
+        figures = api.with_mariadb(run, args.driver)
     else:
         figures = (api.with_postgresql if args.database == "postgresql"
                    else api.with_sqlite)(run)
