@@ -121,13 +121,14 @@ def mariadb_statement_with_task(change: str, type_: str, data_type: str, resourc
             "transaction_id, created_at, requested_by, requested_from) VALUES "
             f"('{type_}', '{data_type}', {resource_id}, {data}, :tenant_id, :transaction_id, "
             ":created_at, :requested_by, :requested_from);")
-    when = written or "TRUE"
+    task_id = "SELECT LAST_INSERT_ID();"
+    if written:
+        task, task_id = (f"IF {written} THEN {task} END IF;",
+                         f"IF {written} THEN {task_id} END IF;")
     return sa.text(
         f"BEGIN NOT ATOMIC {declare} "
         "DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN ROLLBACK; RESIGNAL; END; "
-        f"START TRANSACTION; {change} "
-        + (f"IF {when} THEN {task} END IF; " if written else f"{task} ")
-        + f"COMMIT; IF {when} THEN SELECT LAST_INSERT_ID(); END IF; END"
+        f"START TRANSACTION; {change} {task} COMMIT; {task_id} END"
     ).columns(sa.column("id", sa.Integer))
 
 
