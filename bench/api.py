@@ -1003,6 +1003,7 @@ def _measured_reference(args: argparse.Namespace) -> dict:
     try:
         return neutron_reference.measure(neutron_reference.parser().parse_args(
             ["--seconds", str(args.seconds), "--seed", "100" if args.quick else "200",
+             "--rounds", "1" if args.quick else "3",
              "--concurrency", ",".join(map(str, CONCURRENCY))]))
     except Exception as exc:  # report it in the document; our own figures still stand
         log(f"the neutron reference failed: {exc}")

@@ -18,12 +18,16 @@ the measured path; Neutron's noauth makes every caller an admin, ours is given
 operation runs ``--seconds`` over one keep-alive connection per client, at each of
 ``--concurrency`` in turn (1 by default, like the issue's reference; bench/api.py asks for
 1 and 8), after ``--seed`` items were created through the API: POST, GET of one item,
-``GET ?limit=100`` and DELETE of what the POSTs created. The machine is shared:
+``GET ?limit=100`` and DELETE of what the POSTs created. Each concurrency runs ``--rounds``
+rounds (3), in each every target in turn, the order rotated from round to round; a figure
+is the round of median req/s (every round's is listed): one run of each once moved ours
+by half depending on which came first after neutron's writes. The machine is shared:
 ``machine_busy_share`` is the share of all CPU time that was busy during the run (these
 servers and MariaDB included); near 1.0 every figure is lower than on a quiet machine, but
-the three targets are measured under the same load, one after the other.
+the targets are measured under the same load, one after the other.
 
     .venv/bin/python bench/neutron_reference.py [--seconds 5] [--seed 200] [--concurrency 1,8]
+                                                [--rounds 3]
                                                 [--ours-driver mysql+mysqldb]
 
 Prints one JSON document on stdout; progress on stderr. Needs ``tools/ensure-openstack``.
@@ -169,32 +173,54 @@ def run_operation(port: int, resource: Resource, op: str, ids: list[str], second
             "requests": len(latencies), "errors": errors[0]}
 
 
-def bench_target(port: int, resource: Resource, args: argparse.Namespace,
-                 serial: Counter) -> dict:
-    """Seed ``--seed`` items, then at each concurrency: create, show and list for
-    ``--seconds`` each, then delete what this concurrency's creates made (the seeded items
-    stay for the next concurrency's shows and lists)."""
+def seed_target(port: int, resource: Resource, n: int, serial: Counter) -> list[str]:
+    """Create ``n`` items through the API; their ids (kept for the shows and lists)."""
     seeded: list[str] = []
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    for _ in range(args.seed):
+    for _ in range(n):
         status, raw = _send(conn, "POST", resource.collection, resource.body(serial.next()))
         if status != 201:
             raise RuntimeError(f"seeding {resource.collection}: {status} {raw[:300]!r}")
         seeded.append(json.loads(raw)[resource.member_key]["id"])
     conn.close()
-    figures = {}
+    return seeded
+
+
+OPERATIONS = ("create", "show", "list_limit_100", "delete")
+
+
+def bench_targets(targets: list[tuple[str, int, Resource]], args: argparse.Namespace,
+                  serial: Counter) -> dict[str, dict]:
+    """Seed ``--seed`` items per target, then at each concurrency, ``--rounds`` times:
+    every target in turn (the order rotates each round, so no target always follows
+    another's writes) runs create, show and list for ``--seconds`` each, then deletes what
+    its creates made (the seeded items stay for the shows and lists). Per target and
+    operation the round of median req/s is kept, every round's listed."""
+    seeded = {key: seed_target(port, resource, args.seed, serial)
+              for key, port, resource in targets}
+    runs: dict[str, dict[str, dict[str, list[dict]]]] = {
+        key: {f"c{c}": {op: [] for op in OPERATIONS} for c in args.concurrency}
+        for key, _, _ in targets}
     for concurrency in args.concurrency:
-        created: list[str] = []
-        figures[f"c{concurrency}"] = {
-            "create": run_operation(port, resource, "create", created, args.seconds,
-                                    concurrency, serial),
-            "show": run_operation(port, resource, "show", seeded, args.seconds, concurrency,
-                                  serial),
-            "list_limit_100": run_operation(port, resource, "list_limit_100", seeded,
-                                            args.seconds, concurrency, serial),
-            "delete": run_operation(port, resource, "delete", created, args.seconds,
-                                    concurrency, serial)}
-    return figures
+        for r in range(args.rounds):
+            shift = r % len(targets)
+            for key, port, resource in targets[shift:] + targets[:shift]:
+                created: list[str] = []
+                for op in OPERATIONS:
+                    ids = created if op in ("create", "delete") else seeded[key]
+                    runs[key][f"c{concurrency}"][op].append(run_operation(
+                        port, resource, op, ids, args.seconds, concurrency, serial))
+    return {key: {c: {op: _median_round(rounds) for op, rounds in by_op.items()}
+                  for c, by_op in by_c.items()} for key, by_c in runs.items()}
+
+
+def _median_round(rounds: list[dict]) -> dict:
+    """The round of median req/s (its latencies with it), every round's req/s, and the
+    errors of all rounds."""
+    ordered = sorted(rounds, key=lambda figure: figure["req_per_s"])
+    return {**ordered[(len(ordered) - 1) // 2],
+            "rounds_req_per_s": [figure["req_per_s"] for figure in rounds],
+            "errors": sum(figure["errors"] for figure in rounds)}
 
 
 def _busy_ticks() -> tuple[int, int]:
@@ -231,10 +257,8 @@ def measure(args: argparse.Namespace) -> dict:
             servers.append(ours)
             key = "ours_agent_memberships" + ("_pymysql" if i else "")
             targets.append((key, ours.port, MEMBERSHIPS))
-        result = {}
-        for key, port, resource in targets:
-            log(key)
-            result[key] = bench_target(port, resource, args, serial)
+        log(f"{', '.join(key for key, _, _ in targets)}: {args.rounds} rounds")
+        result = bench_targets(targets, args, serial)
     finally:
         for server in servers:
             server.stop()
@@ -244,7 +268,8 @@ def measure(args: argparse.Namespace) -> dict:
         shutil.rmtree(state, ignore_errors=True)
     busy1, total1 = _busy_ticks()
     return {"settings": {**SETTINGS, "ours_driver": args.ours_driver,
-                         "concurrency": args.concurrency,
+                         "concurrency": args.concurrency, "rounds": args.rounds,
+                         "order": "the targets in turn, rotated each round",
                          "seconds_per_operation": args.seconds, "seeded_items": args.seed,
                          "cpus": os.cpu_count()},
             "machine_busy_share": round((busy1 - busy0) / max(1, total1 - total0), 2),
@@ -262,6 +287,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds per concurrency; each figure is the round of median req/s")
     p.add_argument("--concurrency", type=_concurrencies, default=[1],
                    help="comma-separated client counts, each measured in turn (default 1)")
     p.add_argument("--ours-driver", choices=[MYSQLCLIENT, PYMYSQL], default=default_ours_driver(),
