@@ -128,11 +128,19 @@ _DELETE_RETURNING = _DELETE.returning(*memberships.c)
 _SELECT_FOR_DELETE = _SHOW.with_for_update()
 
 
+# MariaDB's compound statements outside routines came in 10.1, variables typed as a
+# column (TYPE OF, the delete's) in 10.3: an older server keeps the transaction.
+MARIADB_ONE_STATEMENT = (10, 3)
+
+
 def _one_statement(dialect: sa.Dialect) -> bool:
     """Whether a change and its task run as one atomic statement: one round trip, no
     BEGIN/COMMIT (PostgreSQL's data-modifying CTEs, SQLite's change views of migration
     0007, MariaDB's compound statements; not MySQL's, which has none of them)."""
-    return database_server(dialect) in ("postgresql", "sqlite", "mariadb")
+    server = database_server(dialect)
+    if server == "mariadb":
+        return (dialect.server_version_info or ()) >= MARIADB_ONE_STATEMENT
+    return server in ("postgresql", "sqlite")
 
 
 def _insert_in_one_statement(conn: DriverConnection, row: dict[str, str], owner: str | None,

@@ -19,7 +19,7 @@ from midonet_membership.context import RequestContext
 from midonet_membership.db import engine as db_engine
 from midonet_membership.db import migration
 from midonet_membership.db.memberships import AgentMemberships
-from midonet_membership.db.models import memberships
+from midonet_membership.db.models import memberships, tasks
 from midonet_membership.paging import ListQuery
 from tests.fixtures.databases import EVERY_DRIVER, MYSQLCLIENT
 from tests.fixtures.proxy import TcpProxy
@@ -168,9 +168,7 @@ def test_a_mariadb_change_and_its_task_are_one_statement_that_leaves_nothing_ope
     host = str(uuid.uuid4())
 
     def on_kept_connection(sql: str) -> int:
-        """The last column of ``sql``'s first row, read on the kept connection itself."""
-        with db_engine.reader(engine, driver=True) as conn:
-            return int(conn.execute(sa.text(sql).columns(sa.column("value"))).first()[-1])
+        return _on_kept_connection(engine, sql)
     try:
         with pytest.raises(exceptions.AgentMembershipNotFound):  # connects: MariaDB is known
             plugin.get(RequestContext.admin(), host)
@@ -189,6 +187,39 @@ def test_a_mariadb_change_and_its_task_are_one_statement_that_leaves_nothing_ope
         with pytest.raises(exceptions.AgentMembershipNotFound):
             plugin.delete(RequestContext.admin(), host)
         assert on_kept_connection("SELECT @@in_transaction") == 0
+    finally:
+        engine.dispose()
+
+
+def _on_kept_connection(engine: sa.Engine, sql: str) -> int:
+    """The last column of ``sql``'s first row, read on the kept connection itself."""
+    with db_engine.reader(engine, driver=True) as conn:
+        return int(conn.execute(sa.text(sql).columns(sa.column("value"))).first()[-1])
+
+
+@pytest.mark.parametrize("backend", ["mariadb", MYSQLCLIENT])
+def test_a_mariadb_older_than_10_3_writes_in_a_transaction(make_database, backend):
+    """The delete's compound statement types its variables as columns (``TYPE OF``,
+    MariaDB 10.3): against an older server (this one told it is 10.2) a create and a
+    delete run as transactions, not on the kept connection, and write the same tasks."""
+    url = make_database(backend)
+    migration.upgrade(url)
+    engine = db_engine.create_engine(url, pool_size=1)
+    plugin = AgentMemberships(engine)
+    host = str(uuid.uuid4())
+    questions = "SHOW SESSION STATUS LIKE 'Questions'"
+    try:
+        with pytest.raises(exceptions.AgentMembershipNotFound):  # connects: MariaDB is known
+            plugin.get(RequestContext.admin(), host)
+        engine.dialect.server_version_info = (10, 2, 44)
+        before = _on_kept_connection(engine, questions)
+        plugin.create(RequestContext.admin(), [{"id": host, "ip_address": "192.0.2.72"}])
+        plugin.delete(RequestContext.admin(), host)
+        assert _on_kept_connection(engine, questions) - before == 1  # the SHOW only
+        with db_engine.reader(engine) as conn:
+            assert [r.type for r in conn.execute(sa.select(tasks.c.type).where(
+                tasks.c.resource_id == host).order_by(tasks.c.id))] == ["CREATE", "DELETE"]
+            assert conn.execute(sa.select(memberships)).all() == []
     finally:
         engine.dispose()
 
