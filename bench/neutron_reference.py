@@ -53,6 +53,8 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from api import with_mariadb  # noqa: E402  (bench/api.py: a fresh database, dropped after)
+
 # The servers as the tests start them: neutron-server with our plugin, and our `api`.
 from tests.fixtures.neutron import VENV as NEUTRON_VENV  # noqa: E402
 from tests.fixtures.neutron import NeutronServer  # noqa: E402
@@ -60,7 +62,6 @@ from tests.fixtures.servers import ProductionApi  # noqa: E402
 
 PYMYSQL = "mysql+pymysql"  # neutron's MariaDB driver
 MYSQLCLIENT = "mysql+mysqldb"
-MARIADB_ADMIN = f"{PYMYSQL}://root@127.0.0.1:3306/mysql"
 SETTINGS = {"server": "gunicorn, 1 worker x 8 threads", "auth_strategy": "noauth",
             "database": "MariaDB on 127.0.0.1, one database shared by all targets",
             "neutron_driver": PYMYSQL}
@@ -231,19 +232,17 @@ def _busy_ticks() -> tuple[int, int]:
 
 def measure(args: argparse.Namespace) -> dict:
     """The three targets on one fresh MariaDB database (dropped at the end)."""
-    name = f"mm_bench_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(MARIADB_ADMIN, isolation_level="AUTOCOMMIT",
-                             poolclass=sa.pool.NullPool)
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
-    url = sa.make_url(MARIADB_ADMIN).set(database=name)
+    return with_mariadb(lambda url: _measure_on(sa.make_url(url), args), PYMYSQL)
+
+
+def _measure_on(url: sa.URL, args: argparse.Namespace) -> dict:
     ours_drivers = dict.fromkeys([args.ours_driver, PYMYSQL])  # the chosen one first
     state = Path(tempfile.mkdtemp(prefix="mm-bench-neutron-"))
     servers: list[NeutronServer | ProductionApi] = []
     serial = Counter()
     busy0, total0 = _busy_ticks()
     try:
-        log(f"neutron-db-manage upgrade heads + neutron-server on {name}")
+        log(f"neutron-db-manage upgrade heads + neutron-server on {url.database}")
         neutron = NeutronServer(state / "neutron", url.render_as_string(hide_password=False))
         servers.append(neutron)
         neutron.upgrade().start()
@@ -262,9 +261,6 @@ def measure(args: argparse.Namespace) -> dict:
     finally:
         for server in servers:
             server.stop()
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS `{name}`")
-        admin.dispose()
         shutil.rmtree(state, ignore_errors=True)
     busy1, total1 = _busy_ticks()
     return {"settings": {**SETTINGS, "ours_driver": args.ours_driver,

@@ -80,6 +80,13 @@ def _clip(value: str | None, length: int) -> str | None:
     return value if value is None else value[:length]
 
 
+# What a one-statement change's task takes as parameters (record_with's audit of the
+# request), and the columns that task writes.
+_AUDIT = {"tenant_id": sa.String, "transaction_id": sa.String, "created_at": sa.DateTime,
+          "requested_by": sa.String, "requested_from": sa.String}
+_CHANGE_TASK_COLUMNS = ("type", "data_type", "resource_id", "data", *_AUDIT)
+
+
 def statement_with_task(change: sa.CTE, type_: str, data_type: str,
                         data: sa.ColumnElement) -> sa.Insert:
     """``change`` (a data-modifying CTE returning ``id``) and its task as ONE statement.
@@ -92,14 +99,10 @@ def statement_with_task(change: sa.CTE, type_: str, data_type: str,
     ``created_at``, ``requested_by`` and ``requested_from`` besides the change's own.
     """
     return sa.insert(tasks).from_select(
-        ["type", "data_type", "resource_id", "data", "tenant_id", "transaction_id",
-         "created_at", "requested_by", "requested_from"],
+        list(_CHANGE_TASK_COLUMNS),
         sa.select(sa.literal(type_), sa.literal(data_type), change.c.id, data,
-                  sa.bindparam("tenant_id", type_=sa.String),
-                  sa.bindparam("transaction_id", type_=sa.String),
-                  sa.bindparam("created_at", type_=sa.DateTime),
-                  sa.bindparam("requested_by", type_=sa.String),
-                  sa.bindparam("requested_from", type_=sa.String)).select_from(change)
+                  *(sa.bindparam(name, type_=type_of) for name, type_of in _AUDIT.items()))
+        .select_from(change)
     ).returning(tasks.c.id)
 
 
@@ -117,10 +120,9 @@ def mariadb_statement_with_task(change: str, type_: str, data_type: str, resourc
     no task was written, and takes the same audit parameters; run it with
     :func:`record_with`. The change comes first, so a writer holds its row before it takes
     its task id (the importer's ordering argument)."""
-    task = (f"INSERT INTO {tasks.name} (type, data_type, resource_id, data, tenant_id, "
-            "transaction_id, created_at, requested_by, requested_from) VALUES "
-            f"('{type_}', '{data_type}', {resource_id}, {data}, :tenant_id, :transaction_id, "
-            ":created_at, :requested_by, :requested_from);")
+    task = (f"INSERT INTO {tasks.name} ({', '.join(_CHANGE_TASK_COLUMNS)}) VALUES "
+            f"('{type_}', '{data_type}', {resource_id}, {data}, "
+            f"{', '.join(f':{name}' for name in _AUDIT)});")
     task_id = "SELECT LAST_INSERT_ID();"
     if written:
         task, task_id = (f"IF {written} THEN {task} END IF;",

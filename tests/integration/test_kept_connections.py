@@ -166,27 +166,25 @@ def test_a_mariadb_change_and_its_task_are_one_statement_that_leaves_nothing_ope
     engine = db_engine.create_engine(url, pool_size=1)  # every statement on one connection
     plugin = AgentMemberships(engine)
     host = str(uuid.uuid4())
-
-    def on_kept_connection(sql: str) -> int:
-        return _on_kept_connection(engine, sql)
     try:
         with pytest.raises(exceptions.AgentMembershipNotFound):  # connects: MariaDB is known
             plugin.get(RequestContext.admin(), host)
         questions = "SHOW SESSION STATUS LIKE 'Questions'"
-        before = on_kept_connection(questions)
+        before = _on_kept_connection(engine, questions)
         plugin.create(RequestContext.admin(), [{"id": host, "ip_address": "192.0.2.70"}])
         plugin.delete(RequestContext.admin(), host)
-        assert on_kept_connection(questions) - before == 3  # the create, the delete, the SHOW
+        # the create, the delete, the SHOW
+        assert _on_kept_connection(engine, questions) - before == 3
         with db_engine.reader(engine) as conn:
             assert [tuple(r) for r in conn.execute(sa.select(memberships))] == []
         plugin.create(RequestContext.admin(), [{"id": host, "ip_address": "192.0.2.70"}])
         with pytest.raises(exceptions.AgentMembershipExists):
             plugin.create(RequestContext.admin(), [{"id": host, "ip_address": "192.0.2.71"}])
-        assert on_kept_connection("SELECT @@in_transaction") == 0
+        assert _on_kept_connection(engine, "SELECT @@in_transaction") == 0
         plugin.delete(RequestContext.admin(), host)
         with pytest.raises(exceptions.AgentMembershipNotFound):
             plugin.delete(RequestContext.admin(), host)
-        assert on_kept_connection("SELECT @@in_transaction") == 0
+        assert _on_kept_connection(engine, "SELECT @@in_transaction") == 0
     finally:
         engine.dispose()
 
