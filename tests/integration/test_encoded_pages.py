@@ -25,6 +25,7 @@ from midonet_membership.context import RequestContext
 from midonet_membership.db import engine as db_engine
 from midonet_membership.db import migration
 from midonet_membership.db.memberships import AgentMemberships
+from midonet_membership.db.models import memberships
 from midonet_membership.db.paging import EncodedPage
 from midonet_membership.paging import ListQuery, apply_in_memory
 from tests.fixtures.databases import MYSQLCLIENT
@@ -169,3 +170,28 @@ def test_a_mariadb_server_with_a_short_group_concat_max_len_still_gets_whole_pag
         with admin.connect() as conn:
             conn.exec_driver_sql(f"SET GLOBAL group_concat_max_len = {int(configured)}")
         admin.dispose()
+
+
+# Values the API never stores (it takes UUIDs and IPv4 addresses) but another writer of the
+# table could: each needs JSON's escapes or is not ASCII.
+ESCAPED_VALUES = ['a "quoted" host', "back\\slash", "new\nline", "tab\there", "bell\x07",
+                  "\x1f unit separator", "\u00e9t\u00e9", "line\u2028separator", "plain"]
+
+
+def test_values_that_need_escaping_come_out_as_orjson_writes_them(stored):
+    """PostgreSQL's page first comes with its values quoted as they are: a page holding
+    one of these is read again with escapes. Each value alone, then all on one page."""
+    engine, items = stored
+    odd = [{"id": f"odd-{i}", "ip_address": value} for i, value in enumerate(ESCAPED_VALUES)]
+    with engine.begin() as conn:
+        conn.execute(memberships.insert(), odd)
+    plugin = AgentMemberships(engine)
+    before = [max(i["id"] for i in items)] + [row["id"] for row in odd]  # ids sort before "odd-"
+    pages = [([row], before[i]) for i, row in enumerate(odd)] + [(odd, before[0])]
+    for expected, marker in pages:
+        with another_request_in_flight(engine):
+            page = plugin.list(ADMIN, ListQuery(limit=len(expected), marker=marker))
+        assert isinstance(page, EncodedPage) and list(page) == expected
+        if engine.dialect.name != "mysql":  # MariaDB writes a control character's escape
+            assert page.json == orjson.dumps(expected).decode()  # in capitals: \u001F
+        assert page.edge_ids == (expected[0]["id"], expected[-1]["id"])
