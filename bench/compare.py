@@ -4,8 +4,9 @@
 than most changes. This runs the same layout from two source trees (``BEFORE`` and
 ``AFTER``, each put first on the servers' ``PYTHONPATH``; this venv's libraries), both up at
 once on one fresh database, and measures them in alternating rounds (the first of each round
-swaps), so both see the same minutes: per operation and concurrency, the median req/s of each
-and in how many rounds ``AFTER`` was ahead.
+swaps), so both see the same minutes: per operation and concurrency, the median req/s of each,
+in how many rounds ``AFTER`` was ahead, and each one's CPU per request (its server, the client
+and PostgreSQL: a change can save CPU where req/s cannot show it).
 
     .venv/bin/python bench/compare.py BEFORE AFTER [--database postgresql|mariadb|sqlite]
         [--driver mysql+mysqldb|mysql+pymysql] [--layout api-1x8|api-1x8+importer|all-in-one]
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -50,27 +50,27 @@ def start(url: str, layout: str, tree: str) -> api.Server:
 
 
 def one_round(server: api.Server, c: int, posted: api.Fresh, operations: list[str],
-              args: argparse.Namespace) -> dict[str, float]:
-    """req/s of each operation, once."""
-    rates: dict[str, float] = {}
+              args: argparse.Namespace) -> dict[str, api.Run]:
+    """Each operation measured once."""
+    rates: dict[str, api.Run] = {}
     created: list[str] = []
     if {"create", "show", "delete"} & set(operations):
         memberships = posted.take(args.requests)
         run, ok = api.measure(server, c, [("POST", api.BASE, json.dumps({"agent_membership": {
             "id": id_, "ip_address": ip}}).encode()) for id_, ip in memberships], args.seconds)
-        rates["create"] = run.rate
+        rates["create"] = run
         created = [memberships[i][0] for i in ok]
     if "show" in operations:
         rates["show"] = api.measure(server, c, [("GET", f"{api.BASE}/{id_}", None)
-                                                for id_ in created], args.seconds)[0].rate
+                                                for id_ in created], args.seconds)[0]
     if created:  # the table back to --rows for the next round and the pages
         run, _ = api.measure(server, c, [("DELETE", f"{api.BASE}/{id_}", None)
                                          for id_ in created], math.inf)
-        rates["delete"] = run.rate
+        rates["delete"] = run
     if "list_first_page" in operations:
         rates["list_first_page"] = api.measure(
             server, c, [("GET", f"{api.BASE}?limit=100", None)] * args.requests,
-            args.seconds)[0].rate
+            args.seconds)[0]
     return {op: rates[op] for op in operations}
 
 
@@ -82,16 +82,16 @@ def compare(url: str, args: argparse.Namespace) -> dict:
             servers[name] = start(url, args.layout, tree)
         api.seed(url, args.rows)
         posted = api.Fresh()
-        rounds: dict[str, dict[int, dict[str, list[float]]]] = {
+        rounds: dict[str, dict[int, dict[str, list[api.Run]]]] = {
             name: {c: {op: [] for op in args.operations} for c in args.concurrency}
             for name in trees}
         for r in range(args.rounds):
             order = list(trees) if r % 2 == 0 else list(trees)[::-1]
             for c in args.concurrency:
                 for name in order:
-                    for op, rate in one_round(servers[name], c, posted, args.operations,
-                                              args).items():
-                        rounds[name][c][op].append(rate)
+                    for op, run in one_round(servers[name], c, posted, args.operations,
+                                             args).items():
+                        rounds[name][c][op].append(run)
             api.log(f"round {r + 1}/{args.rounds} done")
     finally:
         for server in servers.values():
@@ -101,13 +101,17 @@ def compare(url: str, args: argparse.Namespace) -> dict:
                       for op in args.operations} for c in args.concurrency}
 
 
-def _figures(before: list[float], after: list[float]) -> dict[str, Any]:
-    b, a = statistics.median(before), statistics.median(after)
-    return {"before_req_per_s": round(b, 1), "after_req_per_s": round(a, 1),
-            "after_over_before": round(a / b, 3) if b else None,
-            "rounds_after_ahead": sum(x > y for x, y in zip(after, before, strict=True)),
-            "before_rounds": [round(x, 1) for x in before],
-            "after_rounds": [round(x, 1) for x in after]}
+def _figures(before: list[api.Run], after: list[api.Run]) -> dict[str, Any]:
+    """Median req/s of each side, and its CPU per request (bench/api.py's ``summarize``: the
+    server with its importer, the client, and every PostgreSQL process during its runs)."""
+    b, a = api.summarize(before), api.summarize(after)
+    return {"before_req_per_s": b["req_per_s"], "after_req_per_s": a["req_per_s"],
+            "after_over_before": round(a["req_per_s"] / b["req_per_s"], 3)
+            if b["req_per_s"] else None,
+            "rounds_after_ahead": sum(x.rate > y.rate for x, y in zip(after, before,
+                                                                       strict=True)),
+            "before_rounds": b["runs_req_per_s"], "after_rounds": a["runs_req_per_s"],
+            "cpu_ms_per_req": {"before": b["cpu_ms_per_req"], "after": a["cpu_ms_per_req"]}}
 
 
 def main() -> int:

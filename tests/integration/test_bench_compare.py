@@ -28,3 +28,5 @@ def test_two_trees_are_served_and_measured_in_alternating_rounds(tmp_path):
         assert len(figures["before_rounds"]) == len(figures["after_rounds"]) == 2
         assert min(figures["before_rounds"] + figures["after_rounds"]) > 0
         assert 0 <= figures["rounds_after_ahead"] <= 2
+        for side in ("before", "after"):  # each side's server did the work of its requests
+            assert figures["cpu_ms_per_req"][side]["server"] > 0
