@@ -52,26 +52,26 @@ def start(url: str, layout: str, tree: str) -> api.Server:
 def one_round(server: api.Server, c: int, posted: api.Fresh, operations: list[str],
               args: argparse.Namespace) -> dict[str, api.Run]:
     """Each operation measured once."""
-    rates: dict[str, api.Run] = {}
+    runs: dict[str, api.Run] = {}
     created: list[str] = []
     if {"create", "show", "delete"} & set(operations):
         memberships = posted.take(args.requests)
         run, ok = api.measure(server, c, [("POST", api.BASE, json.dumps({"agent_membership": {
             "id": id_, "ip_address": ip}}).encode()) for id_, ip in memberships], args.seconds)
-        rates["create"] = run
+        runs["create"] = run
         created = [memberships[i][0] for i in ok]
     if "show" in operations:
-        rates["show"] = api.measure(server, c, [("GET", f"{api.BASE}/{id_}", None)
-                                                for id_ in created], args.seconds)[0]
+        runs["show"] = api.measure(server, c, [("GET", f"{api.BASE}/{id_}", None)
+                                               for id_ in created], args.seconds)[0]
     if created:  # the table back to --rows for the next round and the pages
         run, _ = api.measure(server, c, [("DELETE", f"{api.BASE}/{id_}", None)
                                          for id_ in created], math.inf)
-        rates["delete"] = run
+        runs["delete"] = run
     if "list_first_page" in operations:
-        rates["list_first_page"] = api.measure(
+        runs["list_first_page"] = api.measure(
             server, c, [("GET", f"{api.BASE}?limit=100", None)] * args.requests,
             args.seconds)[0]
-    return {op: rates[op] for op in operations}
+    return {op: runs[op] for op in operations}
 
 
 def compare(url: str, args: argparse.Namespace) -> dict:
