@@ -24,6 +24,10 @@ from midonet_membership.nsdb.base import NSDB, Host, Interface, ObservedState, T
 
 __all__ = ["ACTIVE", "ERROR", "PENDING", "UNSUPPORTED", "Agent", "AgentState"]
 ERROR = "error"
+# Why a host is pending, as its agent reports it: before its first read of the zone (it
+# registers first, so the host is listed from the start), then while it is not a member.
+ZONE_NOT_READ = "has not read the DEFAULT tunnel zone yet"
+NOT_A_MEMBER = "not a member of the DEFAULT tunnel zone"
 
 LOG = logging.getLogger(__name__)
 
@@ -64,7 +68,8 @@ class Agent:
         self.reconcile_interval = reconcile_interval
         self.state_file = state_file
         self.state = AgentState(host_id, PENDING)  # what the data plane was last given
-        self.observed = ObservedState(PENDING)  # what it said it built (or why it could not)
+        # what it said it built (or why it could not)
+        self.observed = ObservedState(PENDING, ZONE_NOT_READ)
         self._desired = self.state  # what the zone last said
         self._zone_known = False  # until the watch's first snapshot
         self._peer_macs: dict[str, str] = {}  # VTEP MACs read from the peers' host records
@@ -205,7 +210,7 @@ class Agent:
         """Record what was built; the reporter thread writes it (off the activation path)."""
         built = self._watch_failure() or built
         if desired.status != ACTIVE and built.state != ERROR:
-            observed = ObservedState(PENDING, "not a member of the DEFAULT tunnel zone",
+            observed = ObservedState(PENDING, NOT_A_MEMBER,
                                      admission_drops=built.admission_drops)
         else:
             observed = ObservedState(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from midonet_membership.agent.agent import NOT_A_MEMBER, ZONE_NOT_READ
 from tests.fixtures.servers import ApiClient, start_with_agents
 
 AGENTS = "/v2.0/agents"
@@ -29,9 +30,24 @@ def server(request, make_database, tmp_path_factory):
     srv.stop()
 
 
+def _agents_once_they_read_the_zone(api: ApiClient) -> list[dict]:
+    """The agents, once each has reported what it made of the zone. An agent registers
+    before its first read of the zone, so a just-started host is listed pending for that
+    reason first (it was once listed pending with no reason at all)."""
+    deadline = time.monotonic() + 10
+    while True:
+        agents = api.get(AGENTS).json["agents"]
+        early = [a for a in agents if a["state_reason"] == ZONE_NOT_READ]
+        assert all(a["state"] == "pending" for a in early)
+        if not early:
+            return agents
+        assert time.monotonic() < deadline, early
+        time.sleep(0.05)
+
+
 def test_agents_are_listed_with_neutron_agent_fields(server):
     api = server.client()
-    agents = api.get(AGENTS).json["agents"]
+    agents = _agents_once_they_read_the_zone(api)
     assert sorted(a["id"] for a in agents) == sorted(_host_ids(server))
     for agent in agents:
         assert agent["agent_type"] == "Midonet agent" and agent["binary"] == "midolman"
@@ -41,7 +57,7 @@ def test_agents_are_listed_with_neutron_agent_fields(server):
         assert isinstance(agent["configurations"]["interfaces"], list)
         assert agent["member"] is False and agent["tunnel_ip_address"] is None
         assert agent["state"] == "pending" and agent["tunnels"] == 0
-        assert agent["state_reason"] == "not a member of the DEFAULT tunnel zone"
+        assert agent["state_reason"] == NOT_A_MEMBER
         assert agent["vtep_mac"] is None  # the all-in-one's agents build nothing
 
 

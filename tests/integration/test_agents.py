@@ -31,6 +31,7 @@ from midonet_membership.agent import (
     identity,
 )
 from midonet_membership.agent import interfaces as host_interfaces
+from midonet_membership.agent.agent import NOT_A_MEMBER, ZONE_NOT_READ
 from midonet_membership.api.agents import Agents
 from midonet_membership.cluster import importer as cluster
 from midonet_membership.cluster.wakeup import Wakeup
@@ -536,5 +537,44 @@ def test_the_agent_reports_what_it_built_in_its_own_host_record(deployment):
         assert (observed.tunnel_type, observed.peers) == ("vxlan", 0)
         assert observed.zone_position == reader.get_position()
     finally:
+        agent.stop()
+        reader.close()
+
+
+class HeldDataPlane(HistoryDataPlane):
+    """Holds its first apply until ``release`` is set: an agent slow to read the zone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def apply(self, state: AgentState) -> Built:
+        assert self.release.wait(WAIT)
+        return super().apply(state)
+
+
+def test_a_host_is_pending_with_a_reason_before_its_agent_has_read_the_zone(deployment):
+    """The host is listed from the agent's start; until the agent has made something of the
+    zone, its record says why it is pending (it once said pending, for no reason)."""
+    _engine, url = deployment
+    reader = nsdb.connect(url)
+    host_id = str(uuid.uuid4())
+    dataplane = HeldDataPlane()
+    agent = Agent(host_id, nsdb.connect(url, role="agent"), dataplane, heartbeat_interval=0.05)
+    # ZooKeeper's watch may give its first snapshot in the starting thread
+    starting = threading.Thread(target=agent.start, daemon=True)
+    starting.start()
+    try:
+        _until(lambda: reader.get_host(host_id) is not None, WAIT, "the host registered")
+        observed = reader.get_host(host_id).host.observed
+        assert (observed.state, observed.reason) == (PENDING, ZONE_NOT_READ)
+        time.sleep(0.3)  # heartbeats and reports meanwhile change nothing
+        assert reader.get_host(host_id).host.observed.reason == ZONE_NOT_READ
+        dataplane.release.set()
+        _until(lambda: reader.get_host(host_id).host.observed.reason == NOT_A_MEMBER, WAIT,
+               "the zone's verdict reported")
+    finally:
+        dataplane.release.set()
+        starting.join(WAIT)
         agent.stop()
         reader.close()
