@@ -542,7 +542,7 @@ def test_the_agent_reports_what_it_built_in_its_own_host_record(deployment):
 
 
 class HeldDataPlane(HistoryDataPlane):
-    """Holds its first apply until ``release`` is set: an agent slow to read the zone."""
+    """Holds every apply until ``release`` is set: an agent slow to read the zone."""
 
     def __init__(self) -> None:
         super().__init__()
