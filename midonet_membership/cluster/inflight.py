@@ -26,7 +26,10 @@ will be.
   ``wsrep_sync_wait`` so that what committed on another node is visible to its next read.
   A recorded node that cannot be reached settles only when it has left the primary
   component (a node outside it cannot commit; its local transactions are aborted when it
-  rejoins).
+  rejoins). Only a node in the primary component may say who is in it: one outside lists its
+  own component, where a node missing may still be committing in the primary one, and a
+  node whose address is not known yet (``unspecified``, while it joins) may be any of
+  them; in either case nothing is told now, and the importer asks again at its next step.
 - **SQLite**: writers are serialised and a rolled-back id is reused, so a gap is final at
   once (it can only come from deleted rows).
 
@@ -66,8 +69,11 @@ def observe(conn: Connection) -> str | None:
             xid = conn.exec_driver_sql("SELECT pg_current_xact_id()::text").scalar_one()
             return f"pg:{xid}"
         if dialect in ("mysql", "mariadb"):
-            if _galera_nodes(conn):
-                in_flight = _galera_in_flight(conn)
+            primary, nodes = _galera_view(conn)
+            if nodes:
+                if not primary:
+                    return None  # ask again once this node is back in the primary component
+                in_flight = _galera_in_flight(conn, nodes)
                 if any(ids is None for ids in in_flight.values()):
                     return None  # a member we cannot see: ask again at the next step
                 return "galera:" + ";".join(f"{node}={','.join(ids)}"
@@ -99,16 +105,17 @@ def settled(conn: Connection, evidences: Iterable[str | None]) -> set[str]:
                  if not set(running) & set(filter(None, e[7:].split(",")))}
     galera = {e for e in wanted if e.startswith("galera:")}
     if galera:
-        now = _galera_in_flight(conn)
-        members = set(_galera_nodes(conn))
-        done |= {e for e in galera if _galera_settled(e, now, members)}
+        primary, members = _galera_view(conn)
+        if primary and all(map(_address, members)):  # else no one can tell who left
+            now = _galera_in_flight(conn, members)
+            done |= {e for e in galera if _galera_settled(e, now, set(members))}
     return done
 
 
 def is_galera(conn: Connection) -> bool:
     """Whether ``conn`` is a node of a Galera cluster (its reads then need a causality wait:
     see :func:`read_causally`)."""
-    return conn.dialect.name in ("mysql", "mariadb") and bool(_galera_nodes(conn))
+    return conn.dialect.name in ("mysql", "mariadb") and bool(_galera_view(conn)[1])
 
 
 def read_causally(conn: Connection) -> None:
@@ -158,22 +165,36 @@ def _note_stale(key: str) -> None:
                     "refreshes it; id gaps stay open until it does", key, stale)
 
 
-def _galera_nodes(conn: Connection) -> list[str]:
-    """The client addresses of the primary component's nodes ([] when not on Galera)."""
-    row = conn.exec_driver_sql("SHOW STATUS LIKE 'wsrep_incoming_addresses'").first()
-    if row is None or not row[1] or row[1] == "AUTO":
-        return []
-    return sorted(a.strip() for a in row[1].split(",") if a.strip())
+def _galera_view(conn: Connection) -> tuple[bool, list[str]]:
+    """Whether this node is in the primary component, and the client addresses of the
+    nodes of its component ([] when not on Galera), read in one statement."""
+    status = dict(conn.exec_driver_sql(
+        "SHOW STATUS WHERE Variable_name IN "
+        "('wsrep_cluster_status', 'wsrep_incoming_addresses')").all())
+    addresses = status.get("wsrep_incoming_addresses") or "AUTO"
+    if addresses == "AUTO":
+        return False, []
+    nodes = sorted(a.strip() for a in addresses.split(",") if a.strip())
+    return status.get("wsrep_cluster_status") == "Primary", nodes
 
 
-def _galera_in_flight(conn: Connection) -> dict[str, list[str] | None]:
-    """node address -> its in-flight InnoDB transactions (None: unreachable now, or no
-    fresh list yet)."""
+def _address(node: str) -> tuple[str, int] | None:
+    """``host:port`` of a node's entry; None for one not known (``unspecified``)."""
+    host, _, port = node.rpartition(":")
+    return (host, int(port)) if host and port.isdigit() else None
+
+
+def _galera_in_flight(conn: Connection, nodes: list[str]) -> dict[str, list[str] | None]:
+    """node address -> its in-flight InnoDB transactions (None: unreachable now, its
+    address not known, or no fresh list yet)."""
     url = conn.engine.url
     result: dict[str, list[str] | None] = {}
-    for node in _galera_nodes(conn):
-        host, _, port = node.rpartition(":")
-        engine = _node_engine(url.set(host=host, port=int(port)))
+    for node in nodes:
+        address = _address(node)
+        if address is None:
+            result[node] = None
+            continue
+        engine = _node_engine(url.set(host=address[0], port=address[1]))
         try:
             result[node] = _innodb_in_flight(engine)
         except sa.exc.DBAPIError:

@@ -3,18 +3,22 @@
 ``auto_increment_increment`` is 3, so most ids never exist; two writers go through two
 different nodes at once, the importer reads through the third; then the node one writer
 uses is killed mid-stream. Every acknowledged change must reach the zone exactly once.
+Before that, the importer's node is cut off from the other two while a writer is in flight
+on one of them: it must not take that writer for gone.
 """
 
 from __future__ import annotations
 
 import sys
 import threading
+import time
 import traceback
 import uuid
 
 import sqlalchemy as sa
 
 from midonet_membership import nsdb
+from midonet_membership.cluster import inflight
 from midonet_membership.cluster.importer import Importer
 from midonet_membership.context import RequestContext
 from midonet_membership.db import engine as db_engine
@@ -28,15 +32,86 @@ from tests.integration.test_importer_reader import RecordingNSDB, _ip
 PER_WRITER = 300
 
 
-def test_two_writers_on_two_nodes_and_a_killed_node(galera, tmp_path):
+def test_a_node_cut_off_from_the_others_settles_no_gap(galera):
+    """A transaction in flight on node 1 is a gap's evidence, taken through node 3. Node 3
+    is then cut off from nodes 1 and 2 (both frozen): outside the primary component it
+    lists only its own component, where node 1 is missing, and must not take node 1 for
+    gone (node 1 may be committing in the primary component all along). Node 3 allows
+    reads outside the primary component (``wsrep_dirty_reads``, as an operator may set
+    for monitoring), so it can list its own transactions and nothing else stops it. Once
+    the cluster is whole again and the transaction has ended, the gap settles."""
     first, second, third = galera.nodes
+    name = _database(galera)
+    writer = sa.create_engine(first.url(name), poolclass=sa.pool.NullPool)
+    reader = sa.create_engine(third.url(name), poolclass=sa.pool.NullPool)
+    _set_dirty_reads(reader, "ON")  # before any connection to node 3 takes the default
+    with writer.connect() as w:
+        w.exec_driver_sql("CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB")
+        w.commit()
+        w.exec_driver_sql("INSERT INTO t VALUES (1)")  # in flight until rolled back
+        with reader.connect() as conn:
+            inflight.read_causally(conn)
+            evidence = _eventually(lambda: inflight.observe(conn), 10)
+            assert inflight.settled(conn, {evidence}) == set()
+            try:
+                first.pause()
+                second.pause()
+                _eventually(lambda: third.status().get("wsrep_cluster_status") not in
+                            (None, "Primary"), 60)
+                answers = []
+                for _ in range(10):
+                    time.sleep(0.12)  # past the InnoDB list's refresh: each call could settle
+                    answers.append(inflight.settled(conn, {evidence}))
+                cut_off_observation = inflight.observe(conn)
+            finally:
+                first.resume()
+                second.resume()
+            assert answers == [set()] * 10
+            assert cut_off_observation is None
+            galera.wait_whole(120)
+        try:
+            w.rollback()
+        except sa.exc.DBAPIError:
+            pass  # node 1 dropped the connection: the transaction ended all the same
+    with reader.connect() as conn:
+        inflight.read_causally(conn)
+        assert _eventually(lambda: inflight.settled(conn, {evidence}), 30) == {evidence}
+    _set_dirty_reads(reader, "OFF")
+    writer.dispose()
+    reader.dispose()
+
+
+def _set_dirty_reads(engine: sa.Engine, value: str) -> None:
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"SET GLOBAL wsrep_dirty_reads = {value}")
+
+
+def _eventually(check, timeout: float):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {result!r} after {timeout} s")
+        time.sleep(0.12)
+
+
+def _database(galera) -> str:
+    """A new database with the schema, through node 1."""
     name = f"mm_galera_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(first.url(), isolation_level="AUTOCOMMIT",
+    admin = sa.create_engine(galera.nodes[0].url(), isolation_level="AUTOCOMMIT",
                              poolclass=sa.pool.NullPool)
     with admin.connect() as conn:
         conn.exec_driver_sql(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     admin.dispose()
-    migration.upgrade(first.url(name))
+    migration.upgrade(galera.nodes[0].url(name))
+    return name
+
+
+def test_two_writers_on_two_nodes_and_a_killed_node(galera, tmp_path):
+    first, second, third = galera.nodes
+    name = _database(galera)
     writers = [db_engine.create_engine(node.url(name)) for node in (first, second)]
     importer_engine = db_engine.create_engine(third.url(name))
     with writers[0].connect() as conn:
