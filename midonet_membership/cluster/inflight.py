@@ -24,12 +24,17 @@ will be.
   at commit), so the evidence is the union over every node in ``wsrep_incoming_addresses``,
   reached with the importer's own credentials, and the importer reads with
   ``wsrep_sync_wait`` so that what committed on another node is visible to its next read.
-  A recorded node that cannot be reached settles only when it has left the primary
-  component (a node outside it cannot commit; its local transactions are aborted when it
-  rejoins). Only a node in the primary component may say who is in it: one outside lists its
-  own component, where a node missing may still be committing in the primary one, and a
-  node whose address is not known yet (``unspecified``, while it joins) may be any of
-  them; in either case nothing is told now, and the importer asks again at its next step.
+  Galera keeps a transaction open on a node evicted from the primary component (a stall,
+  a partition) and lets it commit once the node is back (measured with MariaDB 10.11 and
+  galera-4: a write held on a node frozen until the others evicted it committed after it
+  rejoined). So a node counts only while it answers in the primary component: a recorded
+  node's transactions have ended only when its own list says so, and evidence is taken
+  only while every node this process has seen in the primary component is in it again.
+  A node cut off from the others lists only its own component, and one listed as
+  ``unspecified`` (while it joins) cannot be asked: neither tells anything. Until a missing
+  node is back, gaps stay open (tasks behind them do not wait); after a node is removed
+  for good, restart the importer, which then knows only the nodes it sees (so one started
+  while a node is out cannot know of it: start it with the cluster whole).
 - **SQLite**: writers are serialised and a rolled-back id is reused, so a gap is final at
   once (it can only come from deleted rows).
 
@@ -71,8 +76,8 @@ def observe(conn: Connection) -> str | None:
         if dialect in ("mysql", "mariadb"):
             primary, nodes = _galera_view(conn)
             if nodes:
-                if not primary:
-                    return None  # ask again once this node is back in the primary component
+                if not primary or _missing_nodes(conn, nodes):
+                    return None  # ask again once every node is in the primary component
                 in_flight = _galera_in_flight(conn, nodes)
                 if any(ids is None for ids in in_flight.values()):
                     return None  # a member we cannot see: ask again at the next step
@@ -106,9 +111,9 @@ def settled(conn: Connection, evidences: Iterable[str | None]) -> set[str]:
     galera = {e for e in wanted if e.startswith("galera:")}
     if galera:
         primary, members = _galera_view(conn)
-        if primary and all(map(_address, members)):  # else no one can tell who left
+        if primary:
             now = _galera_in_flight(conn, members)
-            done |= {e for e in galera if _galera_settled(e, now, set(members))}
+            done |= {e for e in galera if _galera_settled(e, now)}
     return done
 
 
@@ -175,7 +180,29 @@ def _galera_view(conn: Connection) -> tuple[bool, list[str]]:
     if addresses == "AUTO":
         return False, []
     nodes = sorted(a.strip() for a in addresses.split(",") if a.strip())
-    return status.get("wsrep_cluster_status") == "Primary", nodes
+    primary = status.get("wsrep_cluster_status") == "Primary"
+    if primary:
+        _seen_nodes.setdefault(_cluster_key(conn), set()).update(filter(_address, nodes))
+    return primary, nodes
+
+
+# The cluster's nodes seen in its primary component, by the URL this process reads it at.
+_seen_nodes: dict[str, set[str]] = {}
+
+
+def _cluster_key(conn: Connection) -> str:
+    return conn.engine.url.render_as_string(hide_password=True)
+
+
+def _missing_nodes(conn: Connection, nodes: list[str]) -> set[str]:
+    """The nodes this process has seen in the primary component that are not in it now:
+    each may hold a writer that commits when it is back."""
+    missing = _seen_nodes.get(_cluster_key(conn), set()) - set(nodes)
+    if missing:
+        _warn_once(f"missing {sorted(missing)}", f"Galera nodes {sorted(missing)} are out of "
+                   "the primary component: id gaps stay open until they are back (restart "
+                   "the importer once a node is removed for good)")
+    return missing
 
 
 def _address(node: str) -> tuple[str, int] | None:
@@ -219,16 +246,13 @@ def _node_engine(url: sa.URL) -> sa.Engine:
     return engine
 
 
-def _galera_settled(evidence: str, now: dict[str, list[str] | None],
-                    members: set[str]) -> bool:
+def _galera_settled(evidence: str, now: dict[str, list[str] | None]) -> bool:
+    """Whether every transaction the evidence recorded has ended, each told by its own
+    node's list now (a node absent from ``now`` tells nothing: it may commit when back)."""
     for part in filter(None, evidence[7:].split(";")):
         node, _, ids = part.partition("=")
-        if node not in members:
-            continue  # left the primary component: its open transactions cannot commit
-        current = now.get(node)
-        if current is None:
-            return False  # a member we cannot see now: no evidence yet
-        if set(current) & set(filter(None, ids.split(","))):
+        recorded = set(filter(None, ids.split(",")))
+        if recorded and (now.get(node) is None or recorded & set(now[node])):
             return False
     return True
 

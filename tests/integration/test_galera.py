@@ -15,6 +15,7 @@ import time
 import traceback
 import uuid
 
+import pytest
 import sqlalchemy as sa
 
 from midonet_membership import nsdb
@@ -27,7 +28,7 @@ from midonet_membership.db.memberships import AgentMemberships
 from midonet_membership.db.models import memberships
 from midonet_membership.nsdb.base import AddMember
 from tests.integration.test_importer_held_transaction import Propagation, _p99
-from tests.integration.test_importer_reader import RecordingNSDB, _ip
+from tests.integration.test_importer_reader import RecordingNSDB, _add_task, _ip
 
 PER_WRITER = 300
 
@@ -79,6 +80,67 @@ def test_a_node_cut_off_from_the_others_settles_no_gap(galera):
     _set_dirty_reads(reader, "OFF")
     writer.dispose()
     reader.dispose()
+
+
+@pytest.mark.parametrize("first_seen", ["before the eviction", "during the eviction"])
+def test_a_writer_on_a_node_evicted_for_a_while_commits_after_it_rejoins(galera, tmp_path,
+                                                                         first_seen):
+    """Galera keeps a transaction open on a node that was evicted from the primary
+    component (frozen here, as by a long stall or a partition) and lets it commit once the
+    node is back: its task id, taken before, is then in a gap the importer saw long ago.
+
+    A transaction takes its task id on node 1; node 2 commits past it, and the importer
+    sees its gap either while node 1 is a member (the gap's evidence names the
+    transaction) or only once node 1, frozen, has been evicted. The importer runs all
+    along. The transaction commits after node 1 is back: its task must reach the zone,
+    once. (Node 2 commits past the id before the eviction: after it, the survivors'
+    auto-increment steps change and node 2 could take that very id, and the held
+    transaction would then fail certification instead.)"""
+    first, second, third = galera.nodes
+    galera.wait_whole(60)
+    name = _database(galera)
+    held = sa.create_engine(first.url(name), poolclass=sa.pool.NullPool)
+    writes = AgentMemberships(db_engine.create_engine(second.url(name)))
+    importer_engine = db_engine.create_engine(third.url(name))
+
+    def create(n: int) -> str:
+        host = str(uuid.uuid4())
+        writes.create(RequestContext.admin(), [{"id": host, "ip_address": _ip(n)}])
+        return host
+
+    host = str(uuid.uuid4())
+    with nsdb.connect(f"sqlite:///{tmp_path / 'nsdb.sqlite'}", role="cluster") as real:
+        store = RecordingNSDB(real)
+        importer = Importer(importer_engine, store)
+        importer.catch_up()  # running before any of it, with the cluster whole
+        with held.connect() as conn:
+            transaction = conn.begin()
+            _add_task(conn, host, _ip(900), "req-held")
+            committed = [create(n) for n in range(5)]  # past its id, so never on it
+            if first_seen == "before the eviction":
+                importer.catch_up()
+            try:
+                first.pause()
+                _eventually(lambda: third.status().get("wsrep_cluster_size") == "2", 60)
+                committed += [create(n) for n in range(5, 10)]
+                for _ in range(25):  # 3 s of steps, each gap check free to settle
+                    importer.catch_up()
+                    time.sleep(0.12)
+            finally:
+                first.resume()
+            assert set(committed) <= set(store.list_members())
+            galera.wait_whole(120)
+            transaction.commit()  # Galera lets it commit now (it did in every run here)
+
+        def applied() -> bool:
+            importer.catch_up()
+            return host in store.list_members()
+
+        _eventually(applied, 30)
+        added = [op.host_id for ops in store.applies for op in ops if isinstance(op, AddMember)]
+        assert len(added) == len(set(added)), "a task applied twice"
+    held.dispose()
+    importer_engine.dispose()
 
 
 def _set_dirty_reads(engine: sa.Engine, value: str) -> None:
