@@ -29,12 +29,13 @@ will be.
   galera-4: a write held on a node frozen until the others evicted it committed after it
   rejoined). So a node counts only while it answers in the primary component: a recorded
   node's transactions have ended only when its own list says so, and evidence is taken
-  only while every node this process has seen in the primary component is in it again.
-  A node cut off from the others lists only its own component, and one listed as
-  ``unspecified`` (while it joins) cannot be asked: neither tells anything. Until a missing
-  node is back, gaps stay open (tasks behind them do not wait); after a node is removed
-  for good, restart the importer, which then knows only the nodes it sees (so one started
-  while a node is out cannot know of it: start it with the cluster whole).
+  only while the primary component holds every node this process has seen in it and at
+  least as many nodes as ``wsrep_cluster_address`` names (a process started while a node
+  was out has not seen that node). A node cut off from the others lists only its own
+  component, and one listed as ``unspecified`` (while it joins) cannot be asked: neither
+  tells anything. Until a missing node is back, gaps stay open (tasks behind them do not
+  wait); after removing a node for good, take it out of ``wsrep_cluster_address`` and
+  restart the importer, which then knows only the nodes it sees.
 - **SQLite**: writers are serialised and a rolled-back id is reused, so a gap is final at
   once (it can only come from deleted rows).
 
@@ -76,7 +77,7 @@ def observe(conn: Connection) -> str | None:
         if dialect in ("mysql", "mariadb"):
             primary, nodes = _galera_view(conn)
             if nodes:
-                if not primary or _missing_nodes(conn, nodes):
+                if not primary or _nodes_out(conn, nodes):
                     return None  # ask again once every node is in the primary component
                 in_flight = _galera_in_flight(conn, nodes)
                 if any(ids is None for ids in in_flight.values()):
@@ -194,15 +195,23 @@ def _cluster_key(conn: Connection) -> str:
     return conn.engine.url.render_as_string(hide_password=True)
 
 
-def _missing_nodes(conn: Connection, nodes: list[str]) -> set[str]:
-    """The nodes this process has seen in the primary component that are not in it now:
-    each may hold a writer that commits when it is back."""
-    missing = _seen_nodes.get(_cluster_key(conn), set()) - set(nodes)
-    if missing:
-        _warn_once(f"missing {sorted(missing)}", f"Galera nodes {sorted(missing)} are out of "
-                   "the primary component: id gaps stay open until they are back (restart "
-                   "the importer once a node is removed for good)")
-    return missing
+def _nodes_out(conn: Connection, nodes: list[str]) -> bool:
+    """Whether a node may be out of the primary component now (``nodes``, this node's
+    view, being in it): one this process has seen in it before, or one it has never seen
+    (started while that node was out) that ``wsrep_cluster_address`` names. Each may hold
+    a writer that commits when it is back."""
+    out = sorted(_seen_nodes.get(_cluster_key(conn), set()) - set(nodes))
+    address = conn.exec_driver_sql("SELECT @@global.wsrep_cluster_address").scalar() or ""
+    peers = {p.strip() for p in address.removeprefix("gcomm://").split("?")[0].split(",")
+             if p.strip()}
+    if not out and len(peers) <= len(nodes):
+        return False
+    _warn_once(f"out {out} {len(peers)}/{len(nodes)}", (
+        f"Galera nodes are out of the primary component ({out or 'not seen by this process'}"
+        f"; {len(peers)} in wsrep_cluster_address, {len(nodes)} in the component): id gaps "
+        "stay open until they are back (after removing a node for good, take it out of "
+        "wsrep_cluster_address and restart the importer)"))
+    return True
 
 
 def _address(node: str) -> tuple[str, int] | None:
