@@ -244,6 +244,10 @@ def importer_probes(engine, store) -> dict[str, Probe]:
         "midonet_importer_lag_seconds": (
             "Age of the oldest journal task not yet applied to the NSDB (0 when none).",
             lambda: lag()[1]),
+        "midonet_importer_open_gaps": (
+            "Task id ranges below the importer's position not seen committed yet and not "
+            "yet known never to commit (they grow while a Galera node is out).",
+            lambda: len(store.get_import_position().gaps)),
         "midonet_journal_failed_tasks": (
             "Tasks recorded as failed in midonet_task_failures (skipped by the importer).",
             failed),

@@ -84,6 +84,7 @@ def test_importer_and_connection_health(server):
         api.delete(f"{MEMBERSHIPS}/{host}")
     assert value(after, "midonet_importer_lag_tasks") == 0
     assert value(after, "midonet_importer_lag_seconds") == 0
+    assert value(after, "midonet_importer_open_gaps") == 0
     applied = value(after, "midonet_importer_tasks_applied_total") - value(
         before, "midonet_importer_tasks_applied_total")
     assert applied == 5

@@ -26,6 +26,7 @@ from midonet_membership.db import engine as db_engine
 from midonet_membership.db import migration
 from midonet_membership.db.memberships import AgentMemberships
 from midonet_membership.db.models import memberships
+from midonet_membership.metrics import importer_probes
 from midonet_membership.nsdb.base import AddMember
 from tests.integration.test_importer_held_transaction import Propagation, _p99
 from tests.integration.test_importer_reader import RecordingNSDB, _add_task, _ip
@@ -128,8 +129,11 @@ def test_a_writer_on_a_node_evicted_for_a_while_commits_after_it_rejoins(galera,
                 for _ in range(25):  # 3 s of steps, each gap check free to settle
                     importer.catch_up()
                     time.sleep(0.12)
+                open_gaps = importer_probes(importer_engine, store)[
+                    "midonet_importer_open_gaps"][1]()
             finally:
                 first.resume()
+            assert open_gaps >= 1  # what an operator sees meanwhile
             assert set(committed) <= set(store.list_members())
             galera.wait_whole(120)
             transaction.commit()  # Galera lets it commit now (it did in every run here)
