@@ -32,7 +32,7 @@ will be.
   only while the primary component holds every node this process has seen in it and at
   least as many nodes as ``wsrep_cluster_address`` names (a process started while a node
   was out has not seen that node). A node cut off from the others lists only its own
-  component, and one listed as ``unspecified`` (while it joins) cannot be asked: neither
+  component, and one listed as ``unspecified`` (address not known) cannot be asked: neither
   tells anything. Until a missing node is back, gaps stay open (tasks behind them do not
   wait); after removing a node for good, take it out of ``wsrep_cluster_address`` and
   restart the importer, which then knows only the nodes it sees.

@@ -9,7 +9,8 @@ def test_a_node_address_is_host_and_port():
 
 
 def test_an_address_not_known_yet_is_none_not_an_error():
-    """A node shows as ``unspecified`` while it joins; the gap check once raised ValueError
-    on it (a CI run of e604924). None makes the check settle nothing now and ask again."""
+    """A node whose address is not known shows as ``unspecified``; the gap check once
+    raised ValueError on it (a CI run of e604924, while a node was out of the primary
+    component). None makes the check settle nothing now and ask again."""
     for entry in ("unspecified", "127.0.0.1", ":3306", "127.0.0.1:"):
         assert _address(entry) is None
