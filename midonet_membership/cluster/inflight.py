@@ -145,7 +145,7 @@ def _innodb_in_flight(engine: sa.Engine) -> list[str] | None:
     canary transaction begun just before it (someone else keeps the cache from refreshing).
     None is "no evidence now": the caller asks again at its next step.
     """
-    key = engine.url.render_as_string(hide_password=True)
+    key = _server_key(engine)
     if time.monotonic() - _last_innodb_read.get(key, -math.inf) < INNODB_CACHE_IDLE:
         return None
     with engine.connect() as canary, engine.connect() as conn:
@@ -183,7 +183,7 @@ def _galera_view(conn: Connection) -> tuple[bool, list[str]]:
     nodes = sorted(a.strip() for a in addresses.split(",") if a.strip())
     primary = status.get("wsrep_cluster_status") == "Primary"
     if primary:
-        _seen_nodes.setdefault(_cluster_key(conn), set()).update(filter(_address, nodes))
+        _seen_nodes.setdefault(_server_key(conn.engine), set()).update(filter(_address, nodes))
     return primary, nodes
 
 
@@ -191,8 +191,9 @@ def _galera_view(conn: Connection) -> tuple[bool, list[str]]:
 _seen_nodes: dict[str, set[str]] = {}
 
 
-def _cluster_key(conn: Connection) -> str:
-    return conn.engine.url.render_as_string(hide_password=True)
+def _server_key(engine: sa.Engine) -> str:
+    """What this process's per-server state (read times, nodes seen) is kept under."""
+    return engine.url.render_as_string(hide_password=True)
 
 
 def _nodes_out(conn: Connection, nodes: list[str]) -> bool:
@@ -200,7 +201,7 @@ def _nodes_out(conn: Connection, nodes: list[str]) -> bool:
     view, being in it): one this process has seen in it before, or one it has never seen
     (started while that node was out) that ``wsrep_cluster_address`` names. Each may hold
     a writer that commits when it is back."""
-    out = sorted(_seen_nodes.get(_cluster_key(conn), set()) - set(nodes))
+    out = sorted(_seen_nodes.get(_server_key(conn.engine), set()) - set(nodes))
     address = conn.exec_driver_sql("SELECT @@global.wsrep_cluster_address").scalar() or ""
     peers = {p.strip() for p in address.removeprefix("gcomm://").split("?")[0].split(",")
              if p.strip()}

@@ -28,6 +28,7 @@ from midonet_membership.db.memberships import AgentMemberships
 from midonet_membership.db.models import memberships
 from midonet_membership.metrics import importer_probes
 from midonet_membership.nsdb.base import AddMember
+from tests.fixtures.importer import wait_until
 from tests.integration.test_importer_held_transaction import Propagation, _p99
 from tests.integration.test_importer_reader import RecordingNSDB, _add_task, _ip
 
@@ -53,12 +54,12 @@ def test_a_node_cut_off_from_the_others_settles_no_gap(galera):
         w.exec_driver_sql("INSERT INTO t VALUES (1)")  # in flight until rolled back
         with reader.connect() as conn:
             inflight.read_causally(conn)
-            evidence = _eventually(lambda: inflight.observe(conn), 10)
+            evidence = _until(lambda: inflight.observe(conn), 10)
             assert inflight.settled(conn, {evidence}) == set()
             try:
                 first.pause()
                 second.pause()
-                _eventually(lambda: third.status().get("wsrep_cluster_status") not in
+                _until(lambda: third.status().get("wsrep_cluster_status") not in
                             (None, "Primary"), 60)
                 answers = []
                 for _ in range(10):
@@ -77,7 +78,7 @@ def test_a_node_cut_off_from_the_others_settles_no_gap(galera):
             pass  # node 1 dropped the connection: the transaction ended all the same
     with reader.connect() as conn:
         inflight.read_causally(conn)
-        assert _eventually(lambda: inflight.settled(conn, {evidence}), 30) == {evidence}
+        assert _until(lambda: inflight.settled(conn, {evidence}), 30) == {evidence}
     _set_dirty_reads(reader, "OFF")
     writer.dispose()
     reader.dispose()
@@ -124,7 +125,7 @@ def test_a_writer_on_a_node_evicted_for_a_while_commits_after_it_rejoins(galera,
                 importer.catch_up()
             try:
                 first.pause()
-                _eventually(lambda: third.status().get("wsrep_cluster_size") == "2", 60)
+                _until(lambda: third.status().get("wsrep_cluster_size") == "2", 60)
                 committed += [create(n) for n in range(5, 10)]
                 for _ in range(25):  # 3 s of steps, each gap check free to settle
                     importer.catch_up()
@@ -142,27 +143,21 @@ def test_a_writer_on_a_node_evicted_for_a_while_commits_after_it_rejoins(galera,
             importer.catch_up()
             return host in store.list_members()
 
-        _eventually(applied, 30)
+        _until(applied, 30)
         added = [op.host_id for ops in store.applies for op in ops if isinstance(op, AddMember)]
         assert len(added) == len(set(added)), "a task applied twice"
     held.dispose()
     importer_engine.dispose()
 
 
+def _until(check, timeout: float):
+    """``wait_until`` at the pace of InnoDB's in-flight list (refreshed every 0.11 s)."""
+    return wait_until(check, timeout, interval=0.12)
+
+
 def _set_dirty_reads(engine: sa.Engine, value: str) -> None:
     with engine.connect() as conn:
         conn.exec_driver_sql(f"SET GLOBAL wsrep_dirty_reads = {value}")
-
-
-def _eventually(check, timeout: float):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {result!r} after {timeout} s")
-        time.sleep(0.12)
 
 
 def _database(galera) -> str:
