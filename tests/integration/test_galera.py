@@ -9,11 +9,13 @@ on one of them: it must not take that writer for gone.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
 import traceback
 import uuid
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -47,39 +49,39 @@ def test_a_node_cut_off_from_the_others_settles_no_gap(galera):
     name = _database(galera)
     writer = sa.create_engine(first.url(name), poolclass=sa.pool.NullPool)
     reader = sa.create_engine(third.url(name), poolclass=sa.pool.NullPool)
-    _set_dirty_reads(reader, "ON")  # before any connection to node 3 takes the default
-    with writer.connect() as w:
-        w.exec_driver_sql("CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB")
-        w.commit()
-        w.exec_driver_sql("INSERT INTO t VALUES (1)")  # in flight until rolled back
+    # before any connection to node 3 takes the default; off again for the next test
+    with _dirty_reads(reader):
+        with writer.connect() as w:
+            w.exec_driver_sql("CREATE TABLE t (id INT PRIMARY KEY) ENGINE=InnoDB")
+            w.commit()
+            w.exec_driver_sql("INSERT INTO t VALUES (1)")  # in flight until rolled back
+            with reader.connect() as conn:
+                inflight.read_causally(conn)
+                evidence = _until(lambda: inflight.observe(conn), 10)
+                assert inflight.settled(conn, {evidence}) == set()
+                try:
+                    first.pause()
+                    second.pause()
+                    _until(lambda: third.status().get("wsrep_cluster_status") not in
+                                (None, "Primary"), 60)
+                    answers = []
+                    for _ in range(10):
+                        time.sleep(0.12)  # past the InnoDB list's refresh: each call could settle
+                        answers.append(inflight.settled(conn, {evidence}))
+                    cut_off_observation = inflight.observe(conn)
+                finally:
+                    first.resume()
+                    second.resume()
+                assert answers == [set()] * 10
+                assert cut_off_observation is None
+                galera.wait_whole(120)
+            try:
+                w.rollback()
+            except sa.exc.DBAPIError:
+                pass  # node 1 dropped the connection: the transaction ended all the same
         with reader.connect() as conn:
             inflight.read_causally(conn)
-            evidence = _until(lambda: inflight.observe(conn), 10)
-            assert inflight.settled(conn, {evidence}) == set()
-            try:
-                first.pause()
-                second.pause()
-                _until(lambda: third.status().get("wsrep_cluster_status") not in
-                            (None, "Primary"), 60)
-                answers = []
-                for _ in range(10):
-                    time.sleep(0.12)  # past the InnoDB list's refresh: each call could settle
-                    answers.append(inflight.settled(conn, {evidence}))
-                cut_off_observation = inflight.observe(conn)
-            finally:
-                first.resume()
-                second.resume()
-            assert answers == [set()] * 10
-            assert cut_off_observation is None
-            galera.wait_whole(120)
-        try:
-            w.rollback()
-        except sa.exc.DBAPIError:
-            pass  # node 1 dropped the connection: the transaction ended all the same
-    with reader.connect() as conn:
-        inflight.read_causally(conn)
-        assert _until(lambda: inflight.settled(conn, {evidence}), 30) == {evidence}
-    _set_dirty_reads(reader, "OFF")
+            assert _until(lambda: inflight.settled(conn, {evidence}), 30) == {evidence}
     writer.dispose()
     reader.dispose()
 
@@ -155,9 +157,16 @@ def _until(check, timeout: float):
     return wait_until(check, timeout, interval=0.12)
 
 
-def _set_dirty_reads(engine: sa.Engine, value: str) -> None:
+@contextlib.contextmanager
+def _dirty_reads(engine: sa.Engine) -> Iterator[None]:
+    """``wsrep_dirty_reads`` on for the node of ``engine`` while the block runs."""
     with engine.connect() as conn:
-        conn.exec_driver_sql(f"SET GLOBAL wsrep_dirty_reads = {value}")
+        conn.exec_driver_sql("SET GLOBAL wsrep_dirty_reads = ON")
+    try:
+        yield
+    finally:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SET GLOBAL wsrep_dirty_reads = OFF")
 
 
 def _database(galera) -> str:
