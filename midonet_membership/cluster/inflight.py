@@ -31,11 +31,13 @@ will be.
   node's transactions have ended only when its own list says so, and evidence is taken
   only while the primary component holds every node this process has seen in it and at
   least as many nodes as ``wsrep_cluster_address`` names (a process started while a node
-  was out has not seen that node). A node cut off from the others lists only its own
-  component, and one listed as ``unspecified`` (address not known) cannot be asked: neither
-  tells anything. Until a missing node is back, gaps stay open (tasks behind them do not
-  wait); after removing a node for good, take it out of ``wsrep_cluster_address`` and
-  restart the importer, which then knows only the nodes it sees.
+  was out has not seen that node; so that address must name every node, and an error is
+  logged when it names fewer than the primary component holds). A node cut off from the
+  others lists only its own component, and one listed as ``unspecified`` (address not
+  known) cannot be asked: neither tells anything. Until a missing node is back, gaps stay
+  open (tasks behind them do not wait); after removing a node for good, take it out of
+  ``wsrep_cluster_address`` and restart the importer, which then knows only the nodes it
+  sees.
 - **SQLite**: writers are serialised and a rolled-back id is reused, so a gap is final at
   once (it can only come from deleted rows).
 
@@ -203,8 +205,14 @@ def _nodes_out(conn: Connection, nodes: list[str]) -> bool:
     a writer that commits when it is back."""
     out = sorted(_seen_nodes.get(_server_key(conn.engine), set()) - set(nodes))
     address = conn.exec_driver_sql("SELECT @@global.wsrep_cluster_address").scalar() or ""
-    peers = {p.strip() for p in address.removeprefix("gcomm://").split("?")[0].split(",")
-             if p.strip()}
+    peers = _peers(address)
+    if len(peers) < len(nodes):
+        _warn_once("wsrep_cluster_address", (
+            f"wsrep_cluster_address {address!r} names {len(peers)} nodes, fewer than the "
+            f"{len(nodes)} of the primary component: name every node of the cluster there, "
+            "this one included. An importer started while a node is out counts the nodes "
+            "it names to know that one is missing, and would take the others' in-flight "
+            "transactions for all of them"))
     if not out and len(peers) <= len(nodes):
         return False
     _warn_once(f"out {out} {len(peers)}/{len(nodes)}", (
@@ -213,6 +221,12 @@ def _nodes_out(conn: Connection, nodes: list[str]) -> bool:
         "stay open until they are back (after removing a node for good, take it out of "
         "wsrep_cluster_address and restart the importer)"))
     return True
+
+
+def _peers(cluster_address: str) -> set[str]:
+    """The nodes ``wsrep_cluster_address`` names (``gcomm://a,b:4567,c?option=value``)."""
+    names = cluster_address.removeprefix("gcomm://").split("?")[0].split(",")
+    return {name.strip() for name in names if name.strip()}
 
 
 def _address(node: str) -> tuple[str, int] | None:
