@@ -1,6 +1,7 @@
 """A Galera node's entry in ``wsrep_incoming_addresses``, as the importer reads it."""
 
 import logging
+from types import SimpleNamespace
 
 import pytest
 import sqlalchemy as sa
@@ -36,17 +37,9 @@ class _Node:
         self.engine = sa.create_engine("mysql+pymysql://importer@db-1/neutron")
         self.cluster_address = cluster_address
 
-    def exec_driver_sql(self, sql: str):
+    def exec_driver_sql(self, sql: str) -> SimpleNamespace:
         assert sql == "SELECT @@global.wsrep_cluster_address"
-        return _Scalar(self.cluster_address)
-
-
-class _Scalar:
-    def __init__(self, value: str) -> None:
-        self.value = value
-
-    def scalar(self) -> str:
-        return self.value
+        return SimpleNamespace(scalar=lambda: self.cluster_address)
 
 
 NODES = ["10.0.0.1:3306", "10.0.0.2:3306", "10.0.0.3:3306"]
