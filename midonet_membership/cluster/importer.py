@@ -31,6 +31,14 @@ therefore never waits for an id and never skips one:
   (a writer that took its id before it had a transaction id, which our write paths never
   do: they write the membership row first), the task is still in the journal, and
   ``midonet-db-manage resync`` puts the zone back in line with the memberships table.
+- Gaps that cannot be told final pile up: while a Galera node is out of the primary
+  component every task leaves one, and on PostgreSQL a transaction held open keeps every
+  later gap open (its xid holds back the evidence). The position is stored whole with every
+  apply, and ZooKeeper refuses a multi-op over ``jute.maxbuffer``, which then nothing could
+  fix but a restart with a larger one. So once the stored position is larger than
+  ``HOLD_POSITION_BYTES``, the importer *holds*: it reads only inside the open gaps (a late
+  commit there is still applied), and the tasks past ``high`` wait, with an error logged
+  once, until enough gaps are final. The backlog gauges show them waiting.
 
 Why applying a late task after later ones is safe
 -------------------------------------------------
@@ -102,6 +110,10 @@ PROGRESS_INTERVAL = 2.0  # ...checked (one count query) and logged at most this 
 GAP_CHECK_INTERVAL = 0.1  # seconds between asking whether open gaps are final
 POSITION_COPY_INTERVAL = 0.1  # while busy, last_processed_id is copied at most this often
 KEPT_READER_SECONDS = 60.0  # the longest a busy importer keeps its read connection
+# Past this stored size the importer holds new tasks (see "The reader"). ZooKeeper keeps
+# APPLY_RESERVE (128 KiB) of each multi-op for the position, and one step may still add a
+# gap per task it reads (500 by default, ~40-100 bytes each with its evidence).
+HOLD_POSITION_BYTES = 64 * 1024
 
 
 @dataclasses.dataclass
@@ -119,12 +131,15 @@ class Importer:
     def __init__(self, engine: Engine, nsdb: NSDB, batch_size: int = 500,
                  clock: Callable[[], float] = time.time,
                  observe: Callable[[Connection], str | None] = inflight.observe,
-                 settled: Callable[[Connection, set], set] = inflight.settled) -> None:
+                 settled: Callable[[Connection, set], set] = inflight.settled,
+                 hold_position_bytes: int = HOLD_POSITION_BYTES) -> None:
         """``observe``/``settled`` are the in-flight evidence (see :mod:`.inflight`); a
         test may replace them."""
         self.engine = engine
         self.nsdb = nsdb
         self.batch_size = batch_size
+        self.hold_position_bytes = hold_position_bytes
+        self._holding = False
         self.clock = clock
         self._observe = observe
         self._settled = settled
@@ -286,12 +301,13 @@ class Importer:
             self._next_gap_check = time.monotonic() + GAP_CHECK_INTERVAL
             done = self._settled(conn, {g.evidence for g in position.gaps})
             final = {g for g in position.gaps if g.evidence in done}
+        holding = self._holds(position)
         fetched = journal.pending_tasks(conn, position.high,
                                         [(g.low, g.high) for g in listed],
-                                        self.batch_size)
+                                        self.batch_size, beyond_high=not holding)
         full = len(fetched) == self.batch_size
         read_through = fetched[-1].id if full else None
-        if (full or len(listed) < len(position.gaps)) and fetched:
+        if (full or holding or len(listed) < len(position.gaps)) and fetched:
             fetched = self._whole_transactions(conn, fetched, position)
         # Final: its writers had all ended before a read that covered it and found
         # none of its ids.
@@ -303,12 +319,30 @@ class Importer:
                       gap.low, gap.high)
         units = self._fitting(_transactions(fetched))
         plan = self._translate(units, position, final)
-        plan.drained = (not full and len(listed) == len(position.gaps)
+        plan.drained = (not full and not holding and len(listed) == len(position.gaps)
                         and sum(map(len, units)) == len(fetched))
         if any(g.evidence is None for g in plan.position.gaps):
             # Taken after the read that showed the gaps (later evidence is as good).
             plan.position = _with_evidence(plan.position, self._observe(conn))
         return plan
+
+    def _holds(self, position: ImportPosition) -> bool:
+        """Whether the position is too large to take tasks past ``high``; logged when that
+        starts and when it ends."""
+        size = len(position.encode()) if position.gaps else 0
+        holding = size > self.hold_position_bytes
+        if holding and not self._holding:
+            LOG.error("the import position holds %d open id gaps (%d bytes, more than %d): "
+                      "tasks after id %d wait until the Neutron DB tells enough gaps final "
+                      "(a Galera node out of the primary component or a transaction held "
+                      "open keeps them open); late commits inside the gaps are still "
+                      "applied", len(position.gaps), size, self.hold_position_bytes,
+                      position.high)
+        elif self._holding and not holding:
+            LOG.warning("the import position is back to %d open id gaps: tasks after id %d "
+                        "are applied again", len(position.gaps), position.high)
+        self._holding = holding
+        return holding
 
     def _read_connection(self) -> Connection:
         """The connection the steps read on: each statement a snapshot by itself, and the

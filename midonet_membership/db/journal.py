@@ -226,9 +226,10 @@ _MOVE_POSITION = (sa.update(task_state)
 
 
 def pending_tasks(conn: Connection, high: int | None, ranges: Sequence[tuple[int, int]],
-                  limit: int) -> list[Task]:
+                  limit: int, beyond_high: bool = True) -> list[Task]:
     """Committed tasks above ``high`` or inside one of ``ranges``, in id order, in ONE
     statement: one snapshot, so a transaction's tasks are all there or none is.
+    ``beyond_high`` False: inside ``ranges`` only (the importer holding new tasks back).
 
     The importer's read after every commit, run on ``conn``'s own driver connection (same
     session, same autocommit): through ``Connection.execute`` it was 400 µs of a 1 ms
@@ -236,20 +237,24 @@ def pending_tasks(conn: Connection, high: int | None, ranges: Sequence[tuple[int
     if high is None:
         statement, params = _TASKS_FROM_START, {"limit": limit}
     else:
-        statement, params = _pending_statement(len(ranges)), {"limit": limit, "position": high}
+        statement, params = _pending_statement(len(ranges), beyond_high), {"limit": limit}
+        if beyond_high:
+            params["position"] = high
         for i, (low, high_) in enumerate(ranges):
             params[f"low_{i}"], params[f"high_{i}"] = low, high_
     return [Task(*row) for row in DriverConnection.of(conn).execute(statement, params)]
 
 
 @functools.cache
-def _pending_statement(gaps: int) -> sa.Select:
+def _pending_statement(gaps: int, beyond_high: bool) -> sa.Select:
     """:func:`pending_tasks`' statement for ``gaps`` ranges, built once per count (the
     importer names at most MAX_GAPS_PER_READ): building it per read cost half of an
     all-in-one importer's step (cProfile)."""
-    ranges = (tasks.c.id.between(sa.bindparam(f"low_{i}"), sa.bindparam(f"high_{i}"))
-              for i in range(gaps))
-    return _TASKS_FROM_START.where(sa.or_(tasks.c.id > sa.bindparam("position"), *ranges))
+    ranges = [tasks.c.id.between(sa.bindparam(f"low_{i}"), sa.bindparam(f"high_{i}"))
+              for i in range(gaps)]
+    if beyond_high:
+        ranges.insert(0, tasks.c.id > sa.bindparam("position"))
+    return _TASKS_FROM_START.where(sa.or_(*ranges))
 
 
 def tasks_of_transactions(conn: Connection, transaction_ids: Iterable[str]) -> list[Task]:

@@ -254,6 +254,64 @@ def test_more_open_gaps_than_one_read_names_are_all_read(make_database, tmp_path
             assert set(store.list_members()) == set(hosts)
 
 
+def _burn_id(engine, n: int) -> None:
+    """A transaction that takes a task id and rolls back: a gap that never fills."""
+    with engine.connect() as conn, conn.begin() as tx:
+        _add_task(conn, str(uuid.uuid4()), _ip(5000 + n), f"req-burn-{n}")
+        tx.rollback()
+
+
+def test_a_position_past_its_limit_holds_new_tasks_and_loses_none(make_database,
+                                                                  zookeeper_url, caplog):
+    """Gaps that cannot be told final grow the stored position (here a transaction held
+    open on PostgreSQL, whose xid holds back every later gap's evidence, as a Galera node
+    out of the primary component does). Past its limit the importer takes no task after
+    ``high`` but still applies a late commit inside a gap; once the held transaction ends,
+    the gaps are final and every task that waited is applied, each exactly once."""
+    engine = _engine(make_database("postgresql"))
+    api = AgentMemberships(engine)
+    limit = 2048
+    with nsdb.connect(zookeeper_url, role="cluster") as real:
+        store = RecordingNSDB(real)
+        importer = Importer(engine, store, hold_position_bytes=limit)
+        held, late = engine.connect(), engine.connect()
+        held.begin()
+        late.begin()
+        held_host, late_host = str(uuid.uuid4()), str(uuid.uuid4())
+        _add_task(held, held_host, _ip(0), "req-held")
+        _add_task(late, late_host, _ip(1), "req-late")
+        created = []
+        for n in range(100):
+            _burn_id(engine, n)
+            created.append(str(uuid.uuid4()))
+            api.create(RequestContext.admin(), [{"id": created[-1], "ip_address": _ip(10 + n)}])
+            importer.catch_up()
+        size = len(store.get_import_position().encode())
+        assert limit < size < limit + 100, "the position grew past one step over its limit"
+        applied = set(store.list_members())
+        waiting = [h for h in created if h not in applied]
+        assert len(waiting) > 20 and applied == set(created[:len(created) - len(waiting)])
+        assert any(r.levelname == "ERROR" and "open id gaps" in r.getMessage()
+                   for r in caplog.records)
+
+        late.commit()  # its id lies in a gap: applied while the importer holds
+        late.close()
+        importer.catch_up()
+        assert set(store.list_members()) == applied | {late_host}
+
+        held.commit()
+        held.close()
+        everyone = set(created) | {held_host, late_host}
+        wait_until(lambda: importer.catch_up() is not None and not
+                   store.get_import_position().gaps and set(store.list_members()) == everyone,
+                   30, interval=0.1)
+        added = Counter(op.host_id for ops in store.applies for op in ops
+                        if isinstance(op, AddMember))
+        assert set(added) == everyone and set(added.values()) == {1}
+        assert any(r.levelname == "WARNING" and "applied again" in r.getMessage()
+                   for r in caplog.records)
+
+
 def test_a_stream_of_commits_is_applied_in_batches_and_an_idle_change_at_once(
         make_database, tmp_path):
     """``[cluster] batch_window``: after an apply the importer lets the window pass, so a
