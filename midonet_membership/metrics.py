@@ -222,7 +222,7 @@ def importer_probes(engine, store) -> dict[str, Probe]:
     authoritative one), and the failed tasks recorded in the Neutron DB."""
     import sqlalchemy as sa
 
-    from midonet_membership.cluster.importer import backlog
+    from midonet_membership.cluster.importer import HOLD_POSITION_BYTES, backlog
     from midonet_membership.db import journal
     from midonet_membership.db.engine import reader
     from midonet_membership.db.models import memberships
@@ -246,7 +246,9 @@ def importer_probes(engine, store) -> dict[str, Probe]:
             lambda: lag()[1]),
         "midonet_importer_open_gaps": (
             "Task id ranges below the importer's position not seen committed yet and not "
-            "yet known never to commit (they grow while a Galera node is out).",
+            "yet known never to commit (they grow while a Galera node is out or a "
+            f"transaction is held open; past {HOLD_POSITION_BYTES // 1024} KiB of them "
+            "newer tasks wait).",
             lambda: len(store.get_import_position().gaps)),
         "midonet_journal_failed_tasks": (
             "Tasks recorded as failed in midonet_task_failures (skipped by the importer).",
