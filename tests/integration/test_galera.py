@@ -152,6 +152,53 @@ def test_a_writer_on_a_node_evicted_for_a_while_commits_after_it_rejoins(galera,
     importer_engine.dispose()
 
 
+def test_new_tasks_wait_while_a_node_is_out_too_long_and_none_is_lost(galera, tmp_path,
+                                                                       caplog):
+    """While a node is out of the primary component no gap can be told final, and on Galera
+    every task leaves one (``auto_increment_increment``): past its limit the importer holds
+    the tasks after its high-water id instead of growing its position, and once the node is
+    back they are all applied, each once."""
+    first, second, third = galera.nodes
+    galera.wait_whole(60)
+    name = _database(galera)
+    writes = AgentMemberships(db_engine.create_engine(second.url(name)))
+    importer_engine = db_engine.create_engine(third.url(name))
+    limit = 1024
+    created: list[str] = []
+    with nsdb.connect(f"sqlite:///{tmp_path / 'nsdb.sqlite'}", role="cluster") as real:
+        store = RecordingNSDB(real)
+        importer = Importer(importer_engine, store, hold_position_bytes=limit)
+        importer.catch_up()
+        first.pause()
+        try:
+            _until(lambda: third.status().get("wsrep_cluster_size") == "2", 60)
+            for n in range(80):
+                created.append(str(uuid.uuid4()))
+                writes.create(RequestContext.admin(), [{"id": created[-1],
+                                                        "ip_address": _ip(n)}])
+                importer.catch_up()
+            gaps = len(store.get_import_position().gaps)
+            size = len(store.get_import_position().encode())
+            waiting = set(created) - set(store.list_members())
+        finally:
+            first.resume()
+        assert gaps >= 20, "tasks written while a node was out left no gaps"
+        assert limit < size < 2 * limit
+        assert len(waiting) >= 20
+        assert any(r.levelname == "ERROR" and "open id gaps" in r.getMessage()
+                   for r in caplog.records)
+        galera.wait_whole(120)
+
+        def applied() -> bool:
+            importer.catch_up()
+            return set(store.list_members()) == set(created)
+
+        _until(applied, 60)
+        added = [op.host_id for ops in store.applies for op in ops if isinstance(op, AddMember)]
+        assert sorted(added) == sorted(created), "a task applied twice or not at all"
+    importer_engine.dispose()
+
+
 def _until(check, timeout: float):
     """``wait_until`` at the pace of InnoDB's in-flight list (refreshed every 0.11 s)."""
     return wait_until(check, timeout, interval=0.12)
