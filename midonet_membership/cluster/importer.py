@@ -22,14 +22,15 @@ therefore never waits for an id and never skips one:
   commits late, however late, lies in a gap and is read by the first catch-up after its
   commit. On Galera the read waits for causality (``wsrep_sync_wait``).
 - A gap is tracked until the database says it is final, never by a timeout: the first
-  sight records which transactions were in flight (:mod:`.inflight`: PostgreSQL's
-  snapshot xmax, InnoDB's ``innodb_trx``, on Galera every node's); once all of those
-  ended, a read still missing the ids means they rolled back and the gap is dropped. A
-  transaction held open for an hour keeps its gap for an hour, and only that: the tasks
-  behind it are not held. A task cannot commit into a gap already dropped, because its
-  writer would have been in flight when the gap was seen. Were the evidence ever wrong
-  (a writer that took its id before it had a transaction id, which our write paths never
-  do: they write the membership row first), the task is still in the journal, and
+  sight records which transactions were in flight (:mod:`.inflight`: a fresh PostgreSQL
+  xid, InnoDB's ``innodb_trx``, on Galera every node's); once all of those ended, a read
+  still missing the ids means they rolled back and the gap is dropped. A transaction held
+  open for an hour keeps its gap for an hour, and only that: the tasks behind it are not
+  held (unless gaps fill the position, below). A task cannot commit into a gap already
+  dropped, because its writer would have been in flight when the gap was seen. Were the
+  evidence ever wrong (a writer that took its id before it had a transaction id, which
+  our write paths never do: they write the membership row first), the task is still in
+  the journal, and
   ``midonet-db-manage resync`` puts the zone back in line with the memberships table.
 - Gaps that cannot be told final pile up: while a Galera node is out of the primary
   component every task leaves one, and on PostgreSQL a transaction held open keeps every
