@@ -79,7 +79,7 @@ class AgentMemberships:
         return dict(zip(_SHOW_COLUMNS, row, strict=True))
 
     @retry_transient
-    def list(self, context: RequestContext, query: ListQuery) -> list[dict[str, Any]]:
+    def list(self, context: RequestContext, query: ListQuery) -> Sequence[dict[str, Any]]:
         """The page is one statement (the marker's existence is checked apart only when the
         page is empty, as PostgreSQL's autocommit reads do too).
 
