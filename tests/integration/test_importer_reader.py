@@ -302,9 +302,13 @@ def test_a_position_past_its_limit_holds_new_tasks_and_loses_none(make_database,
         held.commit()
         held.close()
         everyone = set(created) | {held_host, late_host}
-        wait_until(lambda: importer.catch_up() is not None and not
-                   store.get_import_position().gaps and set(store.list_members()) == everyone,
-                   30, interval=0.1)
+
+        def settled() -> bool:
+            importer.catch_up()
+            return (not store.get_import_position().gaps
+                    and set(store.list_members()) == everyone)
+
+        wait_until(settled, 30, interval=0.1)
         added = Counter(op.host_id for ops in store.applies for op in ops
                         if isinstance(op, AddMember))
         assert set(added) == everyone and set(added.values()) == {1}
