@@ -112,9 +112,10 @@ GAP_CHECK_INTERVAL = 0.1  # seconds between asking whether open gaps are final
 POSITION_COPY_INTERVAL = 0.1  # while busy, last_processed_id is copied at most this often
 KEPT_READER_SECONDS = 60.0  # the longest a busy importer keeps its read connection
 # Past this stored size the importer holds new tasks (see "The reader"). ZooKeeper keeps
-# APPLY_RESERVE (128 KiB) of each multi-op for the position, and one step may still add a
-# gap per task it reads (500 by default, ~40-100 bytes each with its evidence).
-HOLD_POSITION_BYTES = 64 * 1024
+# APPLY_RESERVE (128 KiB) of each multi-op for the position as it was before the apply, and
+# the step that crossed this size may have added a gap per task it applied (up to
+# max_ops_per_apply, ~30 bytes each): 32 KiB + ~2,500 x 30 bytes stays under it.
+HOLD_POSITION_BYTES = 32 * 1024
 
 
 @dataclasses.dataclass
@@ -474,7 +475,7 @@ def _advanced(position: ImportPosition, consumed: set[int], final: set[Gap],
     above = done[bisect.bisect_right(done, high):] if high is not None else done
     if above:
         start = 1 if high is None else high + 1  # ids start at 1
-        gaps += [Gap(lo, hi, now) for lo, hi in _without(start, above[-1], above)]
+        gaps += [Gap(lo, hi, round(now)) for lo, hi in _without(start, above[-1], above)]
         high = above[-1]
     return ImportPosition(high=high, gaps=tuple(sorted(gaps, key=lambda g: g.low)),
                           config_id=config_id)

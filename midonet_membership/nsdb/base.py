@@ -176,12 +176,23 @@ class ImportPosition:
 
     def encode(self) -> str:
         """The stored form: a bare decimal when there is nothing but ``high`` (the form
-        older versions wrote and read), else JSON."""
+        older versions wrote and read), else JSON.
+
+        Each evidence is written once, in ``evidence``, and a gap names it by a token
+        (``"#0"``): the gaps of one step share one, and on Galera every task leaves a gap,
+        so a bulk create's gaps repeated it once per membership, in the apply that carries
+        the bulk (``zookeeper_wire`` counts one gap entry per member). Older versions still
+        read ``high`` and ``gaps``; a token is evidence they cannot settle, so their gaps
+        stay open, which is safe."""
         if not self.gaps and self.config_id is None:
             return "" if self.high is None else str(self.high)
-        return json.dumps({"high": self.high, "config_id": self.config_id, "gaps": [
-            [g.low, g.high, g.seen_at, g.evidence] for g in self.gaps]},
-            separators=(",", ":"))
+        tokens: dict[str, str] = {}
+        gaps = [[g.low, g.high, g.seen_at,
+                 None if g.evidence is None else tokens.setdefault(g.evidence,
+                                                                    f"#{len(tokens)}")]
+                for g in self.gaps]
+        return json.dumps({"high": self.high, "config_id": self.config_id, "gaps": gaps,
+                           "evidence": list(tokens)}, separators=(",", ":"))
 
     @classmethod
     def decode(cls, text: str | bytes | None) -> ImportPosition:
@@ -192,11 +203,23 @@ class ImportPosition:
         if not text.lstrip().startswith("{"):
             return cls(high=int(text))
         data = json.loads(text)
-        return cls(high=data["high"], config_id=data.get("config_id"),
-                   gaps=tuple(Gap(*g) for g in data.get("gaps", ())))
+        table = data.get("evidence", [])
+        return cls(high=data["high"], config_id=data.get("config_id"), gaps=tuple(
+            Gap(low, high, seen_at, _evidence(rest[0] if rest else None, table))
+            for low, high, seen_at, *rest in data.get("gaps", ())))
 
 
 ZoneCallback = Callable[[TunnelZone | None, dict[str, str]], None]
+
+
+def _evidence(stored: str | None, table: list[str]) -> str | None:
+    """A gap's evidence as stored: a token into ``table``, or (as older versions wrote it)
+    the evidence itself. A token with no entry (an older version rewrote the position
+    without its table) is no evidence: it is asked for again."""
+    if stored is None or not stored.startswith("#"):
+        return stored
+    index = stored[1:]
+    return table[int(index)] if index.isdigit() and int(index) < len(table) else None
 
 
 def members_seen_by(host_id: str | None, members: dict[str, str]) -> dict[str, str]:

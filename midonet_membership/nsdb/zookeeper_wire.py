@@ -12,12 +12,17 @@ import urllib.parse
 # ZooKeeper's default jute.maxbuffer (0xfffff): the largest request a server accepts (a larger
 # one closes the connection). Override with ``?jute_maxbuffer=`` when the servers raise it.
 DEFAULT_JUTE_MAXBUFFER = 0xFFFFF
-# Kept free in every apply for its fixed parts: the position (with its open gaps), the
-# delta's own keys, a zone change, headers.
+# Kept free in every apply for its fixed parts: the position with the gaps it had before
+# (the importer holds new tasks past 32 KiB of them), the delta's own keys, a zone change,
+# headers. The gaps the apply's own tasks leave are counted per member (_WORST_GAP).
 APPLY_RESERVE = 128 * 1024
 _WORST_HOST = "ffffffff-ffff-ffff-ffff-ffffffffffff"
 _WORST_IP = "223.255.255.255"  # the longest unicast tunnel endpoint
 _OP_HEADER = 9  # a multi-op's per-op header: type (int), done (bool), error (int)
+# The position's entry for a gap a member's task leaves before it (on Galera every task
+# does: auto_increment_increment), written in the same apply: the largest ids, seen_at in
+# whole seconds, an evidence token (ImportPosition.encode).
+_WORST_GAP = len(json.dumps([2**63 - 1, 2**63 - 1, 2**34, "#99999"], separators=(",", ":"))) + 1
 
 
 def max_members_per_apply(url: str, jute_maxbuffer: int | str = DEFAULT_JUTE_MAXBUFFER,
@@ -26,9 +31,11 @@ def max_members_per_apply(url: str, jute_maxbuffer: int | str = DEFAULT_JUTE_MAX
 
     Computed from ZooKeeper's wire format (jute) for the costliest change: a new member (two
     creates with this identity's ACLs) or a re-addressed one (a delete and a create),
-    whichever is larger, plus its entry in the published delta; so the API can refuse a
-    larger bulk without connecting. ``test_bulk_limit`` checks the arithmetic against
-    kazoo's own serializer and applies a bulk of exactly this size.
+    whichever is larger, plus its entry in the published delta and a gap its task may
+    leave in the position; so the API can refuse a larger bulk without connecting.
+    ``test_bulk_limit`` checks the arithmetic against kazoo's own serializer and applies a
+    bulk of exactly this size; ``test_galera`` applies one on Galera, a gap after every
+    membership.
     """
     parts = urllib.parse.urlsplit(url)
     root = parts.path.rstrip("/") or "/midonet"
@@ -39,7 +46,7 @@ def max_members_per_apply(url: str, jute_maxbuffer: int | str = DEFAULT_JUTE_MAX
                   + _create_bytes(member, data, acls))
     readdressed = _OP_HEADER + 4 + len(member) + 4 + _create_bytes(member, data, acls)
     in_delta = len(json.dumps({_WORST_HOST: _WORST_IP})) + 2  # '"id": "ip", '
-    per_member = max(new_member, readdressed) + in_delta
+    per_member = max(new_member, readdressed) + in_delta + _WORST_GAP
     return max(1, (int(jute_maxbuffer) - APPLY_RESERVE) // per_member)
 
 

@@ -15,7 +15,7 @@ import uuid
 from kazoo.protocol.serialization import Transaction
 
 from midonet_membership import nsdb
-from midonet_membership.nsdb.base import AddMember
+from midonet_membership.nsdb.base import AddMember, Gap, ImportPosition
 from midonet_membership.nsdb.zookeeper_wire import DEFAULT_JUTE_MAXBUFFER
 
 MEMBERSHIPS = "/v2.0/agent-memberships"
@@ -26,7 +26,8 @@ def _ip(n: int) -> str:
 
 
 def test_the_limit_matches_kazoos_serialization(zookeeper_url):
-    """The request of a worst-case apply at the limit fits, and not by a wasteful margin."""
+    """The request of a worst-case apply at the limit (with a gap in the position for every
+    member, the largest ids) fits, and not by a wasteful margin."""
     limit = nsdb.max_ops_per_apply(zookeeper_url)
     with nsdb.connect(zookeeper_url, role="cluster") as store:
         tx = store.client.transaction()
@@ -36,7 +37,11 @@ def test_the_limit_matches_kazoos_serialization(zookeeper_url):
         tx.set_data(store.members_path, json.dumps({  # the rest of what apply() sends
             "previous": 0, "position": 1, "zone": zone, "added": added,
             "removed": removed}).encode())
-        tx.set_data(store.position_path, str(limit).encode())
+        # ... and the position: on Galera each member's task leaves a gap before it
+        top = 2**63 - 1
+        gaps = tuple(Gap(top - 2 * n - 1, top - 2 * n - 1, 2**33, "pg:1") for n in range(limit))
+        tx.set_data(store.position_path,
+                    ImportPosition(high=top, gaps=gaps[::-1]).encode().encode())
         size = len(Transaction(tx.operations).serialize())
     assert size <= DEFAULT_JUTE_MAXBUFFER - 64 * 1024, (limit, size)
     assert size >= 0.8 * DEFAULT_JUTE_MAXBUFFER, (limit, size)

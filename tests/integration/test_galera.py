@@ -199,6 +199,29 @@ def test_new_tasks_wait_while_a_node_is_out_too_long_and_none_is_lost(galera, tm
     importer_engine.dispose()
 
 
+def test_the_largest_bulk_reaches_zookeeper_in_one_apply(galera, zookeeper_url):
+    """On Galera every task leaves a gap (``auto_increment_increment``), and a bulk's gaps
+    go into the position in the apply that carries it: the largest bulk the API accepts
+    still fits in one ZooKeeper multi-op (it did not while each gap repeated its evidence
+    and the limit did not count them: ZooKeeper dropped the connection at every attempt)."""
+    first, second, third = galera.nodes
+    galera.wait_whole(60)
+    name = _database(galera)
+    limit = nsdb.max_ops_per_apply(zookeeper_url)
+    writes = AgentMemberships(db_engine.create_engine(second.url(name)), max_bulk=limit)
+    importer_engine = db_engine.create_engine(third.url(name))
+    items = [{"id": str(uuid.uuid4()), "ip_address": _ip(n)} for n in range(limit)]
+    with nsdb.connect(zookeeper_url, role="cluster") as real:
+        store = RecordingNSDB(real)
+        importer = Importer(importer_engine, store)
+        writes.create(RequestContext.admin(), items)
+        importer.catch_up()
+        assert store.list_members() == {i["id"]: i["ip_address"] for i in items}
+        assert len(store.get_import_position().gaps) > limit // 2
+        assert [len(ops) for ops in store.applies if ops] == [limit]
+    importer_engine.dispose()
+
+
 def _until(check, timeout: float):
     """``wait_until`` at the pace of InnoDB's in-flight list (refreshed every 0.11 s)."""
     return wait_until(check, timeout, interval=0.12)
