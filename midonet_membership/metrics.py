@@ -222,10 +222,11 @@ def importer_probes(engine, store) -> dict[str, Probe]:
     authoritative one), and the failed tasks recorded in the Neutron DB."""
     import sqlalchemy as sa
 
-    from midonet_membership.cluster.importer import HOLD_POSITION_BYTES, backlog
+    from midonet_membership.cluster.importer import backlog
     from midonet_membership.db import journal
     from midonet_membership.db.engine import reader
     from midonet_membership.db.models import memberships
+    from midonet_membership.nsdb.base import HOLD_POSITION_BYTES
 
     def lag() -> tuple[int, float]:
         return backlog(engine, store.get_import_position())

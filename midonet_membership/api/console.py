@@ -183,7 +183,9 @@ def read_status(engine: Engine, nsdb: NSDB, recent: int = RECENT_TASKS) -> dict[
         "tunnel_zone": None if zone is None else {
             "id": zone.id, "name": zone.name, "type": zone.type, "members": members},
         "importer": {"last_processed_id": last, "lag_tasks": lag_tasks,
-                     "lag_seconds": lag_seconds, "failed_tasks": failed},
+                     "lag_seconds": lag_seconds, "failed_tasks": failed,
+                     "open_gaps": len(position.gaps),
+                     "holding": position.holds_new_tasks()},
         "recent_tasks": [_task(t, position.is_pending(t.id)) for t in tasks],
     }
 

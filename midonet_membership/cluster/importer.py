@@ -96,6 +96,7 @@ from midonet_membership.cluster.wakeup import Wakeup
 from midonet_membership.db import journal
 from midonet_membership.db.engine import reader
 from midonet_membership.nsdb.base import (
+    HOLD_POSITION_BYTES,
     NSDB,
     Gap,
     ImportPosition,
@@ -111,11 +112,6 @@ PROGRESS_INTERVAL = 2.0  # ...checked (one count query) and logged at most this 
 GAP_CHECK_INTERVAL = 0.1  # seconds between asking whether open gaps are final
 POSITION_COPY_INTERVAL = 0.1  # while busy, last_processed_id is copied at most this often
 KEPT_READER_SECONDS = 60.0  # the longest a busy importer keeps its read connection
-# Past this stored size the importer holds new tasks (see "The reader"). ZooKeeper keeps
-# APPLY_RESERVE (128 KiB) of each multi-op for the position as it was before the apply, and
-# the step that crossed this size may have added a gap per task it applied (up to
-# max_ops_per_apply, ~30 bytes each): 32 KiB + ~2,500 x 30 bytes stays under it.
-HOLD_POSITION_BYTES = 32 * 1024
 
 
 @dataclasses.dataclass
@@ -331,14 +327,14 @@ class Importer:
     def _holds(self, position: ImportPosition) -> bool:
         """Whether the position is too large to take tasks past ``high``; logged when that
         starts and when it ends."""
-        size = len(position.encode()) if position.gaps else 0
-        holding = size > self.hold_position_bytes
+        holding = position.holds_new_tasks(self.hold_position_bytes)
         if holding and not self._holding:
             LOG.error("the import position holds %d open id gaps (%d bytes, more than %d): "
                       "tasks after id %d wait until the Neutron DB tells enough gaps final "
                       "(a Galera node out of the primary component or a transaction held "
                       "open keeps them open); late commits inside the gaps are still "
-                      "applied", len(position.gaps), size, self.hold_position_bytes,
+                      "applied", len(position.gaps), len(position.encode()),
+                      self.hold_position_bytes,
                       position.high)
         elif self._holding and not holding:
             LOG.warning("the import position is back to %d open id gaps: tasks after id %d "

@@ -141,6 +141,14 @@ class Gap:
         return self.low <= task_id <= self.high
 
 
+# Past this stored size an importer takes no task after the position's ``high`` until
+# enough gaps are final (cluster/importer.py, "The reader"): ZooKeeper keeps APPLY_RESERVE
+# (128 KiB) of each multi-op for the position as it was before the apply, and the step that
+# crossed this size may have added a gap per task it applied (up to max_ops_per_apply, ~30
+# bytes each): 32 KiB + ~2,500 x 30 bytes stays under it.
+HOLD_POSITION_BYTES = 32 * 1024
+
+
 @dataclasses.dataclass(frozen=True)
 class ImportPosition:
     """How far the importer got, stored atomically with every apply.
@@ -173,6 +181,11 @@ class ImportPosition:
         """Whether a committed task with this id still has to be applied."""
         return self.high is None or task_id > self.high or any(
             task_id in g for g in self.gaps)
+
+    def holds_new_tasks(self, limit: int = HOLD_POSITION_BYTES) -> bool:
+        """Whether an importer at this position takes no task after ``high``: its open gaps
+        make the stored form larger than ``limit``."""
+        return bool(self.gaps) and len(self.encode()) > limit
 
     def encode(self) -> str:
         """The stored form: a bare decimal when there is nothing but ``high`` (the form

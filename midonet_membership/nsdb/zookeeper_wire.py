@@ -13,8 +13,9 @@ import urllib.parse
 # one closes the connection). Override with ``?jute_maxbuffer=`` when the servers raise it.
 DEFAULT_JUTE_MAXBUFFER = 0xFFFFF
 # Kept free in every apply for its fixed parts: the position with the gaps it had before
-# (the importer holds new tasks past 32 KiB of them), the delta's own keys, a zone change,
-# headers. The gaps the apply's own tasks leave are counted per member (_WORST_GAP).
+# (the importer holds new tasks past base.HOLD_POSITION_BYTES of them), the delta's own
+# keys, a zone change, headers. The gaps the apply's own tasks leave are counted per member
+# (_WORST_GAP).
 APPLY_RESERVE = 128 * 1024
 _WORST_HOST = "ffffffff-ffff-ffff-ffff-ffffffffffff"
 _WORST_IP = "223.255.255.255"  # the longest unicast tunnel endpoint

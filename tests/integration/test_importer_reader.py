@@ -20,13 +20,14 @@ import pytest
 import sqlalchemy as sa
 
 from midonet_membership import nsdb
+from midonet_membership.api.console import read_status
 from midonet_membership.cluster.importer import POSITION_COPY_INTERVAL, Importer
 from midonet_membership.context import RequestContext
 from midonet_membership.db import engine as db_engine
 from midonet_membership.db import journal, migration
 from midonet_membership.db.memberships import AgentMemberships
 from midonet_membership.db.models import memberships, tasks
-from midonet_membership.nsdb.base import AddMember, RemoveMember
+from midonet_membership.nsdb.base import HOLD_POSITION_BYTES, AddMember, RemoveMember
 from tests.fixtures.importer import importer_running, last_processed, wait_until
 
 
@@ -266,14 +267,14 @@ def test_a_position_past_its_limit_holds_new_tasks_and_loses_none(make_database,
     """Gaps that cannot be told final grow the stored position (here a transaction held
     open on PostgreSQL, whose xid holds back every later gap's evidence, as a Galera node
     out of the primary component does). Past its limit the importer takes no task after
-    ``high`` but still applies a late commit inside a gap; once the held transaction ends,
-    the gaps are final and every task that waited is applied, each exactly once."""
+    ``high`` but still applies a late commit inside a gap, and the console says so; once
+    the held transaction ends, the gaps are final and every task that waited is applied,
+    each exactly once."""
     engine = _engine(make_database("postgresql"))
     api = AgentMemberships(engine)
-    limit = 2048
     with nsdb.connect(zookeeper_url, role="cluster") as real:
         store = RecordingNSDB(real)
-        importer = Importer(engine, store, hold_position_bytes=limit)
+        importer = Importer(engine, store)
         held, late = engine.connect(), engine.connect()
         held.begin()
         late.begin()
@@ -281,18 +282,23 @@ def test_a_position_past_its_limit_holds_new_tasks_and_loses_none(make_database,
         _add_task(held, held_host, _ip(0), "req-held")
         _add_task(late, late_host, _ip(1), "req-late")
         created = []
-        for n in range(100):
+        for n in range(1400):  # a gap each, ~30 bytes: past HOLD_POSITION_BYTES (32 KiB)
             _burn_id(engine, n)
             created.append(str(uuid.uuid4()))
             api.create(RequestContext.admin(), [{"id": created[-1], "ip_address": _ip(10 + n)}])
-            importer.catch_up()
+            if n % 50 == 49:
+                importer.catch_up()
         size = len(store.get_import_position().encode())
-        assert limit < size < limit + 100, "the position grew past one step over its limit"
+        assert HOLD_POSITION_BYTES < size < HOLD_POSITION_BYTES + 50 * 40, \
+            "the position grew past one step over its limit"
         applied = set(store.list_members())
         waiting = [h for h in created if h not in applied]
-        assert len(waiting) > 20 and applied == set(created[:len(created) - len(waiting)])
+        assert len(waiting) >= 50 and applied == set(created[:len(created) - len(waiting)])
         assert any(r.levelname == "ERROR" and "open id gaps" in r.getMessage()
                    for r in caplog.records)
+        status = read_status(engine, store)["importer"]  # what the console shows
+        assert status["holding"] and status["lag_tasks"] == len(waiting)
+        assert status["open_gaps"] == len(store.get_import_position().gaps) > 1000
 
         late.commit()  # its id lies in a gap: applied while the importer holds
         late.close()
@@ -314,6 +320,8 @@ def test_a_position_past_its_limit_holds_new_tasks_and_loses_none(make_database,
         assert set(added) == everyone and set(added.values()) == {1}
         assert any(r.levelname == "WARNING" and "applied again" in r.getMessage()
                    for r in caplog.records)
+        status = read_status(engine, store)["importer"]
+        assert (status["holding"], status["open_gaps"], status["lag_tasks"]) == (False, 0, 0)
 
 
 def test_a_stream_of_commits_is_applied_in_batches_and_an_idle_change_at_once(

@@ -284,7 +284,10 @@ function renderStatus(status) {
   $("zone-type").textContent = zone ? zone.type : (status ? "no zone yet" : "—");
   $("zone-members").textContent = zone ? String(zone.members) : "—";
   $("zone-lag").textContent = importer
-    ? `${importer.lag_tasks} task(s), ${importer.lag_seconds.toFixed(0)} s behind` : "—";
+    ? `${importer.lag_tasks} task(s), ${importer.lag_seconds.toFixed(0)} s behind` +
+      (importer.holding ? ` (new ones wait: ${importer.open_gaps} id gaps not yet known ` +
+        "final, as while a Galera node is out; see the importer's log)" : "")
+    : "—";
   $("zone-failed").textContent = importer ? String(importer.failed_tasks) : "—";
   const body = document.querySelector("#changes tbody");
   const rows = (status ? status.recent_tasks : []).map((t) => {
