@@ -30,8 +30,8 @@ therefore never waits for an id and never skips one:
   dropped, because its writer would have been in flight when the gap was seen. Were the
   evidence ever wrong (a writer that took its id before it had a transaction id, which
   our write paths never do: they write the membership row first), the task is still in
-  the journal, and
-  ``midonet-db-manage resync`` puts the zone back in line with the memberships table.
+  the journal, and ``midonet-db-manage resync`` puts the zone back in line with the
+  memberships table.
 - Gaps that cannot be told final pile up: while a Galera node is out of the primary
   component every task leaves one, and on PostgreSQL a transaction held open keeps every
   later gap open (its xid holds back the evidence). The position is stored whole with every
@@ -334,8 +334,7 @@ class Importer:
                       "(a Galera node out of the primary component or a transaction held "
                       "open keeps them open); late commits inside the gaps are still "
                       "applied", len(position.gaps), len(position.encode()),
-                      self.hold_position_bytes,
-                      position.high)
+                      self.hold_position_bytes, position.high)
         elif self._holding and not holding:
             LOG.warning("the import position is back to %d open id gaps: tasks after id %d "
                         "are applied again", len(position.gaps), position.high)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import datetime
+import functools
 import json
 from collections.abc import Callable, Sequence
 
@@ -188,7 +189,14 @@ class ImportPosition:
         return bool(self.gaps) and len(self.encode()) > limit
 
     def encode(self) -> str:
-        """The stored form: a bare decimal when there is nothing but ``high`` (the form
+        return self._encoded
+
+    @functools.cached_property
+    def _encoded(self) -> str:
+        """:meth:`encode`'s text, built once per position: the importer measures it
+        (:meth:`holds_new_tasks`) at the step after the apply that wrote it.
+
+        The stored form: a bare decimal when there is nothing but ``high`` (the form
         older versions wrote and read), else JSON.
 
         Each evidence is written once, in ``evidence``, and a gap names it by a token
