@@ -151,17 +151,23 @@ REGISTRY.register(AGENTS)
 
 
 # -- collected at scrape time -------------------------------------------------------------------
-# (help, function): the function returns the value, or a list of (labels, value)
-Probe = tuple[str, Callable[[], float | list[tuple[dict[str, str], float]]]]
+# (help, function): the function returns the value, or a list of (labels, value); or a group
+# ({name: help}, function returning {name: value}): several gauges from one read
+Samples = float | list[tuple[dict[str, str], float]]
+Probe = (tuple[str, Callable[[], Samples]]
+         | tuple[dict[str, str], Callable[[], dict[str, Samples]]])
 
 
 class ProbeCollector(Collector):
     """Gauges whose values are read when Prometheus scrapes (a probe, a cheap query).
 
-    ``probes`` maps a metric name to ``(help, function)``; ``labels`` (name -> value) are put
-    on every sample, so that one process can hold several probes of one name (the API's and
-    the importer's NSDB connections in the all-in-one). A probe that raises reports nothing
-    and is logged once per failure streak, so an outage does not flood the log.
+    ``probes`` maps a metric name to ``(help, function)``, or a group's name to ``({metric:
+    help}, function)`` whose function returns ``{metric: value}`` (gauges that must come
+    from one read, as the importer's lag and open gaps from one NSDB position); ``labels``
+    (name -> value) are put on every sample, so that one process can hold several probes of
+    one name (the API's and the importer's NSDB connections in the all-in-one). A probe that
+    raises reports nothing and is logged once per failure streak, so an outage does not
+    flood the log.
     """
 
     def __init__(self, probes: dict[str, Probe], labels: dict[str, str] | None = None) -> None:
@@ -178,17 +184,25 @@ class ProbeCollector(Collector):
                 value = probe()
             except Exception as exc:
                 if name not in self._failing:
-                    LOG.warning("metric %s could not be read: %s: %s", name,
+                    LOG.warning("metric %s could not be read: %s: %s",
+                                ", ".join(text) if isinstance(text, dict) else name,
                                 type(exc).__name__, exc)
                     self._failing.add(name)
                 continue
             self._failing.discard(name)
-            samples = value if isinstance(value, list) else [({}, value)]
-            names = list(self.labels) + (list(samples[0][0]) if samples else [])
-            family = GaugeMetricFamily(name, text, labels=names)
-            for labels, v in samples:
-                family.add_metric([*self.labels.values(), *labels.values()], v)
-            yield family
+            if isinstance(text, dict):
+                yield from (self._family(metric, help_, value[metric])
+                            for metric, help_ in text.items())
+            else:
+                yield self._family(name, text, value)
+
+    def _family(self, name: str, text: str, value: Samples) -> GaugeMetricFamily:
+        samples = value if isinstance(value, list) else [({}, value)]
+        names = list(self.labels) + (list(samples[0][0]) if samples else [])
+        family = GaugeMetricFamily(name, text, labels=names)
+        for labels, v in samples:
+            family.add_metric([*self.labels.values(), *labels.values()], v)
+        return family
 
 
 def up_probe(check: Callable[[], object]) -> Callable[[], float]:
@@ -228,8 +242,12 @@ def importer_probes(engine, store) -> dict[str, Probe]:
     from midonet_membership.db.models import memberships
     from midonet_membership.nsdb.base import HOLD_POSITION_BYTES
 
-    def lag() -> tuple[int, float]:
-        return backlog(engine, store.get_import_position())
+    def position() -> dict[str, Samples]:
+        """One NSDB read (a position is up to ~110 KiB) and one journal query a scrape."""
+        read = store.get_import_position()
+        tasks, seconds = backlog(engine, read)
+        return {"midonet_importer_lag_tasks": tasks, "midonet_importer_lag_seconds": seconds,
+                "midonet_importer_open_gaps": len(read.gaps)}
 
     def failed() -> float:
         with reader(engine) as conn:
@@ -240,17 +258,16 @@ def importer_probes(engine, store) -> dict[str, Probe]:
             ids = conn.execute(sa.select(memberships.c.id)).scalars()
             return [({"host_id": host_id}, 1.0) for host_id in ids]
     return {
-        "midonet_importer_lag_tasks": (
-            "Committed journal tasks not yet applied to the NSDB.", lambda: lag()[0]),
-        "midonet_importer_lag_seconds": (
-            "Age of the oldest journal task not yet applied to the NSDB (0 when none).",
-            lambda: lag()[1]),
-        "midonet_importer_open_gaps": (
-            "Task id ranges below the importer's position not seen committed yet and not "
-            "yet known never to commit (they grow while a Galera node is out or a "
-            f"transaction is held open; past {HOLD_POSITION_BYTES // 1024} KiB of them "
-            "newer tasks wait).",
-            lambda: len(store.get_import_position().gaps)),
+        "the importer's position": ({
+            "midonet_importer_lag_tasks": "Committed journal tasks not yet applied to the NSDB.",
+            "midonet_importer_lag_seconds": "Age of the oldest journal task not yet applied to "
+                                            "the NSDB (0 when none).",
+            "midonet_importer_open_gaps": (
+                "Task id ranges below the importer's position not seen committed yet and not "
+                "yet known never to commit (they grow while a Galera node is out or a "
+                f"transaction is held open; past {HOLD_POSITION_BYTES // 1024} KiB of them "
+                "newer tasks wait)."),
+        }, position),
         "midonet_journal_failed_tasks": (
             "Tasks recorded as failed in midonet_task_failures (skipped by the importer).",
             failed),

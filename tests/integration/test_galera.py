@@ -133,7 +133,7 @@ def test_a_writer_on_a_node_evicted_for_a_while_commits_after_it_rejoins(galera,
                     importer.catch_up()
                     time.sleep(0.12)
                 open_gaps = importer_probes(importer_engine, store)[
-                    "midonet_importer_open_gaps"][1]()
+                    "the importer's position"][1]()["midonet_importer_open_gaps"]
             finally:
                 first.resume()
             assert open_gaps >= 1  # what an operator sees meanwhile

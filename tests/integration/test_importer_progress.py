@@ -11,8 +11,9 @@ import subprocess
 import sys
 
 import sqlalchemy as sa
+from prometheus_client import CollectorRegistry
 
-from midonet_membership import nsdb
+from midonet_membership import metrics, nsdb
 from midonet_membership.cluster import importer as cluster
 from midonet_membership.db import engine as db_engine
 from midonet_membership.db import journal, migration
@@ -93,3 +94,30 @@ def test_resync_says_what_it_is_doing_on_stderr(make_database, tmp_path):
                         "NSDB zone")
     assert lines[2] == "resync: applying 301 change(s) in one NSDB transaction"
     assert re.fullmatch(r"resync: 301 change\(s\) applied in [\d.]+ s", lines[3])
+
+
+class _CountedReads:
+    """The NSDB, counting reads of the import position (up to ~110 KiB each)."""
+
+    def __init__(self, store) -> None:
+        self.store, self.position_reads = store, 0
+
+    def get_import_position(self):
+        self.position_reads += 1
+        return self.store.get_import_position()
+
+
+def test_a_scrape_reads_the_import_position_once(make_database, tmp_path):
+    engine = _journal_with(make_database("sqlite"), 300, datetime.timedelta(minutes=5))
+    with nsdb.connect(f"sqlite:///{tmp_path}/nsdb.sqlite", role="cluster") as store:
+        importer = cluster.Importer(engine, store, batch_size=100)
+        importer.sync_position()
+        importer.step()
+        counted = _CountedReads(store)
+        registry = CollectorRegistry()
+        metrics.register_probes(metrics.importer_probes(engine, counted), registry=registry)
+        scraped = {s.name: s.value for family in registry.collect() for s in family.samples}
+    assert counted.position_reads == 1
+    assert scraped["midonet_importer_lag_tasks"] == 201  # of 301, one step of 100 applied
+    assert 290 <= scraped["midonet_importer_lag_seconds"] < 400
+    assert scraped["midonet_importer_open_gaps"] == 0
