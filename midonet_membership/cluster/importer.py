@@ -49,10 +49,13 @@ unique ``ip_address``) make a second INSERT wait for, then fail against, the fir
 DELETE locks the row. Each writer writes the row before it takes its task id, so the
 later writer takes its id after the earlier one committed: for one member, id order *is*
 commit order, and a step that sees the later task sees the earlier one (it committed
-first) and applies both in id order. Different transactions in one apply are ordered by
-their first id. CONFIG is the exception (one row, no lock between two API servers
-starting): a CONFIG older than ``config_id`` that commits late is recorded as applied and
-changes nothing, so "the latest CONFIG wins" holds whatever the commit order.
+first) and applies both in id order. A read that left some tasks out (cut at the batch
+size, or naming only some open gaps) may return the later one alone: the earlier ones of
+its members are then read too. Transactions in one apply go by their first id, except
+that each member's tasks go in id order. CONFIG is the exception (one
+row, no lock between two API servers starting): a CONFIG older than ``config_id`` that
+commits late is recorded as applied and changes nothing, so "the latest CONFIG wins"
+holds whatever the commit order.
 
 Whole and bounded transactions
 ------------------------------
@@ -80,6 +83,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import dataclasses
+import heapq
 import logging
 import threading
 import time
@@ -306,7 +310,7 @@ class Importer:
         full = len(fetched) == self.batch_size
         read_through = fetched[-1].id if full else None
         if (full or holding or len(listed) < len(position.gaps)) and fetched:
-            fetched = self._whole_transactions(conn, fetched, position)
+            fetched = self._with_what_goes_first(conn, fetched, position)
         # Final: its writers had all ended before a read that covered it and found
         # none of its ids.
         final = {g for g in final if g in listed
@@ -315,7 +319,7 @@ class Importer:
         for gap in final:
             LOG.debug("task ids %d-%d never committed: their writers have ended",
                       gap.low, gap.high)
-        units = self._fitting(_transactions(fetched))
+        units = self._fitting(_in_member_order(_transactions(fetched)))
         plan = self._translate(units, position, final)
         plan.drained = (not full and not holding and len(listed) == len(position.gaps)
                         and sum(map(len, units)) == len(fetched))
@@ -370,14 +374,26 @@ class Importer:
             except sa.exc.SQLAlchemyError as exc:
                 LOG.debug("the importer's read connection failed to close: %s", exc)
 
-    def _whole_transactions(self, conn: Connection, fetched: list[journal.Task],
-                            position: ImportPosition) -> list[journal.Task]:
-        """Add the tasks of ``fetched``'s transactions that the cut read did not return."""
-        ids = {t.id for t in fetched}
-        more = [t for t in journal.tasks_of_transactions(
-                    conn, {t.transaction_id for t in fetched if t.transaction_id})
-                if t.id not in ids and position.is_pending(t.id)]
-        return sorted(fetched + more, key=lambda t: t.id)
+    def _with_what_goes_first(self, conn: Connection, fetched: list[journal.Task],
+                              position: ImportPosition) -> list[journal.Task]:
+        """``fetched`` and the pending tasks that must be applied with it or before it,
+        which a read that left something out (cut at the batch size, naming only some open
+        gaps, holding) may not have returned: the rest of its transactions, and each
+        member's earlier tasks (a create that committed late, in a gap this read did not
+        name, before the delete read past ``high``), with their transactions in turn."""
+        found = {t.id: t for t in fetched}
+        first_pending = position.gaps[0].low if position.gaps else (position.high or 0) + 1
+        new = fetched
+        while new:
+            candidates = journal.tasks_of_transactions(
+                conn, {t.transaction_id for t in new if t.transaction_id})
+            candidates += journal.tasks_of_members(
+                conn, {t.resource_id for t in new if t.resource_id}, first_pending,
+                max(t.id for t in new))
+            new = list({t.id: t for t in candidates
+                        if t.id not in found and position.is_pending(t.id)}.values())
+            found.update((t.id, t) for t in new)
+        return sorted(found.values(), key=lambda t: t.id)
 
     def _fitting(self, units: list[list[journal.Task]]) -> list[list[journal.Task]]:
         """The leading transactions that fit in one NSDB apply (at least one), counted in
@@ -407,22 +423,24 @@ class Importer:
         consumed: set[int] = set()
         failed = 0
         for unit in units:
+            unit_config = config_id  # the zone's CONFIG only if the whole unit applies
             try:
                 unit_ops: list[Op] = []
                 for task in unit:
                     task_ops = translate(task)
                     if any(isinstance(op, SetTunnelZone) for op in task_ops):
-                        if config_id is not None and task.id < config_id:
+                        if unit_config is not None and task.id < unit_config:
                             LOG.info("CONFIG task %d committed after the newer CONFIG %d "
-                                     "was applied: superseded", task.id, config_id)
+                                     "was applied: superseded", task.id, unit_config)
                             continue
-                        config_id = task.id
+                        unit_config = task.id
                     unit_ops += task_ops
             except PoisonTask as exc:
                 self._record_poison(unit, exc)
                 failed += len(unit)
             else:
                 ops += unit_ops
+                config_id = unit_config
             consumed |= {t.id for t in unit}
         return _Plan(ops, _advanced(position, consumed, final, config_id, self.clock()),
                      len(consumed), failed)
@@ -453,6 +471,41 @@ def _transactions(tasks: Sequence[journal.Task]) -> list[list[journal.Task]]:
     for task in tasks:
         units.setdefault(task.transaction_id or ("task", task.id), []).append(task)
     return sorted(units.values(), key=lambda unit: unit[0].id)
+
+
+def _in_member_order(units: list[list[journal.Task]]) -> list[list[journal.Task]]:
+    """Transactions by first id, except that one goes after another holding an earlier
+    task of a member they share: each member's tasks are applied in id order. (T1 = create
+    a, then delete m; T2 = create m, which committed before T1 deleted it: by first id T1
+    would go first and leave m in the zone.) A cycle cannot come from writers that lock
+    the rows they change; were one found, the rest keep their first-id order."""
+    members = [t.resource_id for unit in units for t in unit if t.resource_id]
+    if len(set(members)) == len(members):
+        return units  # the usual step: no member twice, nothing to order
+    later: list[set[int]] = [set() for _ in units]
+    waits_for = [0] * len(units)
+    last_unit: dict[str, int] = {}
+    for _, member, index in sorted((t.id, t.resource_id, i) for i, unit in enumerate(units)
+                                   for t in unit if t.resource_id):
+        before = last_unit.get(member, index)
+        if before != index and index not in later[before]:
+            later[before].add(index)
+            waits_for[index] += 1
+        last_unit[member] = index
+    ready = [i for i, count in enumerate(waits_for) if not count]
+    ordered: list[int] = []
+    while ready:
+        index = heapq.heappop(ready)
+        ordered.append(index)
+        for after in later[index]:
+            waits_for[after] -= 1
+            if not waits_for[after]:
+                heapq.heappush(ready, after)
+    if len(ordered) < len(units):
+        LOG.error("transactions %s change each other's members in a cycle: applied by "
+                  "first id", [units[i][0].transaction_id for i, n in enumerate(waits_for) if n])
+        ordered += [i for i, n in enumerate(waits_for) if n]
+    return [units[i] for i in ordered]
 
 
 def _advanced(position: ImportPosition, consumed: set[int], final: set[Gap],

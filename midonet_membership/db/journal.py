@@ -268,6 +268,19 @@ def tasks_of_transactions(conn: Connection, transaction_ids: Iterable[str]) -> l
     return found
 
 
+def tasks_of_members(conn: Connection, resource_ids: Iterable[str], low: int,
+                     below: int) -> list[Task]:
+    """The committed tasks of these resources with ids in ``low``..``below - 1`` (through
+    the resource index)."""
+    wanted = sorted(set(resource_ids))
+    found: list[Task] = []
+    for start in range(0, len(wanted), 500):  # bounded IN lists
+        found += _tasks(conn.execute(
+            sa.select(tasks).where(tasks.c.resource_id.in_(wanted[start:start + 500]),
+                                   tasks.c.id >= low, tasks.c.id < below)))
+    return found
+
+
 def last_processed_id(conn: Connection) -> int | None:
     return conn.execute(sa.select(task_state.c.last_processed_id)
                         .where(task_state.c.id == 1)).scalar_one_or_none()
