@@ -46,6 +46,13 @@ class Agent:
     data plane says it built; the agent writes it into its own host record for the admin.
     Every ``reconcile_interval`` seconds the data plane converges again to the desired state,
     so a device or an entry removed behind the agent's back comes back.
+
+    Two threads reconcile: the watch's (a zone change) and the heartbeat's (the periodic pass,
+    a retry). The desired state is the zone's verdict plus the peers' VTEP MACs, kept apart
+    and combined under ``_reconciling``: only the watch sets the verdict, so it only moves
+    forward, and MACs read meanwhile (NSDB round trips, no lock held) only annotate the peers
+    the verdict names when they are merged. A heartbeat that read MACs for an older zone can
+    neither bring back a removed peer nor re-activate a host that was removed.
     """
 
     def __init__(self, host_id: str, nsdb: NSDB, dataplane: DataPlane,
@@ -70,9 +77,12 @@ class Agent:
         self.state = AgentState(host_id, PENDING)  # what the data plane was last given
         # what it said it built (or why it could not)
         self.observed = ObservedState(PENDING, ZONE_NOT_READ)
-        self._desired = self.state  # what the zone last said
+        # Written only under ``_reconciling``: the zone's verdict (by the watch's thread
+        # alone, without MACs), and the VTEP MACs read from the host records of its peers
+        # (replaced, never changed in place, so a reader without the lock may iterate it).
+        self._desired = self.state
+        self._peer_macs: dict[str, str] = {}
         self._zone_known = False  # until the watch's first snapshot
-        self._peer_macs: dict[str, str] = {}  # VTEP MACs read from the peers' host records
         self._in_sync = False
         self._closed = False
         self._reported: ObservedState | None = None  # the last observed state written
@@ -138,44 +148,72 @@ class Agent:
             return self.observed
 
     def _on_zone(self, zone: TunnelZone | None, members: dict[str, str]) -> None:
-        self._zone_known = True
-        self._desired = self._with_peer_macs(state_from_zone(self.host_id, zone, members))
-        self._reconcile()
+        """The watch's thread, the only one that sets the zone's verdict: the watch never
+        goes back in time, so neither does ``_desired``."""
+        verdict = state_from_zone(self.host_id, zone, members)
+        self._reconcile(verdict=verdict, macs=self._read_peer_macs(verdict))
 
-    def _with_peer_macs(self, state: AgentState) -> AgentState:
-        """Add the VTEP MACs the peers published (one host read per new peer, cached).
+    def _read_peer_macs(self, state: AgentState) -> dict[str, str]:
+        """The VTEP MACs the peers of ``state`` published that are not known yet (one host
+        read each, holding no lock: on ZooKeeper each is a round trip).
 
-        A data plane that builds nothing has no MAC of its own and needs none: no reads.
+        ``state`` may be outdated by the time they are read: :meth:`_reconcile` keeps only
+        those of the peers the zone still names. A data plane that builds nothing has no
+        MAC of its own and needs none: no reads.
         """
         if self.host.vtep_mac is None or not state.peers:
-            return state
-        peers = dict(state.peers)
-        for host_id in set(self._peer_macs) - set(peers):
-            del self._peer_macs[host_id]
-        for host_id in peers.keys() - self._peer_macs.keys():
+            return {}
+        known = self._peer_macs
+        found = {}
+        for host_id, _ip in state.peers:
+            if host_id in known:
+                continue
             try:
                 status = self.nsdb.get_host(host_id)
             except Exception as exc:  # the NSDB briefly away: the periodic pass retries
                 LOG.debug("cannot read host %s: %s", host_id, exc)
                 continue
             if status is not None and status.host.vtep_mac:
-                self._peer_macs[host_id] = status.host.vtep_mac
+                found[host_id] = status.host.vtep_mac
+        return found
+
+    def _merge(self, verdict: AgentState | None, macs: dict[str, str]) -> AgentState:
+        """Take the watch's new ``verdict`` (if any) and the MACs read since, and give the
+        state to apply. Under ``_reconciling``; ``_peer_macs`` is replaced, never changed
+        in place, and keeps the MACs of the verdict's peers only: a MAC read for a peer
+        the zone removed meanwhile is dropped (a re-added peer is read again)."""
+        if verdict is not None:
+            self._zone_known = True
+            self._desired = verdict
+        state = self._desired
+        if macs or (verdict is not None and self._peer_macs):
+            peers = dict(state.peers)
+            kept = {h: m for h, m in self._peer_macs.items() if h in peers}
+            kept.update((h, m) for h, m in macs.items() if h in peers)
+            self._peer_macs = kept
+        if not self._peer_macs:
+            return state
         return dataclasses.replace(state, peer_macs=tuple(sorted(self._peer_macs.items())))
 
-    def _reconcile(self, periodic: bool = False) -> None:
+    def _reconcile(self, periodic: bool = False, verdict: AgentState | None = None,
+                   macs: dict[str, str] | None = None) -> None:
         """Give the data plane the state the zone asks for, unless it already has it.
 
         ``periodic``: converge even when nothing changed here, to heal what changed in the
         kernel (a deleted device, entry or table) and to read the admission counter.
+        ``verdict``: the zone's new verdict (the watch's thread only); ``macs``: peers' VTEP
+        MACs read without the lock (see :meth:`_merge`).
 
         Never raises: it runs on the NSDB watch's thread, which must survive a data plane
         failure. A failed apply leaves ``state`` as it was, is reported as ``error`` and is
         retried by the heartbeat loop until it succeeds.
         """
         with self._reconciling:
-            if self._closed or not self._zone_known:  # after stop(), or before the zone
+            if self._closed:  # after stop()
                 return
-            desired = self._desired
+            desired = self._merge(verdict, macs or {})
+            if not self._zone_known:  # before the watch's first snapshot
+                return
             if not periodic and self._in_sync and desired == self.state:
                 return
             try:
@@ -278,13 +316,12 @@ class Agent:
                 metrics.AGENT_HEARTBEAT_FAILURES.labels(self.host_id).inc()
                 LOG.warning("heartbeat failed: %s", exc)
             if (watch_failure := self._watch_failure()) is not None:
-                self._observe(self._desired, watch_failure)
+                with self._reconciling:  # not over a reconcile's newer report
+                    self._observe(self._desired, watch_failure)
             if time.monotonic() >= next_reconcile:
                 next_reconcile = time.monotonic() + self.reconcile_interval
-                if self._desired.peers and len(self._desired.peer_macs) < len(
-                        self._desired.peers):  # a peer published its MAC after we looked
-                    self._desired = self._with_peer_macs(self._desired)
-                self._reconcile(periodic=True)
+                # a peer may have published its MAC after we looked
+                self._reconcile(periodic=True, macs=self._read_peer_macs(self._desired))
                 if self._reported != self.observed:  # a failed report: try again
                     self._report_wanted.set()
             elif not self._in_sync:

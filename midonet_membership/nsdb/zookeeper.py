@@ -52,11 +52,13 @@ from collections.abc import Sequence
 from kazoo.client import KazooClient, KazooState, TransactionRequest
 from kazoo.exceptions import (
     BadVersionError,
+    ConnectionLoss,
     KazooException,
     NoAuthError,
     NodeExistsError,
     NoNodeError,
     RolledBackError,
+    SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import EventType, WatchedEvent
@@ -462,6 +464,11 @@ class ZooKeeperNSDB(NSDB):
 
 
 _UNKNOWN = object()  # a watch's position before its first read
+# A read that failed because the connection went (or the client closed; ConnectionClosedError
+# is a SessionExpiredError): the watch's CONNECTED listener re-arms and re-reads.
+_CONNECTION_GONE = (ConnectionLoss, SessionExpiredError)
+# The pauses between re-reads after a read failed for another reason (seconds, doubling).
+RETRY_MIN, RETRY_MAX = 0.05, 1.0
 
 
 class _ZooKeeperWatch(Watch):
@@ -485,6 +492,13 @@ class _ZooKeeperWatch(Watch):
 
     Scoped to a host (an agent's watch), it starts with the zone node and the host's
     member-host node only, and follows the members from the moment the host is one.
+
+    A read that fails for another reason than the connection (a node whose ACL no longer
+    lets us read it, a zone record we cannot parse) leaves no watch behind, and nothing
+    would ever read again: the zone would freeze while the agent looks active. Such a
+    failure is logged, ``failure()`` reports it (the agent shows ``error``), and the re-read
+    thread retries with a growing pause until a re-read, which also re-arms the watch,
+    succeeds.
     """
 
     def __init__(self, store: ZooKeeperNSDB, callback: ZoneCallback,
@@ -494,6 +508,8 @@ class _ZooKeeperWatch(Watch):
         self.host_id = host_id
         self._rereads: queue.Queue[bool] = queue.Queue()  # False: stop
         self._cancelled = False
+        self._stopped = threading.Event()  # cuts a pause between retries short
+        self._failure: str | None = None  # why the last read failed, until a re-read works
         self._last: tuple[TunnelZone | None, dict[str, str]] | None = None
         self._zone: TunnelZone | None = None
         self._members: dict[str, str] = {}
@@ -511,8 +527,11 @@ class _ZooKeeperWatch(Watch):
         else:
             # Not following the members until the host is one: a pending agent sees the zone
             # (rare changes) and its own member-host node, nothing of the other members.
-            store.client.DataWatch(store.zone_path, self._on_zone)
+            # The member-host node first (each DataWatch reads once before it returns): a
+            # member's first snapshot is then the whole zone, never "pending" from the zone
+            # alone, which would tear down the tunnels a restarted agent's host still uses.
             store.client.DataWatch(f"{store.member_hosts_path}/{host_id}", self._on_member_host)
+            store.client.DataWatch(store.zone_path, self._on_zone)
 
     def _follow_members(self) -> None:
         """Once following, always following: a removed member may well come back."""
@@ -541,8 +560,9 @@ class _ZooKeeperWatch(Watch):
             self.store.client.exists_async(self.store.members_path, watch=self._members_changed
                                            ).rawlink(self._on_members_exists)
             return
-        except Exception as exc:  # connection lost or closed: the next CONNECTED re-arms
-            LOG.debug("members read failed: %s", exc)
+        except Exception as exc:  # no watch is left: the re-read leaves it again
+            if self._failed("read the members", exc):
+                self._rereads.put(True)
             return
         self._on_members(data)
 
@@ -550,7 +570,8 @@ class _ZooKeeperWatch(Watch):
         try:
             created = reply.get(block=False) is not None
         except Exception as exc:
-            LOG.debug("members existence check failed: %s", exc)
+            if self._failed("watch for the members node", exc):
+                self._rereads.put(True)
             return
         if created:  # created between the read and the check: its watch may have been missed
             self._arm()
@@ -610,19 +631,40 @@ class _ZooKeeperWatch(Watch):
             self._arm()
             self._rereads.put(True)  # events may have been missed meanwhile
 
+    def failure(self) -> str | None:
+        if not self._thread.is_alive() and not self._cancelled:
+            return self._failure or "the re-read thread ended"
+        return self._failure
+
+    def _failed(self, what: str, exc: Exception) -> bool:
+        """Record a failed read; True when it is the re-read thread's to retry. A lost
+        connection is not: kazoo reconnects and ``_on_state`` re-arms and re-reads."""
+        if isinstance(exc, _CONNECTION_GONE):
+            LOG.debug("tunnel zone watch cannot %s (%r); waiting for the connection", what, exc)
+            return False
+        if self._failure is None:
+            LOG.error("tunnel zone watch cannot %s (%r); retrying until it works", what, exc)
+        self._failure = f"cannot {what}: {type(exc).__name__}" + (f" ({exc})" if str(exc)
+                                                                  else "")
+        return True
+
     def _reread(self) -> bool:
-        """Load the whole zone; False when a delta arrived meanwhile (read again)."""
+        """Load the whole zone and leave the members watch (a failed read left none);
+        False when a delta arrived meanwhile (read again)."""
         with self._lock:
             generation = self._generation
         client = self.store.client
         # One client's requests are served in order: children and zone are at least as new
         # as the position read first, and replaying a later delta on top is idempotent.
-        data_reply = client.get_async(self.store.members_path)
+        # The watch is the one ``_arm`` leaves (kazoo and the server keep it once).
+        data_reply = client.get_async(self.store.members_path, watch=self._members_changed)
         children_reply = client.get_children_async(self.store.members_path)
         zone_reply = client.get_async(self.store.zone_path)
         try:
             data, children = data_reply.get()[0], children_reply.get()
-        except NoNodeError:  # the cluster has not created the tree yet
+        except NoNodeError:  # the cluster has not created the tree yet: watch for it
+            if client.exists(self.store.members_path, watch=self._members_changed):
+                return False  # created meanwhile: read it
             data, children = b"", []
         try:
             zone: TunnelZone | None = TunnelZone(**json.loads(zone_reply.get()[0]))
@@ -640,6 +682,7 @@ class _ZooKeeperWatch(Watch):
             return True
 
     def _run(self) -> None:
+        pause = 0.0
         while self._rereads.get():
             while not self._rereads.empty():  # coalesce a burst into one re-read
                 if not self._rereads.get_nowait():
@@ -648,9 +691,17 @@ class _ZooKeeperWatch(Watch):
                 return
             try:
                 fresh = self._reread()
-            except Exception as exc:  # disconnected: the next CONNECTED retries
-                LOG.debug("zone re-read failed: %s", exc)
+            except Exception as exc:
+                if self._failed("re-read the zone", exc):
+                    pause = min(RETRY_MAX, max(pause * 2, RETRY_MIN))
+                    if self._stopped.wait(pause):
+                        return
+                    self._rereads.put(True)
                 continue
+            pause = 0.0
+            if self._failure is not None:
+                LOG.warning("tunnel zone watch works again")
+                self._failure = None
             if fresh:
                 self._deliver()
             else:
@@ -680,6 +731,7 @@ class _ZooKeeperWatch(Watch):
             self.store._watches.remove(self)
         except ValueError:
             pass
+        self._stopped.set()
         self._rereads.put(False)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=5)

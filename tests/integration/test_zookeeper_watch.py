@@ -1,0 +1,157 @@
+"""The ZooKeeper watch reports a read it cannot make and retries it until it works.
+
+A read that fails while the session stays connected leaves no ZooKeeper watch behind: the
+zone froze while the agent still looked active, and nothing said so. The failures here are
+real ones, from the server: the cluster identity takes the world's read right off the
+members node (an operator's mistake), so the agent's identity gets NoAuth; putting the ACL
+back ends it. (ZooKeeper does not deliver a watch event to a session that may not read the
+node, so where the test needs the event it holds the agent's read until the ACL changed.)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+from kazoo.security import make_digest_acl
+
+from midonet_membership import nsdb
+from midonet_membership.agent import ACTIVE, PENDING, Agent
+from midonet_membership.agent.agent import ERROR, NOT_A_MEMBER
+from midonet_membership.nsdb.base import AddMember, SetTunnelZone
+from midonet_membership.nsdb.zookeeper import RETRY_MAX, owner_acl
+from tests.integration.test_agents import WAIT, ZONE, HistoryDataPlane, _is, _secured
+
+
+def _until(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def _unreadable(cluster: nsdb.NSDB) -> None:
+    cluster.client.set_acls(cluster.members_path,
+                            [make_digest_acl("cluster", "cluster-secret", all=True)])
+
+
+def _readable(cluster: nsdb.NSDB) -> None:
+    cluster.client.set_acls(cluster.members_path, owner_acl("cluster", "cluster-secret"))
+
+
+def _agent(url: str, host_id: str) -> Agent:
+    return Agent(host_id, nsdb.connect(url, role="agent"), HistoryDataPlane(),
+                 hostname="host-acl", heartbeat_interval=0.05, reconcile_interval=0.1).start()
+
+
+def test_a_failed_members_read_is_reported_and_retried_with_a_pause(zookeeper_server):
+    url = _secured(zookeeper_server)
+    cluster = nsdb.connect(url("cluster"), role="cluster")
+    cluster.apply([SetTunnelZone(ZONE), AddMember("h1", "198.51.100.1")], None, 1)
+    reader = nsdb.connect(url("agent"), role="agent")
+    client = reader.client
+    get_async, get_children_async = client.get_async, client.get_children_async
+    hold, held, go = threading.Event(), threading.Event(), threading.Event()
+    rereads: list[float] = []  # the re-read thread's attempts
+
+    def held_get_async(path, watch=None):
+        """The watch's next read of the members (after a change) waits for ``go``."""
+        if hold.is_set() and path == reader.members_path and watch is not None:
+            hold.clear()
+            held.set()
+            go.wait(WAIT)
+        return get_async(path, watch=watch)
+
+    def counted_get_children_async(path, *args, **kwargs):
+        if threading.current_thread().name == "zk-zone-reread":
+            rereads.append(time.monotonic())
+        return get_children_async(path, *args, **kwargs)
+
+    client.get_async, client.get_children_async = held_get_async, counted_get_children_async
+    seen: list[dict[str, str]] = []
+    watch = reader.watch_tunnel_zone(lambda _zone, members: seen.append(dict(members)))
+    try:
+        _until(lambda: seen and seen[-1] == {"h1": "198.51.100.1"}, WAIT, "the first snapshot")
+        assert watch.failure() is None
+        hold.set()
+        cluster.apply([AddMember("h2", "198.51.100.2")], 1, 2)  # the watch fires
+        assert held.wait(WAIT), "the watch never read the change"
+        _unreadable(cluster)
+        go.set()  # its read fails now (NoAuth), and leaves no watch
+        _until(lambda: watch.failure() is not None, WAIT, "the failure reported")
+        assert "NoAuthError" in watch.failure()
+        failed_at = len(rereads)
+        time.sleep(1.5)  # it keeps trying, with a pause that grows to RETRY_MAX
+        assert 1 <= len(rereads) - failed_at <= 8, rereads
+        assert watch.failure() is not None and seen[-1] == {"h1": "198.51.100.1"}
+        _readable(cluster)
+        _until(lambda: seen[-1] == {"h1": "198.51.100.1", "h2": "198.51.100.2"},
+               RETRY_MAX + WAIT, "the change made while it failed")
+        assert watch.failure() is None
+        cluster.apply([AddMember("h3", "198.51.100.3")], 2, 3)  # the watch is armed again
+        _until(lambda: "h3" in seen[-1], WAIT, "the next change")
+    finally:
+        go.set()
+        watch.cancel()
+        reader.close()
+        cluster.close()
+
+
+def test_an_agent_shows_error_while_it_cannot_read_the_members(zookeeper_server):
+    """The agent starts a member but may not read the members: its re-read fails."""
+    url = _secured(zookeeper_server)
+    cluster = nsdb.connect(url("cluster"), role="cluster")
+    host_id = str(uuid.uuid4())
+    cluster.provision_host(host_id, "agent", "agent-secret")
+    cluster.apply([SetTunnelZone(ZONE), AddMember(host_id, "198.51.100.1"),
+                   AddMember("h2", "198.51.100.2")], None, 1)
+    _unreadable(cluster)
+    agent = _agent(url("agent"), host_id)
+    try:
+        observed = agent.wait_for_observed(lambda o: o.state == ERROR, WAIT)
+        assert "NSDB watch failed" in observed.reason and "NoAuthError" in observed.reason
+        _until(lambda: (cluster.get_host(host_id).host.observed or observed).state == ERROR,
+               WAIT, "the error in the host record")
+        assert agent.dataplane.states == []  # nothing applied from a zone it could not read
+        _readable(cluster)
+        agent.wait_for(_is(ACTIVE, ("198.51.100.2",)), RETRY_MAX + WAIT)
+        agent.wait_for_observed(lambda o: o.state == ACTIVE, WAIT)
+        assert [s.status for s in agent.dataplane.states] == [ACTIVE]
+    finally:
+        agent.stop()
+        cluster.close()
+
+
+def test_a_member_agent_applies_the_whole_zone_first(zookeeper_url):
+    """A (re)started member's first snapshot is the whole zone: never "pending" from the
+    zone alone, which would tear down the tunnels its host still uses."""
+    cluster = nsdb.connect(zookeeper_url, role="cluster")
+    host_id = str(uuid.uuid4())
+    cluster.apply([SetTunnelZone(ZONE), AddMember(host_id, "198.51.100.1"),
+                   AddMember("h2", "198.51.100.2")], None, 1)
+    agent = _agent(zookeeper_url, host_id)
+    try:
+        agent.wait_for(_is(ACTIVE, ("198.51.100.2",)), WAIT)
+        assert [s.status for s in agent.dataplane.states] == [ACTIVE]
+    finally:
+        agent.stop()
+        cluster.close()
+
+
+def test_a_pending_agent_is_not_alarmed_by_members_it_does_not_read(zookeeper_server):
+    """A non-member's watch reads only the zone and its own member-host node."""
+    url = _secured(zookeeper_server)
+    cluster = nsdb.connect(url("cluster"), role="cluster")
+    host_id = str(uuid.uuid4())
+    cluster.provision_host(host_id, "agent", "agent-secret")
+    cluster.apply([SetTunnelZone(ZONE), AddMember("h2", "198.51.100.2")], None, 1)
+    _unreadable(cluster)
+    agent = _agent(url("agent"), host_id)
+    try:
+        agent.wait_for_observed(lambda o: o.reason == NOT_A_MEMBER, WAIT)
+        time.sleep(0.3)  # heartbeats meanwhile
+        assert (agent.observed.state, agent.state.status) == (PENDING, PENDING)
+    finally:
+        agent.stop()
+        cluster.close()
