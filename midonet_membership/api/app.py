@@ -19,7 +19,7 @@ import webob.util
 
 from midonet_membership import exceptions, metrics
 from midonet_membership.api.auth import Authenticator
-from midonet_membership.api.resource import MAX_BODY_BYTES, Controller
+from midonet_membership.api.resource import MAX_BODY_BYTES, Controller, forwarded_url
 from midonet_membership.context import RequestContext, new_request_id
 
 LOG = logging.getLogger(__name__)
@@ -63,11 +63,13 @@ class Application:
         except Exception:  # never a traceback on the wire; the log has it
             LOG.exception("%s %r failed (request %s)", req.method, environ.get("PATH_INFO"),
                           request_id)
-            status, body = 500, _fault(exceptions.MembershipError(
-                "The server could not complete the request; see its log for "
-                f"request {request_id}."))
-        status_line, headers, payload = _response(status, body, request_id,
-                                                  req.method == "HEAD")
+            status, body = 500, _server_error(request_id)
+        head = req.method == "HEAD"
+        try:
+            status_line, headers, payload = _response(status, body, request_id, head)
+        except orjson.JSONEncodeError:  # (a TypeError) free while nothing is raised
+            status, body = _encodable(status, body, req, request_id)
+            status_line, headers, payload = _response(status, body, request_id, head)
         self._measure(environ.get(OPERATION, "other"), status, started)
         start_response(status_line, headers)
         return [payload]
@@ -125,16 +127,17 @@ class Application:
 
     def _versions(self, req: webob.Request) -> dict:
         return {"versions": [{"id": API_VERSION, "status": "CURRENT", "links": [
-            {"rel": "self", "href": f"{req.host_url}/{API_VERSION}/"}]}]}
+            {"rel": "self", "href": f"{_host_url(req)}/{API_VERSION}/"}]}]}
 
     def _resources(self, req: webob.Request) -> dict:
         seen: dict[str, Controller] = {}
         for controller in self.controllers.values():
             seen.setdefault(controller.resource.collection, controller)
+        host_url = _host_url(req)
         return {"resources": [
             {"name": c.resource.name, "collection": c.resource.collection, "links": [
                 {"rel": "self",
-                 "href": f"{req.host_url}/{API_VERSION}/{c.resource.paths[0]}"}]}
+                 "href": f"{host_url}/{API_VERSION}/{c.resource.paths[0]}"}]}
             for c in seen.values()]}
 
 
@@ -156,15 +159,59 @@ def _response(status: int, body: Any, request_id: str,
               head: bool) -> tuple[str, list[tuple[str, str]], bytes]:
     """Status line, headers and body, built directly: a webob.Response only to set these
     few headers cost a tenth of a show, and json.dumps a tenth of a list page (cProfile;
-    orjson encodes a page of 100 in a tenth of json's time)."""
-    payload = b"" if body is None or head else orjson.dumps(body)
+    orjson encodes a page of 100 in a tenth of json's time).
+
+    A HEAD's body is encoded too, for its length (RFC 9110 §8.6: the Content-Length a GET
+    would carry), and not sent: neither cheroot nor gunicorn would drop it for us."""
+    payload = b"" if body is None else orjson.dumps(body)
     headers = [("x-openstack-request-id", request_id)]
     if body is not None:
         headers.append(("Content-Type", JSON))
     headers.append(("Content-Length", str(len(payload))))
     if status == 401:
         headers.append(("WWW-Authenticate", 'Keystone uri="unknown"'))
-    return f"{status} {webob.util.status_reasons[status]}", headers, payload
+    return f"{status} {webob.util.status_reasons[status]}", headers, b"" if head else payload
+
+
+def _encodable(status: int, body: Any, req: webob.Request,
+               request_id: str) -> tuple[int, Any]:
+    """The answer when orjson refused ``body``. An error's message may echo what the
+    client sent, and text that is not valid Unicode (a lone UTF-16 surrogate) cannot be
+    encoded: it is written as the escape Python shows for it (``\\ud800``), and the error
+    keeps its status. Anything else is our own fault: a 500, logged."""
+    if status >= 400:
+        return status, _escape_invalid_unicode(body)
+    LOG.exception("%s %r: the response could not be encoded (request %s)", req.method,
+                  req.environ.get("PATH_INFO"), request_id)
+    return 500, _server_error(request_id)
+
+
+def _server_error(request_id: str) -> dict:
+    return _fault(exceptions.MembershipError(
+        "The server could not complete the request; see its log for "
+        f"request {request_id}."))
+
+
+def _escape_invalid_unicode(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_escape_invalid_unicode(k): _escape_invalid_unicode(v)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_escape_invalid_unicode(v) for v in value]
+    if value is None or isinstance(value, bool | float) or (
+            isinstance(value, int) and -(1 << 63) <= value < 1 << 64):
+        return value
+    return str(value)  # what orjson has no form for (an int over 64 bits, an object)
+
+
+def _host_url(req: webob.Request) -> str:
+    """``req.host_url`` with the scheme a proxy named in ``X-Forwarded-Proto``, as the
+    pages' links have it (:func:`resource.forwarded_url`)."""
+    environ = req.environ
+    return forwarded_url(req.host_url, environ.get("wsgi.url_scheme"),
+                         environ.get("HTTP_X_FORWARDED_PROTO"))
 
 
 # method -> (operation, Controller method), for a collection's URL and a member's

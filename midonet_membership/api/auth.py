@@ -20,6 +20,8 @@ import webob
 from oslo_config import cfg
 
 from midonet_membership import exceptions
+from midonet_membership.api import validators
+from midonet_membership.api.definitions.agent_membership import PROJECT_ID_FIELD_SIZE
 from midonet_membership.conf import ConfigError
 from midonet_membership.context import RequestContext, new_request_id
 
@@ -108,10 +110,27 @@ def _roles(header: str | None) -> tuple[str, ...]:
 
 
 def noauth_authenticator(req: webob.Request, request_id: str) -> RequestContext:
+    project_id = req.environ.get("HTTP_X_PROJECT_ID")  # req.headers', without its view
+    if project_id is not None and (len(project_id) > PROJECT_ID_FIELD_SIZE
+                                   or not project_id.isprintable()):
+        _check_project_header(project_id)
     return RequestContext(request_id=request_id, user_id=req.headers.get("X-User-Id"),
-                          project_id=req.headers.get("X-Project-Id"),
+                          project_id=project_id,
                           roles=_roles(req.headers.get("X-Roles")),
                           remote_address=req.remote_addr)
+
+
+def _check_project_header(project_id: str) -> None:
+    """The project a client names in noauth's ``X-Project-Id`` becomes its tasks'
+    ``tenant_id``, a column of 255 characters (and PostgreSQL's text refuses NUL): one
+    the column cannot keep is refused here, as a ``tenant_id`` in a body is, not left to
+    fail the write (a 500). The user id is cut to its column's length instead (the
+    journal's ``requested_by``): it only says who asked. Under Keystone both come from a
+    validated token. Called only for a long or unprintable header: the usual one costs
+    a ``len`` and an ``isprintable``."""
+    error = validators.validate_project_id(project_id, PROJECT_ID_FIELD_SIZE)
+    if error is not None:
+        raise exceptions.BadRequest(f"Invalid X-Project-Id header: {error}.")
 
 
 def keystone_authenticator(req: webob.Request, request_id: str) -> RequestContext:

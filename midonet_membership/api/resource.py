@@ -140,7 +140,12 @@ class Controller:
 
     def create(self, req: webob.Request, context: RequestContext) -> tuple[int, dict]:
         self._authorize("create", context)
-        bulk, items = self._create_items(_json_body(req))
+        body = _json_body(req)
+        try:
+            bulk, items = self._create_items(body)
+        except exceptions.BadRequest as exc:
+            _refuse_invalid_unicode(exc)
+            raise
         created = [self.resource.visible(i) for i in self.plugin.create(context, items)]
         if bulk:
             return 201, {self.resource.collection: created}
@@ -148,7 +153,12 @@ class Controller:
 
     def update(self, req: webob.Request, context: RequestContext, id_: str) -> tuple[int, dict]:
         self._authorize("update", context, id_)
-        changes = self._update_changes(_json_body(req))
+        body = _json_body(req)
+        try:
+            changes = self._update_changes(body)
+        except exceptions.BadRequest as exc:
+            _refuse_invalid_unicode(exc)
+            raise
         item = self.plugin.update(context, self._member_id(id_), changes)
         return 200, {self.resource.name: self.resource.visible(item)}
 
@@ -313,12 +323,17 @@ class Controller:
         kept part are built once for both links (they were a tenth of a page's Python), and
         each is remembered for the next page of the same collection and query: the base
         per host and path, the kept part per kept parameters (WebOb's ``path_url`` and
-        ``urlencode`` were a fifth of a SQLite page's own Python, cProfile)."""
+        ``urlencode`` were a fifth of a SQLite page's own Python, cProfile).
+
+        As Neutron's (``api_common.get_path_url`` and ``prepare_url``): the scheme is the
+        ``X-Forwarded-Proto`` header's when a proxy sent one, and a configured
+        ``network_link_prefix`` replaces scheme and host both."""
         environ = req.environ
         base = (self.link_prefix.rstrip("/") + req.path if self.link_prefix else _page_url(
             environ.get("wsgi.url_scheme"), environ.get("HTTP_HOST"),
             environ.get("SERVER_NAME"), environ.get("SERVER_PORT"),
-            environ.get("SCRIPT_NAME", ""), environ.get("PATH_INFO", "")))
+            environ.get("SCRIPT_NAME", ""), environ.get("PATH_INFO", ""),
+            environ.get("HTTP_X_FORWARDED_PROTO")))
         kept = _kept_query(tuple((k, v) for k, v in req.GET.items()
                                  if k not in ("marker", "page_reverse")))
 
@@ -387,11 +402,22 @@ def _convert_filter(attr: dict, value: str) -> Any:
 
 @functools.lru_cache(maxsize=256)
 def _page_url(scheme: str, host: str | None, server_name: str | None, port: str | None,
-              script_name: str, path_info: str) -> str:
-    """WebOb's ``path_url`` of a request with these environ values."""
-    return webob.Request({"wsgi.url_scheme": scheme, "HTTP_HOST": host,
-                          "SERVER_NAME": server_name, "SERVER_PORT": port,
-                          "SCRIPT_NAME": script_name, "PATH_INFO": path_info}).path_url
+              script_name: str, path_info: str, forwarded_proto: str | None = None) -> str:
+    """WebOb's ``path_url`` of a request with these environ values, its scheme the
+    ``X-Forwarded-Proto`` header's (:func:`forwarded_url`)."""
+    return forwarded_url(webob.Request({
+        "wsgi.url_scheme": scheme, "HTTP_HOST": host, "SERVER_NAME": server_name,
+        "SERVER_PORT": port, "SCRIPT_NAME": script_name, "PATH_INFO": path_info}).path_url,
+        scheme, forwarded_proto)
+
+
+def forwarded_url(url: str, scheme: str, forwarded_proto: str | None) -> str:
+    """``url`` (WebOb's, which begins with ``scheme://``) with the scheme a proxy named in
+    ``X-Forwarded-Proto``, as Neutron's ``api_common.get_path_url`` makes it: the host and
+    port stay the request's own (``Host``), only the scheme is replaced."""
+    if forwarded_proto and forwarded_proto != scheme:
+        return forwarded_proto + url[len(scheme):]
+    return url
 
 
 @functools.lru_cache(maxsize=256)
@@ -445,6 +471,22 @@ def _read_body(req: webob.Request, length: int | None) -> bytes:
     if len(raw) < length:
         raise OSError(f"the body ended after {len(raw)} of {length} bytes")
     return raw
+
+
+def _refuse_invalid_unicode(refusal: exceptions.BadRequest) -> None:
+    """Say so when a body is refused for text that is not valid Unicode.
+
+    JSON's ``\\uXXXX`` escapes (and Python's decoder of UTF-8 bytes) let a lone UTF-16
+    surrogate through, which no database driver takes and orjson cannot encode. Every
+    attribute a body may set has a validator that refuses such text (tests/unit/
+    test_validators.py checks the declarations), so a body holding any is refused; a
+    refusal that echoes it (``'\\ud800' is not a valid UUID``, an unknown attribute's
+    name) could not be sent, and this one, naming the reason, replaces it. Only a refusal
+    is looked at: an accepted request pays nothing."""
+    if not validators.is_unicode_text(refusal.msg):
+        raise exceptions.BadRequest(
+            resource="body", msg="The request body holds text that is not valid Unicode "
+            "(a lone UTF-16 surrogate, \\ud800 to \\udfff)") from None
 
 
 def _only_keys(body: Any, allowed: set[str]) -> None:

@@ -25,26 +25,39 @@ def validate_uuid(value: Any, _arg: Any = None) -> str | None:
 
 
 def validate_string(value: Any, max_len: int | None = None) -> str | None:
+    """Text a database column can keep, on every backend: PostgreSQL refuses NUL in text,
+    and every driver refuses text that is not valid Unicode (a lone UTF-16 surrogate, which
+    JSON's ``\\uXXXX`` escapes let through). Other control characters (a newline in a
+    description) are kept, as neutron_lib's ``validate_string`` keeps them."""
     if not isinstance(value, str):
         return f"'{value}' is not a valid string"
+    if not value.isascii() and not is_unicode_text(value):
+        return "the text is not valid Unicode (it holds a lone UTF-16 surrogate)"
+    if "\x00" in value:
+        return f"{value[:32]!r} contains a NUL character, which text cannot hold"
     if max_len is not None and len(value) > max_len:
         return f"'{value[:32]}...' exceeds maximum length of {max_len}"
     return None
 
 
 def validate_project_id(value: Any, max_len: int | None = None) -> str | None:
-    """A project id as a database column can keep it: PostgreSQL refuses NUL in text and
-    every driver refuses text that is not valid Unicode (a lone surrogate from JSON)."""
+    """A project id as a database column can keep it (:func:`validate_string`), without
+    control characters."""
     error = validate_string(value, max_len)
     if error is not None:
         return error
     if any(ord(c) < 0x20 or ord(c) == 0x7f for c in value):
         return f"{value!r} contains control characters"
+    return None
+
+
+def is_unicode_text(value: str) -> bool:
+    """Whether ``value`` can be encoded as UTF-8: False for a lone surrogate."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        return f"{value!r} is not valid Unicode text"
-    return None
+        return False
+    return True
 
 
 def validate_ipv4_unicast(value: Any, _arg: Any = None) -> str | None:

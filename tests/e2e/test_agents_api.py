@@ -117,6 +117,35 @@ def test_only_the_description_can_change(server):
     assert api.get(f"{AGENTS}/00000000-0000-4000-8000-000000000000").status == 404
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "mariadb"])
+def test_a_description_no_database_can_keep_is_400_on_every_backend(make_database,
+                                                                    tmp_path, backend):
+    # PostgreSQL refuses NUL in text, and no driver takes a lone surrogate: both were 500s
+    # (the surrogate on every backend, its refusal unencodable for some).
+    srv = start_with_agents(tmp_path / "state", make_database(backend), 1,
+                            liveness_timeout="5")
+    try:
+        api = srv.client()
+        [host] = _host_ids(srv)
+        path = f"{AGENTS}/{host}"
+        kept = api.put(path, {"agent": {"description": "rack 4\tslot 2\nrow B"}})
+        assert kept.status == 200, kept  # other control characters are text, as in Neutron
+        for raw, why in [
+            (b'{"agent": {"description": "\\u0000nul"}}', "NUL"),
+            (b'{"agent": {"description": "a\\u0000"}}', "NUL"),
+            (b'{"agent": {"description": "\\ud800"}}', "not valid Unicode"),
+            (b'{"agent": {"\\ud800": "x"}}', "not valid Unicode"),
+            (b'{"agent": {"description": "x"}, "\\ud800": 1}', "not valid Unicode"),
+        ]:
+            refused = api.put(path, raw=raw)
+            assert refused.status == 400, (raw, refused)
+            error = refused.json["NeutronError"]
+            assert error["type"] == "HTTPBadRequest" and why in error["message"], (raw, error)
+        assert api.get(path).json["agent"]["description"] == "rack 4\tslot 2\nrow B"
+    finally:
+        srv.stop()
+
+
 def test_agents_need_credentials(server):
     anonymous = ApiClient(server.url)
     assert anonymous.get(AGENTS).status == 401

@@ -104,6 +104,41 @@ def test_no_or_a_wrong_token_is_401_on_every_operation(token_server, token):
 
 # -- noauth: roles from headers -------------------------------------------------------------------
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_a_project_id_header_no_task_can_record_is_400(make_database, tmp_path, backend):
+    # noauth takes X-Project-Id as the tasks' tenant_id, a column of 255 characters: on
+    # PostgreSQL a longer one (or a NUL) failed the write (500); SQLite kept it whole.
+    url = make_database(backend)
+    server = Server(tmp_path / "state", url, {"DEFAULT": {"auth_strategy": "noauth"}},
+                    []).start()
+    try:
+        tasks = count(url, "midonet_tasks")
+        for project, why in [("p" * 256, "exceeds maximum length of 255"),
+                             ("p" * 1000, "exceeds maximum length of 255"),
+                             ("a\x00b", "NUL"), ("a\x01b", "control characters")]:
+            client = ApiClient(server.url, headers={"X-Roles": "admin", "X-User-Id": "u1",
+                                                    "X-Project-Id": project})
+            for resp in (client.post(PATH, body(str(uuid.uuid4()), "198.51.100.40")),
+                         client.get(PATH)):
+                error = neutron_error(resp, 400)
+                assert error["type"] == "HTTPBadRequest", error
+                assert "X-Project-Id" in error["message"] and why in error["message"], error
+        assert count(url, "midonet_tasks") == tasks
+        longest = ApiClient(server.url, headers={"X-Roles": "admin", "X-User-Id": "u1",
+                                                 "X-Project-Id": "p" * 255})
+        host = str(uuid.uuid4())
+        assert longest.post(PATH, body(host, "198.51.100.41")).status == 201
+        engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        with engine.connect() as conn:
+            owner = conn.execute(sa.text("SELECT tenant_id FROM midonet_tasks WHERE "
+                                         "resource_id = :h"), {"h": host}).scalar_one()
+        engine.dispose()
+        assert owner == "p" * 255
+    finally:
+        server.stop()
+
+
+
 def test_an_admin_role_may_do_everything(noauth):
     admin = _as(noauth, "admin")
     host = str(uuid.uuid4())

@@ -103,6 +103,9 @@ NEUTRON_DIFFERENCES = {
     "test_unparseable_bodies_are_400[neutron-raw5-": "Neutron's JSON parser recurses: "
     "nesting deeper than Python's stack is a 500 there (before any plugin runs)",
     "test_unparseable_bodies_are_400[neutron-raw6-": "(as raw5)",
+    "test_text_that_is_not_valid_unicode_is_400_and_writes_nothing[neutron-": "Neutron's "
+    "JSON parser refuses a lone surrogate: 400 'Malformed request body: Cannot understand "
+    "JSON', without saying why",
     "test_a_body_over_one_megabyte_is_refused_unread": "Neutron waits for the announced "
     "body (its sizelimit middleware reads first); the client times out",
     "test_a_body_that_cannot_be_read_is_400": "gunicorn and Neutron answer unreadable "
@@ -385,6 +388,29 @@ def test_unparseable_bodies_are_400(api, db, raw, why):
     assert tasks_of(db, resp) == []
 
 
+_VALID = '"id": "3f2504e0-4f89-41d3-9a0c-0305e82c3301", "ip_address": "198.51.100.1"'
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"agent_membership": {"id": "\\ud800", "ip_address": "198.51.100.1"}}',
+    b'{"agent_membership": {"id": "3f2504e0-4f89-41d3-9a0c-0305e82c3301", '
+    b'"ip_address": "\\udfff"}}',
+    b'{"agent_membership": {%s, "\\ud800": 1}}' % _VALID.encode(),
+    b'{"agent_membership": {%s}, "\\ud800": 1}' % _VALID.encode(),
+    b'{"agent_memberships": [{%s}, {"id": "x\\udc00", "ip_address": "198.51.100.2"}]}'
+    % _VALID.encode(),
+    # the same character as UTF-8-style bytes, which Python's JSON decoder lets through
+    b'{"agent_membership": {"id": "\xed\xa0\x80", "ip_address": "198.51.100.1"}}',
+], ids=["id", "ip_address", "attribute-name", "top-level-key", "bulk-item", "raw-bytes"])
+def test_text_that_is_not_valid_unicode_is_400_and_writes_nothing(api, db, raw):
+    # A lone UTF-16 surrogate was echoed into the refusal, which could then not be
+    # encoded: a 500 from cheroot, past the app (neither logged nor counted by it).
+    resp = api.post(PATH, raw=raw)
+    error = assert_error(resp, 400, "not valid Unicode")
+    assert error["type"] == "HTTPBadRequest"
+    assert tasks_of(db, resp) == [] and rows(db) == []
+
+
 def _announce_only(server, headers: dict[str, str], length: int) -> Response:
     """POST that announces a body of ``length`` bytes and sends none of it (HTTP/1.1)."""
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
@@ -619,6 +645,54 @@ def _walk_both_ways(api, server, query: str) -> tuple[list[str], list[str]]:
             break
         resp = _follow(api, server, _links(resp)["previous"])
     return forward, backward
+
+
+def test_links_take_the_scheme_of_x_forwarded_proto(api, members, shared_server):
+    # neutron.api.api_common.get_path_url: behind a TLS proxy, the links are https://
+    # (the proxy says so in X-Forwarded-Proto), host and port still the request's.
+    netloc = shared_server.url.removeprefix("http://")
+    for proto, scheme in (("https", "https"), ("http", "http"), (None, "http")):
+        headers = {"X-Forwarded-Proto": proto} if proto else {}
+        resp = api.get(f"{PATH}?limit=2", headers=headers)
+        assert _ids(resp) == members[:2]
+        links = _links(resp)
+        assert list(links) == ["next", "previous"]
+        for href in links.values():
+            assert href.startswith(f"{scheme}://{netloc}{PATH}?limit=2&marker="), (proto, href)
+    resp = api.get(f"{PATH}?limit=2", headers={"X-Forwarded-Proto": "https"})
+    nxt = _links(resp)["next"].replace("https://", "http://", 1)
+    assert _ids(_follow(api, shared_server, nxt)) == members[2:4]
+
+
+def test_x_forwarded_proto_and_a_configured_link_prefix(start_server, make_database):
+    # The versions and resources documents' links take X-Forwarded-Proto's scheme as the
+    # pages' do; a configured network_link_prefix replaces scheme and host of the pages'
+    # links whatever the header says (Neutron's prepare_url runs after get_path_url).
+    server = start_server(make_database("sqlite"))
+    api = server.client()
+    netloc = server.url.removeprefix("http://")
+    https = {"X-Forwarded-Proto": "https"}
+    assert assert_ok(api.get("/", headers=https))["versions"][0]["links"] == [
+        {"rel": "self", "href": f"https://{netloc}/v2.0/"}]
+    assert assert_ok(api.get("/"))["versions"][0]["links"] == [
+        {"rel": "self", "href": f"http://{netloc}/v2.0/"}]
+    resources = assert_ok(api.get("/v2.0/", headers=https))["resources"]
+    assert {link["href"] for r in resources for link in r["links"]} >= {
+        f"https://{netloc}/v2.0/agent-memberships"}
+    hosts = sorted(str(uuid.uuid4()) for _ in range(3))
+    for i, host in enumerate(hosts):
+        assert api.post(PATH, body(host, f"198.51.100.{i + 1}")).status == 201
+    href = _links(api.get(f"{PATH}?limit=1", headers=https))["next"]
+    assert href == f"https://{netloc}{PATH}?limit=1&marker={hosts[0]}"
+    server.stop()
+
+    prefix = "https://neutron.example.org:9697/network"
+    proxied = start_server(server.database_url, conf={
+        "DEFAULT": {"network_link_prefix": prefix}}, state_dir=server.state_dir)
+    api = proxied.client()
+    for headers in ({}, {"X-Forwarded-Proto": "http"}, https):
+        href = _links(api.get(f"{PATH}?limit=1", headers=headers))["next"]
+        assert href == f"{prefix}{PATH}?limit=1&marker={hosts[0]}", headers
 
 
 def test_list_without_limit_has_everything_and_no_links(api, members):

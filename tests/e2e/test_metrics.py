@@ -67,6 +67,26 @@ def test_requests_are_counted_by_operation_and_status(server):
     assert 0 < delta(f"{histogram}_sum", operation="list_agent_membership") < 30
 
 
+def test_a_body_with_text_that_is_not_valid_unicode_is_counted_as_its_400(server):
+    # It was a 500 raised past the app (its refusal could not be encoded), which the
+    # metrics never saw.
+    api = server.client()
+    host = api.get(AGENTS).json["agents"][0]["id"]
+    before = scrape(server.url + "/metrics")
+    refused = [api.post(MEMBERSHIPS, raw=b'{"agent_membership": {"id": "\\ud800", '
+                                         b'"ip_address": "198.51.100.1"}}'),
+               api.put(f"{AGENTS}/{host}", raw=b'{"agent": {"\\ud800": "x"}}')]
+    assert [r.status for r in refused] == [400, 400], refused
+    after = scrape(server.url + "/metrics")
+    for operation in ("create_agent_membership", "update_agent"):
+        assert value(after, "midonet_api_requests_total", operation=operation,
+                     status="400") - value(before, "midonet_api_requests_total",
+                                           operation=operation, status="400") == 1
+        assert value(after, "midonet_api_request_duration_seconds_count",
+                     operation=operation) - value(
+            before, "midonet_api_request_duration_seconds_count", operation=operation) == 1
+
+
 def test_importer_and_connection_health(server):
     api = server.client()
     before = scrape(server.url + "/metrics")

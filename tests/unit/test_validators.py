@@ -7,7 +7,7 @@ import uuid
 import pytest
 
 from midonet_membership.api import validators
-from midonet_membership.api.definitions import agent_membership
+from midonet_membership.api.definitions import agent, agent_membership
 
 HOST = "3f2504e0-4f89-41d3-9a0c-0305e82c3301"
 
@@ -78,6 +78,32 @@ def test_strings_and_their_maximum_length():
     assert validators.validate_string("x" * 255, 255) is None
     assert "exceeds maximum length of 255" in validators.validate_string("x" * 256, 255)
     assert "is not a valid string" in validators.validate_string(5)
+    for text in ("rack 4\tslot 2\nrow B", "\u00e9t\u00e9 \U0001f600", ""):  # as in Neutron
+        assert validators.validate_string(text, 255) is None
+
+
+@pytest.mark.parametrize("value, why", [
+    ("\x00", "NUL"), ("rack 4\x00", "NUL"), ("\ud800", "not valid Unicode"),
+    ("ok \udfff" + "x" * 300, "not valid Unicode"),
+])
+def test_strings_no_database_column_can_keep(value, why):
+    # PostgreSQL refuses NUL in text; no driver (and no JSON encoder) takes a lone surrogate
+    error = validators.validate_string(value, 255)
+    assert why in error
+    error.encode("utf-8")  # the message itself can be sent
+
+
+def test_every_text_a_body_may_set_is_validated_for_what_a_database_can_keep():
+    # api/resource.py looks for text that is not valid Unicode only in a body it refuses:
+    # that is sound while every attribute a POST or PUT may set refuses such text.
+    for definition in (agent, agent_membership):
+        attributes = definition.RESOURCE_ATTRIBUTE_MAP[definition.COLLECTION_NAME]
+        for name, attribute in attributes.items():
+            if not (attribute.get("allow_post") or attribute.get("allow_put")):
+                continue
+            for bad in ("\ud800", "x\udfff", "\x00"):
+                assert any(validators.VALIDATORS[v](bad, arg) is not None
+                           for v, arg in attribute.get("validate", {}).items()), (name, bad)
 
 
 @pytest.mark.parametrize("value, expected", [
