@@ -309,8 +309,14 @@ class Importer:
                                         self.batch_size, beyond_high=not holding)
         full = len(fetched) == self.batch_size
         read_through = fetched[-1].id if full else None
-        if (full or holding or len(listed) < len(position.gaps)) and fetched:
-            fetched = self._with_what_goes_first(conn, fetched, position)
+        # The lowest id a pending task this read did not return may have (None: none).
+        unread = [g.low for g in position.gaps[:start] + position.gaps[start + len(listed):]]
+        if full:
+            unread.append(read_through + 1)
+        if holding:
+            unread.append((position.high or 0) + 1)
+        if unread and fetched:
+            fetched = self._with_what_goes_first(conn, fetched, position, min(unread))
         # Final: its writers had all ended before a read that covered it and found
         # none of its ids.
         final = {g for g in final if g in listed
@@ -375,24 +381,27 @@ class Importer:
                 LOG.debug("the importer's read connection failed to close: %s", exc)
 
     def _with_what_goes_first(self, conn: Connection, fetched: list[journal.Task],
-                              position: ImportPosition) -> list[journal.Task]:
+                              position: ImportPosition, unread: int) -> list[journal.Task]:
         """``fetched`` and the pending tasks that must be applied with it or before it,
-        which a read that left something out (cut at the batch size, naming only some open
-        gaps, holding) may not have returned: the rest of its transactions, and each
-        member's earlier tasks (a create that committed late, in a gap this read did not
-        name, before the delete read past ``high``), with their transactions in turn."""
+        which a read that left something out from id ``unread`` on (cut at the batch size,
+        naming only some open gaps, holding) may not have returned: the rest of its
+        transactions, and each member's earlier tasks (a create that committed late, in a
+        gap this read did not name, before the delete read past ``high``), with theirs in
+        turn. Tasks found after the read may have earlier ones it did not see at all:
+        theirs are looked for from the first pending id."""
         found = {t.id: t for t in fetched}
-        first_pending = position.gaps[0].low if position.gaps else (position.high or 0) + 1
-        new = fetched
+        new, low = fetched, unread
         while new:
             candidates = journal.tasks_of_transactions(
                 conn, {t.transaction_id for t in new if t.transaction_id})
-            candidates += journal.tasks_of_members(
-                conn, {t.resource_id for t in new if t.resource_id}, first_pending,
-                max(t.id for t in new))
+            below = max(t.id for t in new)
+            if below > low:  # a cut read's usual case: nothing it returned lies past the cut
+                candidates += journal.tasks_of_members(
+                    conn, {t.resource_id for t in new if t.resource_id}, low, below)
             new = list({t.id: t for t in candidates
                         if t.id not in found and position.is_pending(t.id)}.values())
             found.update((t.id, t) for t in new)
+            low = position.gaps[0].low if position.gaps else (position.high or 0) + 1
         return sorted(found.values(), key=lambda t: t.id)
 
     def _fitting(self, units: list[list[journal.Task]]) -> list[list[journal.Task]]:
