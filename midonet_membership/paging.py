@@ -23,7 +23,9 @@ class ListQuery:
 
     def order(self, primary_key: str = "id") -> list[tuple[str, bool]]:
         """Sort keys with the primary key appended as the tie-breaker, reversed for
-        ``page_reverse`` (the page is fetched backwards, then flipped)."""
+        ``page_reverse``: a page is fetched backwards, then flipped; without a limit the
+        whole list stays backwards, as Neutron 29 answers (``get_collection`` flips its
+        items back only ``if limit and page_reverse``)."""
         keys = list(self.sorts) or [(primary_key, True)]
         if primary_key not in {k for k, _ in keys}:
             keys.append((primary_key, keys[-1][1]))
@@ -73,6 +75,6 @@ def apply_in_memory(items: Iterable[Mapping[str, Any]], query: ListQuery,
             rows = [r for r in rows if marker_key < key(r)]
     if query.limit:
         rows = rows[:query.limit]
-    if query.page_reverse:
-        rows.reverse()
+        if query.page_reverse:
+            rows.reverse()
     return rows

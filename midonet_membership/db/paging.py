@@ -46,7 +46,7 @@ def keyset_select(conn: AnyConnection, table: sa.Table, query: ListQuery,
     shape = (table, order, filtered, bool(query.limit), inline_limit)
     result = _after_marker(conn, table, query, primary_key, params, lambda after, values: (
         _read(conn, _page(*shape, after, primary_key, as_json), values, table, as_json)))
-    if query.page_reverse:
+    if query.page_reverse and query.limit:  # without one, backwards (ListQuery.order)
         result.reverse()
     return result
 

@@ -1,6 +1,6 @@
 """List queries: ``apply_in_memory`` (the agents) and ``keyset_select`` (SQL tables) answer
 every ListQuery alike, and as Neutron pages: sort keys then id, marker exclusive, page_reverse
-is the page before the marker.
+is the page before the marker (and without a limit, the whole list backwards).
 
 The expected pages come from a deliberately naive oracle (multi-pass stable sort, slicing by
 the marker's position among all items), not from the code under test.
@@ -68,8 +68,8 @@ def test_page_reverse_is_the_page_before_the_marker_in_normal_order():
     assert run(sorts=order, limit=2, marker="e", page_reverse=True) == []
     # without a marker: the last page
     assert run(sorts=order, limit=2, page_reverse=True) == ["b", "f"]
-    # without a limit page_reverse changes nothing
-    assert run(sorts=order, page_reverse=True) == run(sorts=order)
+    # without a limit the whole list, backwards, as stock neutron 29 answers
+    assert run(sorts=order, page_reverse=True) == run(sorts=order)[::-1]
 
 
 def test_an_unknown_marker_is_ignored():
@@ -124,6 +124,8 @@ def expected(items: list[dict], query: ListQuery) -> list[str]:
     pool = [r for r in pool if match(r)]
     if query.limit:
         pool = pool[-query.limit:] if query.page_reverse else pool[:query.limit]
+    elif query.page_reverse:  # no page to put back in order: the list stays backwards
+        pool.reverse()
     return ids(pool)
 
 
