@@ -52,10 +52,10 @@ commit order, and a step that sees the later task sees the earlier one (it commi
 first) and applies both in id order. A read that left some tasks out (cut at the batch
 size, or naming only some open gaps) may return the later one alone: the earlier ones of
 its members are then read too. Transactions in one apply go by their first id, except
-that each member's tasks go in id order. CONFIG is the exception (one
-row, no lock between two API servers starting): a CONFIG older than ``config_id`` that
-commits late is recorded as applied and changes nothing, so "the latest CONFIG wins"
-holds whatever the commit order.
+that each member's tasks go in id order. CONFIG is the exception (one row, no lock
+between two API servers starting): a CONFIG older than ``config_id`` that commits late
+is recorded as applied and changes nothing, so "the latest CONFIG wins" holds whatever
+the commit order.
 
 Whole and bounded transactions
 ------------------------------
@@ -309,7 +309,7 @@ class Importer:
                                         self.batch_size, beyond_high=not holding)
         full = len(fetched) == self.batch_size
         read_through = fetched[-1].id if full else None
-        # The lowest id a pending task this read did not return may have (None: none).
+        # Where this read may have left pending tasks out: the ids from which it did.
         unread = [g.low for g in position.gaps[:start] + position.gaps[start + len(listed):]]
         if full:
             unread.append(read_through + 1)
