@@ -13,9 +13,9 @@ import itertools
 import json
 import re
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import webob
 
@@ -34,6 +34,7 @@ MAX_BODY_BYTES = 1 << 20
 # A larger limit means "all of them" anyway; SQLite and PostgreSQL refuse LIMITs past 2**63.
 MAX_SQL_LIMIT = (1 << 31) - 1
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")  # what quote_plus leaves as it is
+_T = TypeVar("_T")
 
 
 class Plugin(Protocol):
@@ -140,12 +141,7 @@ class Controller:
 
     def create(self, req: webob.Request, context: RequestContext) -> tuple[int, dict]:
         self._authorize("create", context)
-        body = _json_body(req)
-        try:
-            bulk, items = self._create_items(body)
-        except exceptions.BadRequest as exc:
-            _refuse_invalid_unicode(exc)
-            raise
+        bulk, items = _validated_body(req, self._create_items)
         created = [self.resource.visible(i) for i in self.plugin.create(context, items)]
         if bulk:
             return 201, {self.resource.collection: created}
@@ -153,12 +149,7 @@ class Controller:
 
     def update(self, req: webob.Request, context: RequestContext, id_: str) -> tuple[int, dict]:
         self._authorize("update", context, id_)
-        body = _json_body(req)
-        try:
-            changes = self._update_changes(body)
-        except exceptions.BadRequest as exc:
-            _refuse_invalid_unicode(exc)
-            raise
+        changes = _validated_body(req, self._update_changes)
         item = self.plugin.update(context, self._member_id(id_), changes)
         return 200, {self.resource.name: self.resource.visible(item)}
 
@@ -471,6 +462,17 @@ def _read_body(req: webob.Request, length: int | None) -> bytes:
     if len(raw) < length:
         raise OSError(f"the body ended after {len(raw)} of {length} bytes")
     return raw
+
+
+def _validated_body(req: webob.Request, validate: Callable[[Any], _T]) -> _T:
+    """``validate`` of the request's JSON body, its refusal replaced when it echoes text
+    that is not valid Unicode (:func:`_refuse_invalid_unicode`)."""
+    body = _json_body(req)
+    try:
+        return validate(body)
+    except exceptions.BadRequest as exc:
+        _refuse_invalid_unicode(exc)
+        raise
 
 
 def _refuse_invalid_unicode(refusal: exceptions.BadRequest) -> None:

@@ -259,25 +259,26 @@ def _pending_statement(gaps: int, beyond_high: bool) -> sa.Select:
 
 def tasks_of_transactions(conn: Connection, transaction_ids: Iterable[str]) -> list[Task]:
     """Every task of these transactions (all committed: one of each was seen committed)."""
-    wanted = sorted(set(transaction_ids))
-    found: list[Task] = []
-    for start in range(0, len(wanted), 500):  # bounded IN lists
-        found += _tasks(conn.execute(
-            sa.select(tasks).where(tasks.c.transaction_id.in_(wanted[start:start + 500]))
-            .order_by(tasks.c.id)))
-    return found
+    return _tasks_with(conn, tasks.c.transaction_id, transaction_ids)
 
 
 def tasks_of_members(conn: Connection, resource_ids: Iterable[str], low: int,
                      below: int) -> list[Task]:
     """The committed tasks of these resources with ids in ``low``..``below - 1`` (through
     the resource index)."""
-    wanted = sorted(set(resource_ids))
+    return _tasks_with(conn, tasks.c.resource_id, resource_ids,
+                       tasks.c.id >= low, tasks.c.id < below)
+
+
+def _tasks_with(conn: Connection, column: sa.Column, values: Iterable[str],
+                *where: sa.ColumnElement[bool]) -> list[Task]:
+    """The tasks whose ``column`` is one of ``values`` (and ``where``), in id order."""
+    wanted = sorted(set(values))
     found: list[Task] = []
     for start in range(0, len(wanted), 500):  # bounded IN lists
         found += _tasks(conn.execute(
-            sa.select(tasks).where(tasks.c.resource_id.in_(wanted[start:start + 500]),
-                                   tasks.c.id >= low, tasks.c.id < below)))
+            sa.select(tasks).where(column.in_(wanted[start:start + 500]), *where)
+            .order_by(tasks.c.id)))
     return found
 
 
