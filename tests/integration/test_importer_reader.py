@@ -67,6 +67,13 @@ def _add_task(conn, host: str, ip: str, transaction_id: str) -> None:
                    transaction_id=transaction_id)
 
 
+def _add_config(conn, type_: str, tunnel_protocol: str, transaction_id: str) -> None:
+    """A CONFIG task written straight into the journal, inside ``conn``'s transaction."""
+    journal.record(conn, type_, journal.CONFIG, journal.CONFIG_RESOURCE_ID,
+                   {"id": journal.CONFIG_RESOURCE_ID, "tunnel_protocol": tunnel_protocol},
+                   tenant_id=None, transaction_id=transaction_id)
+
+
 def _catch_up_while_writing(importer: Importer, writer, threads: int) -> None:
     """``writer(i)`` in ``threads`` threads, the importer catching up all along and once after."""
     running = [threading.Thread(target=writer, args=(i,)) for i in range(threads)]
@@ -143,9 +150,7 @@ def test_an_older_config_committing_late_does_not_override_a_newer_one(make_data
         importer = Importer(engine, store)
         old = engine.connect()
         old.begin()
-        journal.record(old, journal.CREATE, journal.CONFIG, journal.CONFIG_RESOURCE_ID,
-                       {"id": journal.CONFIG_RESOURCE_ID, "tunnel_protocol": "vxlan"},
-                       tenant_id=None, transaction_id="req-old-config")
+        _add_config(old, journal.CREATE, "vxlan", "req-old-config")
         journal.record_config(engine, "gre", "req-new-config")
         importer.catch_up()
         assert store.get_tunnel_zone().type == "gre"
@@ -170,13 +175,9 @@ def test_a_config_skipped_with_its_poisoned_transaction_does_not_supersede(make_
         importer = Importer(engine, store)
         late = engine.connect()
         late.begin()
-        journal.record(late, journal.CREATE, journal.CONFIG, journal.CONFIG_RESOURCE_ID,
-                       {"id": journal.CONFIG_RESOURCE_ID, "tunnel_protocol": "gre"},
-                       tenant_id=None, transaction_id="req-late-config")
+        _add_config(late, journal.CREATE, "gre", "req-late-config")
         with engine.begin() as conn:
-            journal.record(conn, journal.UPDATE, journal.CONFIG, journal.CONFIG_RESOURCE_ID,
-                           {"id": journal.CONFIG_RESOURCE_ID, "tunnel_protocol": "vxlan"},
-                           tenant_id=None, transaction_id="req-poisoned")
+            _add_config(conn, journal.UPDATE, "vxlan", "req-poisoned")
             journal.record(conn, journal.CREATE, journal.AGENTMEMBERSHIP, "not-a-host-id",
                            {"id": "not-a-host-id", "ip_address": _ip(0)}, tenant_id=None,
                            transaction_id="req-poisoned")

@@ -45,6 +45,19 @@ def _agent(url: str, host_id: str) -> Agent:
                  hostname="host-acl", heartbeat_interval=0.05, reconcile_interval=0.1).start()
 
 
+def _agent_denied_the_members(zookeeper_server, member: bool) -> tuple[nsdb.NSDB, str, Agent]:
+    """A provisioned agent started after the cluster took the members' read right away,
+    its host a member (``member``) or not, beside one other member: (cluster, host, agent)."""
+    url = _secured(zookeeper_server)
+    cluster = nsdb.connect(url("cluster"), role="cluster")
+    host_id = str(uuid.uuid4())
+    cluster.provision_host(host_id, "agent", "agent-secret")
+    cluster.apply([SetTunnelZone(ZONE), AddMember("h2", "198.51.100.2"),
+                   *([AddMember(host_id, "198.51.100.1")] if member else [])], None, 1)
+    _unreadable(cluster)
+    return cluster, host_id, _agent(url("agent"), host_id)
+
+
 def test_a_failed_members_read_is_reported_and_retried_with_a_pause(zookeeper_server):
     url = _secured(zookeeper_server)
     cluster = nsdb.connect(url("cluster"), role="cluster")
@@ -100,14 +113,7 @@ def test_a_failed_members_read_is_reported_and_retried_with_a_pause(zookeeper_se
 
 def test_an_agent_shows_error_while_it_cannot_read_the_members(zookeeper_server):
     """The agent starts a member but may not read the members: its re-read fails."""
-    url = _secured(zookeeper_server)
-    cluster = nsdb.connect(url("cluster"), role="cluster")
-    host_id = str(uuid.uuid4())
-    cluster.provision_host(host_id, "agent", "agent-secret")
-    cluster.apply([SetTunnelZone(ZONE), AddMember(host_id, "198.51.100.1"),
-                   AddMember("h2", "198.51.100.2")], None, 1)
-    _unreadable(cluster)
-    agent = _agent(url("agent"), host_id)
+    cluster, host_id, agent = _agent_denied_the_members(zookeeper_server, member=True)
     try:
         observed = agent.wait_for_observed(lambda o: o.state == ERROR, WAIT)
         assert "NSDB watch failed" in observed.reason and "NoAuthError" in observed.reason
@@ -141,13 +147,7 @@ def test_a_member_agent_applies_the_whole_zone_first(zookeeper_url):
 
 def test_a_pending_agent_is_not_alarmed_by_members_it_does_not_read(zookeeper_server):
     """A non-member's watch reads only the zone and its own member-host node."""
-    url = _secured(zookeeper_server)
-    cluster = nsdb.connect(url("cluster"), role="cluster")
-    host_id = str(uuid.uuid4())
-    cluster.provision_host(host_id, "agent", "agent-secret")
-    cluster.apply([SetTunnelZone(ZONE), AddMember("h2", "198.51.100.2")], None, 1)
-    _unreadable(cluster)
-    agent = _agent(url("agent"), host_id)
+    cluster, _, agent = _agent_denied_the_members(zookeeper_server, member=False)
     try:
         agent.wait_for_observed(lambda o: o.reason == NOT_A_MEMBER, WAIT)
         time.sleep(0.3)  # heartbeats meanwhile
