@@ -490,8 +490,10 @@ class _ZooKeeperWatch(Watch):
     watches on a connection loss) and forces a re-read for what was missed meanwhile; a
     reply for a position already applied is ignored.
 
-    Scoped to a host (an agent's watch), it starts with the zone node and the host's
-    member-host node only, and follows the members from the moment the host is one.
+    Scoped to a host (an agent's watch), it reads the zone node and the host's member-host
+    node only, each change of either waking the re-read thread, and follows the members from
+    the moment the host is one (once following, always following: a removed member may well
+    come back).
 
     A read that fails for another reason than the connection (a node whose ACL no longer
     lets us read it, a zone record we cannot parse) leaves no watch behind, and nothing
@@ -517,28 +519,16 @@ class _ZooKeeperWatch(Watch):
         self._generation = 0  # bumped by every delta, so a slower re-read cannot undo it
         self._lock = threading.Lock()  # the state above
         self._delivering = threading.Lock()  # one callback at a time
-        self._following = False  # whether the members node is watched
         self._members_changed = ConnectionThreadWatch(self._on_members_event)  # one identity
+        self._pending_changed = ConnectionThreadWatch(self._on_pending_event)
+        # Scoped to a host, the first re-read tells whether it is a member: a member's first
+        # snapshot is then the whole zone, never "pending" from the zone alone, which would
+        # tear down the tunnels a restarted agent's host still uses.
+        self._following = host_id is None  # whether the members node is watched
         store.client.add_listener(self._on_state)
         self._thread = threading.Thread(target=self._run, daemon=True, name="zk-zone-reread")
         self._thread.start()
-        if host_id is None:
-            self._follow_members()
-        else:
-            # Not following the members until the host is one: a pending agent sees the zone
-            # (rare changes) and its own member-host node, nothing of the other members.
-            # The member-host node first (each DataWatch reads once before it returns): a
-            # member's first snapshot is then the whole zone, never "pending" from the zone
-            # alone, which would tear down the tunnels a restarted agent's host still uses.
-            store.client.DataWatch(f"{store.member_hosts_path}/{host_id}", self._on_member_host)
-            store.client.DataWatch(store.zone_path, self._on_zone)
-
-    def _follow_members(self) -> None:
-        """Once following, always following: a removed member may well come back."""
-        if not self._following:
-            self._following = True
-            self._rereads.put(True)
-            self._arm()
+        self._rereads.put(True)
 
     def _arm(self) -> None:
         """Read the members' delta and leave a watch for the next one. Never blocks."""
@@ -576,29 +566,10 @@ class _ZooKeeperWatch(Watch):
         if created:  # created between the read and the check: its watch may have been missed
             self._arm()
 
-    def _on_member_host(self, data: bytes | None, stat: object, _event: object = None
-                        ) -> bool | None:
-        if self._cancelled or self._following:
-            return False
-        if stat is not None:
-            self._follow_members()
-            return False
-        self._deliver()  # the first call: pending, with the zone
-        return None
-
-    def _on_zone(self, data: bytes | None, _stat: object, _event: object = None
-                 ) -> bool | None:
-        if self._cancelled or self._following:
-            return False  # the members' deltas carry the zone from now on
-        try:
-            zone = TunnelZone(**json.loads(data)) if data else None
-        except (ValueError, TypeError):
-            zone = None
-        with self._lock:
-            self._zone = zone
-            self._generation += 1
-        self._deliver()
-        return None
+    def _on_pending_event(self, event: WatchedEvent) -> None:
+        """On the connection thread: the zone or the host's member-host node changed."""
+        if event.type != EventType.NONE and not self._cancelled:
+            self._rereads.put(True)
 
     def _on_members(self, data: bytes | None) -> None:
         if self._cancelled:
@@ -627,8 +598,9 @@ class _ZooKeeperWatch(Watch):
 
     def _on_state(self, state: str) -> None:
         """On the connection thread: kazoo dropped the watch with the connection."""
-        if state == KazooState.CONNECTED and not self._cancelled and self._following:
-            self._arm()
+        if state == KazooState.CONNECTED and not self._cancelled:
+            if self._following:
+                self._arm()
             self._rereads.put(True)  # events may have been missed meanwhile
 
     def failure(self) -> str | None:
@@ -651,6 +623,10 @@ class _ZooKeeperWatch(Watch):
     def _reread(self) -> bool:
         """Load the whole zone and leave the members watch (a failed read left none);
         False when a delta arrived meanwhile (read again)."""
+        if not self._following:
+            if not self._host_is_member():
+                return self._reread_zone_alone()
+            self._following = True
         with self._lock:
             generation = self._generation
         client = self.store.client
@@ -680,6 +656,26 @@ class _ZooKeeperWatch(Watch):
             self._zone, self._members = zone, parse_members(children)
             self._position = position
             return True
+
+    def _host_is_member(self) -> bool:
+        """Whether the watch's host is a member now; a watch re-reads when that changes."""
+        path = f"{self.store.member_hosts_path}/{self.host_id}"
+        return self.store.client.exists(path, watch=self._pending_changed) is not None
+
+    def _reread_zone_alone(self) -> bool:
+        """While the host is not a member: the zone, with a watch that re-reads on a change.
+        False when the zone was created between two reads (read again)."""
+        client = self.store.client
+        try:
+            data = client.get(self.store.zone_path, watch=self._pending_changed)[0]
+        except NoNodeError:  # no watch is left on a node that does not exist: watch for it
+            if client.exists(self.store.zone_path, watch=self._pending_changed):
+                return False
+            data = b""
+        zone = TunnelZone(**json.loads(data)) if data else None
+        with self._lock:
+            self._zone = zone
+        return True
 
     def _run(self) -> None:
         pause = 0.0

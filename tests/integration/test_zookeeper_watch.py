@@ -31,13 +31,13 @@ def _until(condition, timeout: float, what: str) -> None:
         time.sleep(0.02)
 
 
-def _unreadable(cluster: nsdb.NSDB) -> None:
-    cluster.client.set_acls(cluster.members_path,
+def _unreadable(cluster: nsdb.NSDB, node: str = "members_path") -> None:
+    cluster.client.set_acls(getattr(cluster, node),
                             [make_digest_acl("cluster", "cluster-secret", all=True)])
 
 
-def _readable(cluster: nsdb.NSDB) -> None:
-    cluster.client.set_acls(cluster.members_path, owner_acl("cluster", "cluster-secret"))
+def _readable(cluster: nsdb.NSDB, node: str = "members_path") -> None:
+    cluster.client.set_acls(getattr(cluster, node), owner_acl("cluster", "cluster-secret"))
 
 
 def _agent(url: str, host_id: str) -> Agent:
@@ -45,16 +45,18 @@ def _agent(url: str, host_id: str) -> Agent:
                  hostname="host-acl", heartbeat_interval=0.05, reconcile_interval=0.1).start()
 
 
-def _agent_denied_the_members(zookeeper_server, member: bool) -> tuple[nsdb.NSDB, str, Agent]:
-    """A provisioned agent started after the cluster took the members' read right away,
-    its host a member (``member``) or not, beside one other member: (cluster, host, agent)."""
+def _agent_denied(zookeeper_server, member: bool, node: str = "members_path"
+                  ) -> tuple[nsdb.NSDB, str, Agent]:
+    """A provisioned agent started after the cluster took the read right of ``node`` (the
+    members or the zone) away, its host a member (``member``) or not, beside one other
+    member: (cluster, host, agent)."""
     url = _secured(zookeeper_server)
     cluster = nsdb.connect(url("cluster"), role="cluster")
     host_id = str(uuid.uuid4())
     cluster.provision_host(host_id, "agent", "agent-secret")
     cluster.apply([SetTunnelZone(ZONE), AddMember("h2", "198.51.100.2"),
                    *([AddMember(host_id, "198.51.100.1")] if member else [])], None, 1)
-    _unreadable(cluster)
+    _unreadable(cluster, node)
     return cluster, host_id, _agent(url("agent"), host_id)
 
 
@@ -113,7 +115,7 @@ def test_a_failed_members_read_is_reported_and_retried_with_a_pause(zookeeper_se
 
 def test_an_agent_shows_error_while_it_cannot_read_the_members(zookeeper_server):
     """The agent starts a member but may not read the members: its re-read fails."""
-    cluster, host_id, agent = _agent_denied_the_members(zookeeper_server, member=True)
+    cluster, host_id, agent = _agent_denied(zookeeper_server, member=True)
     try:
         observed = agent.wait_for_observed(lambda o: o.state == ERROR, WAIT)
         assert "NSDB watch failed" in observed.reason and "NoAuthError" in observed.reason
@@ -147,11 +149,45 @@ def test_a_member_agent_applies_the_whole_zone_first(zookeeper_url):
 
 def test_a_pending_agent_is_not_alarmed_by_members_it_does_not_read(zookeeper_server):
     """A non-member's watch reads only the zone and its own member-host node."""
-    cluster, _, agent = _agent_denied_the_members(zookeeper_server, member=False)
+    cluster, _, agent = _agent_denied(zookeeper_server, member=False)
     try:
         agent.wait_for_observed(lambda o: o.reason == NOT_A_MEMBER, WAIT)
         time.sleep(0.3)  # heartbeats meanwhile
         assert (agent.observed.state, agent.state.status) == (PENDING, PENDING)
+    finally:
+        agent.stop()
+        cluster.close()
+
+
+def test_a_pending_agent_shows_error_while_it_cannot_read_the_zone(zookeeper_server):
+    """A non-member reads the zone and its member-host node; a refused read is reported and
+    retried, and once it works the agent follows its membership as usual."""
+    cluster, host_id, agent = _agent_denied(zookeeper_server, member=False, node="zone_path")
+    try:
+        observed = agent.wait_for_observed(lambda o: o.state == ERROR, WAIT)
+        assert "NSDB watch failed" in observed.reason and "NoAuthError" in observed.reason
+        _readable(cluster, "zone_path")
+        agent.wait_for_observed(lambda o: o.reason == NOT_A_MEMBER, RETRY_MAX + WAIT)
+        cluster.apply([AddMember(host_id, "198.51.100.1")], 1, 2)  # the watch is armed again
+        agent.wait_for(_is(ACTIVE, ("198.51.100.2",)), WAIT)
+        assert [s.status for s in agent.dataplane.states] == [PENDING, ACTIVE]
+    finally:
+        agent.stop()
+        cluster.close()
+
+
+def test_a_pending_agent_reports_a_zone_record_it_cannot_parse(zookeeper_url):
+    cluster = nsdb.connect(zookeeper_url, role="cluster")
+    cluster.apply([SetTunnelZone(ZONE), AddMember("h2", "198.51.100.2")], None, 1)
+    agent = _agent(zookeeper_url, str(uuid.uuid4()))
+    try:
+        agent.wait_for_observed(lambda o: o.reason == NOT_A_MEMBER, WAIT)
+        good, _ = cluster.client.get(cluster.zone_path)
+        cluster.client.set(cluster.zone_path, b"{not json")  # an operator's hand edit
+        observed = agent.wait_for_observed(lambda o: o.state == ERROR, WAIT)
+        assert "JSONDecodeError" in observed.reason
+        cluster.client.set(cluster.zone_path, good)
+        agent.wait_for_observed(lambda o: o.reason == NOT_A_MEMBER, RETRY_MAX + WAIT)
     finally:
         agent.stop()
         cluster.close()
