@@ -218,13 +218,18 @@ class KernelDataPlane:
             self._teardown()
             return Built(UNSUPPORTED, f"{state.tunnel_type} tunnels ({kind}) are not built "
                                       "by this data plane yet", admission_drops=self._drops())
+        try:
+            underlay = self._underlay_index(state.local_ip)
+        except DataPlaneError:
+            self._teardown()  # no tunnel from an address the membership no longer names
+            raise
         peers = dict(state.peers)
         ips = frozenset(peers.values())
         # The admission batch runs while netlink builds the device; both are done before
         # the neighbour flush below lets ARP (and so the first packet) toward a new peer go.
         settle = self._admit(ips, verify)
         try:
-            index = self._ensure_device(state)
+            index = self._ensure_device(state, underlay)
             self._ensure_fdb(index, peers, dict(state.peer_macs))
         finally:
             settle()
@@ -335,9 +340,8 @@ class KernelDataPlane:
     def _drops(self) -> int:
         return self._drops_before + self._drops_seen
 
-    def _ensure_device(self, state: AgentState) -> int:
+    def _ensure_device(self, state: AgentState, underlay: int) -> int:
         """The VXLAN device as configured, created or repaired; returns its index."""
-        underlay = self._underlay_index(state.local_ip)
         mac = vtep_mac(state.host_id)
         [index] = self._ipr.link_lookup(ifname=self.device) or [None]
         if index is not None:

@@ -252,6 +252,29 @@ def test_restarts_and_hand_made_changes_heal_without_duplicates(mesh):
     assert mesh.kernel["a"].vxlan_devices() == [DEVICE]
 
 
+def test_a_member_re_addressed_to_an_ip_its_host_lacks_keeps_no_tunnel(mesh):
+    """Delete and re-create while its agent is down: the agent's first snapshot names an
+    address its host does not have. The old device must not stay up as if nothing changed."""
+    mesh.activate("a")
+    mesh.activate("b")
+    for name in "ab":
+        mesh.wait_view(name, "built", state="active", tunnels=1)
+    mesh.agents["a"].stop()
+    mesh.deactivate("a")
+    assert mesh.api.post(MEMBERSHIPS, {"agent_membership": {
+        "id": mesh.ids["a"], "ip_address": "203.0.113.99"}}).status == 201
+    mesh.start_agent("a")
+    view = mesh.wait_view("a", "refusing the address", state="error", tunnels=0)
+    assert "203.0.113.99 is not an address" in view["state_reason"]
+    assert mesh.kernel["a"].vxlan_devices() == [] and mesh.kernel["a"].table() is None
+    assert not mesh.ping("a", "b")
+
+    mesh.deactivate("a")
+    mesh.activate("a")  # its own address again
+    mesh.wait_view("a", "built again", state="active", tunnels=1, state_reason=None)
+    assert mesh.reaches("a", "b") and mesh.reaches("b", "a")
+
+
 def test_gre_is_unsupported_on_this_kernel_and_vxlan_comes_back(make_database, start_server,
                                                                  lab, tmp_path):
     """The zone's type follows neutron.conf: restart the all-in-one with gre, then vxlan."""
