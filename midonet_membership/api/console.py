@@ -17,6 +17,7 @@ import dataclasses
 import datetime
 import json
 import logging
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -33,7 +34,7 @@ from midonet_membership.api.policies import Authorizer
 from midonet_membership.context import RequestContext
 from midonet_membership.db import journal
 from midonet_membership.db.engine import reader
-from midonet_membership.nsdb.base import NSDB
+from midonet_membership.nsdb.base import NSDB, NSDBUnavailable
 
 LOG = logging.getLogger(__name__)
 
@@ -98,7 +99,8 @@ def keystone_login(conf: cfg.ConfigOpts) -> Callable:
             if req.method != "POST":
                 raise exceptions.MethodNotAllowed(method=req.method, resource=req.path_info,
                                                   allowed="POST")
-            answer = _keystone_token(_keystone_url(conf), _login_form(req))
+            answer = _keystone_token(_keystone_url(conf), _login_form(req),
+                                     _keystone_tls(conf))
             response = webob.Response(body=json.dumps(answer).encode(),
                                       content_type="application/json", charset=None)
         except exceptions.MembershipError as exc:
@@ -132,7 +134,20 @@ def _keystone_url(conf: cfg.ConfigOpts) -> str:
     return url if url.endswith("/v3") else url + "/v3"
 
 
-def _keystone_token(base: str, form: dict[str, str]) -> dict[str, Any]:
+def _keystone_tls(conf: cfg.ConfigOpts) -> ssl.SSLContext:
+    """The TLS settings keystonemiddleware uses for the same Keystone: a private CA
+    (``cafile``), a client certificate, or ``insecure``."""
+    group = conf.keystone_authtoken
+    context = ssl.create_default_context(cafile=group.cafile or None)
+    if group.insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if group.certfile:
+        context.load_cert_chain(group.certfile, group.keyfile or None)
+    return context
+
+
+def _keystone_token(base: str, form: dict[str, str], tls: ssl.SSLContext) -> dict[str, Any]:
     domain = {"name": form["domain"]}
     body = {"auth": {
         "identity": {"methods": ["password"], "password": {"user": {
@@ -142,7 +157,7 @@ def _keystone_token(base: str, form: dict[str, str]) -> dict[str, Any]:
                                      headers={"Content-Type": "application/json"},
                                      method="POST")
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
+        with urllib.request.urlopen(request, timeout=10, context=tls) as resp:
             token = resp.headers["X-Subject-Token"]
             issued = json.load(resp)["token"]
     except urllib.error.HTTPError as exc:
@@ -150,10 +165,18 @@ def _keystone_token(base: str, form: dict[str, str]) -> dict[str, Any]:
             raise exceptions.NotAuthenticated(
                 f"Keystone refused the login ({exc.code}): check the user name, password, "
                 "project and domain.") from None
-        raise exceptions.MembershipError(f"Keystone answered {exc.code}.") from None
+        raise exceptions.ServiceUnavailable(f"Keystone answered {exc.code}.") from None
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, ssl.SSLError):
+            LOG.warning("Keystone login failed: %s", exc.reason)
+            raise exceptions.ServiceUnavailable(
+                f"Keystone's certificate was refused ({exc.reason}): check [keystone_authtoken] "
+                "cafile or insecure.") from None
+        LOG.warning("Keystone login failed: %s", exc)
+        raise exceptions.ServiceUnavailable("Keystone could not be reached.") from None
     except (OSError, ValueError, KeyError) as exc:
         LOG.warning("Keystone login failed: %s", exc)
-        raise exceptions.MembershipError("Keystone could not be reached.") from None
+        raise exceptions.ServiceUnavailable("Keystone could not be reached.") from None
     return {"token": token, "expires_at": issued.get("expires_at"),
             "roles": sorted(r["name"] for r in issued.get("roles", []))}
 
@@ -165,7 +188,12 @@ def deployment_status(engine: Engine, nsdb: NSDB, authorizer: Authorizer) -> Cal
     def handle(req: webob.Request, context: RequestContext) -> tuple[int, dict]:
         if not authorizer.allowed("get_deployment_status", context.credentials()):
             raise exceptions.PolicyNotAuthorized(action="get_deployment_status")
-        return 200, {"deployment_status": read_status(engine, nsdb)}
+        try:
+            return 200, {"deployment_status": read_status(engine, nsdb)}
+        except NSDBUnavailable as exc:  # the memberships keep working meanwhile
+            raise exceptions.ServiceUnavailable(
+                f"The deployment status is unavailable: the NSDB cannot be read ({exc}); "
+                "agent-memberships still work.") from None
     return handle
 
 

@@ -82,10 +82,12 @@ class Client:
              params: list[tuple[str, str]] | None = None) -> list[dict]:
         """Every item, paged like python-neutronclient's ``list(..., page_size)``.
 
-        With a page size it asks for ``limit=SIZE``, then re-asks the same path with the
-        query of each ``<plural>_links`` ``next`` href until a page comes without one, and
-        concatenates the pages. The href's host is not followed: behind a proxy it may name
-        an address this client cannot reach, and neutronclient ignores it too.
+        With a page size it asks for ``limit=SIZE``. With or without one it re-asks the same
+        path with the query of each ``<plural>_links`` ``next`` href until a page comes
+        without one, and concatenates the pages: a server with ``pagination_max_limit``
+        caps every answer and links the rest. The href's host is not followed: behind a
+        proxy it may name an address this client cannot reach, and neutronclient ignores it
+        too.
         """
         query = list(params or [])
         if page_size:
@@ -97,7 +99,7 @@ class Client:
             items.extend(page)
             href = next((link.get("href") for link in body.get(f"{resource.plural}_links", [])
                          if link.get("rel") == "next"), None)
-            if not page_size or not page or href is None:
+            if not page or href is None:
                 return items
             next_query = urllib.parse.parse_qsl(urllib.parse.urlsplit(href).query)
             if next_query == query:  # a server that never advances must not loop forever

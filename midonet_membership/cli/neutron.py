@@ -131,7 +131,7 @@ class AgentMembershipDelete(_ClientCommand):
                 self.client.delete(MEMBERSHIPS, id_)
                 deleted.append(id_)
             except ApiError as exc:
-                if exc.status == 0 and not deleted:  # nothing reachable: say it once
+                if exc.status == 0 and not deleted and not failed:  # nothing reachable
                     raise
                 failed.append(f"Failed to delete agent_membership {id_}: {exc}")
         if deleted:

@@ -42,9 +42,25 @@ class MembershipClient:
             raise exceptions.CommandError(_message(exc)) from None
         return resp.json() if resp.content else None
 
-    def list(self, query: list[tuple[str, str]]) -> list[dict]:
-        suffix = f"?{urllib.parse.urlencode(query)}" if query else ""
-        return self._call("GET", PATH + suffix)["agent_memberships"]
+    def list(self, query: list[tuple[str, str]], one_page: bool = False) -> list[dict]:
+        """One page, or every page: a server with ``pagination_max_limit`` caps each answer
+        and links the rest (``next``; ``previous`` when listing backwards)."""
+        backwards = ("page_reverse", "True") in query
+        pages: list[list[dict]] = []
+        while True:
+            suffix = f"?{urllib.parse.urlencode(query)}" if query else ""
+            body = self._call("GET", PATH + suffix)
+            page = body["agent_memberships"]
+            pages.append(page)
+            href = next((link.get("href") for link in body.get("agent_memberships_links", [])
+                         if link.get("rel") == ("previous" if backwards else "next")), None)
+            if one_page or not page or href is None:
+                break
+            following = urllib.parse.parse_qsl(urllib.parse.urlsplit(href).query)
+            if following == query:  # a server that never advances must not loop forever
+                break
+            query = following
+        return [item for page in (reversed(pages) if backwards else pages) for item in page]
 
     def show(self, id_: str) -> dict:
         return self._call("GET", f"{PATH}/{urllib.parse.quote(id_, safe='')}")[
@@ -117,7 +133,8 @@ class ListAgentMembership(command.Lister):
             query.append(("marker", parsed.marker))
         if parsed.page_reverse:
             query.append(("page_reverse", "True"))
-        items = self.app.client_manager.midonet_membership.list(query)
+        items = self.app.client_manager.midonet_membership.list(
+            query, one_page=parsed.limit is not None or bool(parsed.marker))
         return HEADINGS, [tuple(item.get(c, "") for c in COLUMNS) for item in items]
 
 

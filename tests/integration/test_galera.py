@@ -217,8 +217,11 @@ def test_the_largest_bulk_reaches_zookeeper_in_one_apply(galera, zookeeper_url):
         writes.create(RequestContext.admin(), items)
         importer.catch_up()
         assert store.list_members() == {i["id"]: i["ip_address"] for i in items}
-        assert len(store.get_import_position().gaps) > limit // 2
-        assert [len(ops) for ops in store.applies if ops] == [limit]
+        # The apply that carried the bulk also carried its gaps (later steps may close some
+        # as the nodes' evidence allows: how many depends on the machine's pace).
+        [(ops, carried)] = [(ops, new) for ops, new
+                            in zip(store.applies, store.positions, strict=True) if ops]
+        assert len(ops) == limit and len(carried.gaps) > limit // 2
     importer_engine.dispose()
 
 

@@ -32,15 +32,18 @@ from tests.fixtures.importer import importer_running, last_processed, wait_until
 
 
 class RecordingNSDB:
-    """Delegates to a real NSDB and keeps the ops of every apply that succeeded."""
+    """Delegates to a real NSDB and keeps the ops and the new position of every apply that
+    succeeded."""
 
     def __init__(self, store: nsdb.NSDB) -> None:
         self.store = store
         self.applies: list[list] = []
+        self.positions: list = []
 
     def apply(self, ops: Sequence, expected, new) -> None:
         self.store.apply(ops, expected, new)
         self.applies.append(list(ops))
+        self.positions.append(new)
 
     def __getattr__(self, name: str):
         return getattr(self.store, name)
@@ -529,9 +532,10 @@ def test_a_busy_importer_reads_on_one_connection_and_an_idle_one_holds_none(
             if backend == "postgresql":
                 wait_until(lambda: importer_engine.pool.checkedout() == 0, timeout=5)
     importer_engine.dispose()
-    copies_at_most = elapsed / POSITION_COPY_INTERVAL + 3
-    assert applies > 2 * copies_at_most, (applies, elapsed)  # a stream, many applies
-    assert len(during) <= copies_at_most + 5, (len(during), applies, elapsed)
+    # Not once per apply: a loaded machine's stream pauses more often, and each pause is an
+    # idle importer giving its connection back, so the count is bounded by the applies.
+    assert applies > 2 * (elapsed / POSITION_COPY_INTERVAL + 3), (applies, elapsed)
+    assert len(during) * 2 <= applies, (len(during), applies, elapsed)
 
 
 def test_a_gap_stays_open_while_a_monitor_keeps_innodb_trx_stale(make_database, tmp_path):

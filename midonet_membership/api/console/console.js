@@ -30,6 +30,21 @@ async function api(method, path, body) {
   return data;
 }
 
+// Every page of a list: with neutron.conf's pagination_max_limit the server caps each
+// answer and links the next page, which is followed on this origin.
+async function listAll(path, collection) {
+  const items = [];
+  for (let next = path; next;) {
+    const page = await api("GET", next);
+    items.push(...page[collection]);
+    const link = (page[`${collection}_links`] || []).find((l) => l.rel === "next");
+    const url = link && page[collection].length ? new URL(link.href, location.href) : null;
+    const following = url && url.pathname + url.search;
+    next = following !== next ? following : null;  // a link that never advances ends it
+  }
+  return items;
+}
+
 // -- login ----------------------------------------------------------------------------------
 async function showLogin(message) {
   stopPolling();
@@ -47,11 +62,17 @@ async function showLogin(message) {
 
 async function start(token, who) {
   state.token = token;
+  let problem = "";
   try {
-    await api("GET", "/v2.0/agents?fields=id");  // 401 here means a wrong token
+    // Only a 401 means a wrong token. The memberships live in the database, so this works
+    // while the NSDB is down, when an operator may well need the console.
+    await api("GET", "/v2.0/agent-memberships?limit=1&fields=id");
   } catch (e) {
-    await showLogin(e.message);
-    return;
+    if (e.status === 401) {
+      await showLogin(e.message);
+      return;
+    }
+    problem = e.message;
   }
   sessionStorage.setItem("midonet-token", token);
   $("login-panel").hidden = true;
@@ -59,6 +80,7 @@ async function start(token, who) {
   $("logout").hidden = false;
   $("whoami").hidden = !who;
   $("whoami").textContent = who ? `Logged in as ${who}` : "";
+  $("error").textContent = problem;
   await refresh();
   state.timer = setInterval(refresh, POLL_MS);
 }
@@ -93,7 +115,7 @@ async function refresh() {
   state.busy = true;
   try {
     const [agents, status] = await Promise.allSettled([
-      api("GET", "/v2.0/agents"), api("GET", "/v2.0/deployment-status")]);
+      listAll("/v2.0/agents", "agents"), api("GET", "/v2.0/deployment-status")]);
     for (const r of [agents, status]) {
       if (r.status === "rejected" && r.reason.status === 401) {
         await showLogin(r.reason.message);
@@ -102,7 +124,7 @@ async function refresh() {
     }
     const failed = [agents, status].filter((r) => r.status === "rejected");
     $("error").textContent = failed.map((r) => r.reason.message).join(" ");
-    if (agents.status === "fulfilled") renderAgents(agents.value.agents);
+    if (agents.status === "fulfilled") renderAgents(agents.value);
     renderStatus(status.status === "fulfilled" ? status.value.deployment_status : null);
   } finally {
     state.busy = false;
