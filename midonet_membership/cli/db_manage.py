@@ -222,13 +222,7 @@ def resync(engine: Engine, store,
     ``progress`` is told each phase (reading, comparing, applying): with many thousands of
     members each takes a while, and a command must not sit silent meanwhile."""
     from midonet_membership.db.models import memberships
-    from midonet_membership.nsdb.base import (
-        AddMember,
-        PositionConflict,
-        RemoveMember,
-        SetTunnelZone,
-        TunnelZone,
-    )
+    from midonet_membership.nsdb.base import AddMember, PositionConflict, RemoveMember
 
     for attempt in range(20):
         if attempt:
@@ -241,16 +235,12 @@ def resync(engine: Engine, store,
                                                  memberships.c.ip_address)).all())
         progress(f"{len(wanted)} membership(s) in the Neutron DB, {len(members)} member(s) "
                  "in the NSDB zone")
-        config_data = journal.resource_state(engine).get(journal.CONFIG, {}).get(
-            journal.CONFIG_RESOURCE_ID)
         ops: list = []
         changes: list[tuple[str, str, str]] = []
-        if isinstance(config_data, dict) and (zone is None
-                                              or zone.type != config_data["tunnel_protocol"]):
-            ops.append(SetTunnelZone(TunnelZone(journal.CONFIG_RESOURCE_ID, "DEFAULT",
-                                                config_data["tunnel_protocol"])))
-            changes.append(("zone", journal.CONFIG_RESOURCE_ID,
-                            config_data["tunnel_protocol"]))
+        config = _newest_config(engine)
+        if config is not None and (zone is None or zone.type != config.zone.type):
+            ops.append(config)
+            changes.append(("zone", config.zone.id, config.zone.type))
         for host, ip in sorted(wanted.items()):
             if members.get(host) != ip:
                 ops.append(AddMember(host, ip))
@@ -267,6 +257,24 @@ def resync(engine: Engine, store,
             continue  # the importer applied meanwhile: look again
         return changes
     raise CommandError("the importer kept applying while resync compared; try again")
+
+
+def _newest_config(engine: Engine):
+    """The zone the newest CONFIG the importer accepts sets (``SetTunnelZone``), or None.
+    A CONFIG it refused and recorded as failed, or would refuse, is passed over: resync
+    must not write what the importer never would."""
+    from midonet_membership.cluster import translators
+
+    failed = journal.list_failures(engine)
+    task_list, _ = journal.list_tasks(engine)
+    for task in reversed(task_list):
+        if task.data_type == journal.CONFIG and task.id not in failed:
+            try:
+                [set_zone] = translators.translate_config(task)
+            except translators.PoisonTask:
+                continue
+            return set_zone
+    return None
 
 
 class NsdbInit(ShowOne):

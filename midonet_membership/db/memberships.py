@@ -223,8 +223,11 @@ def delete_with_task(conn: AnyConnection, id_: str, audit: dict[str, str | None]
     caller's transaction; whether a row was there."""
     row = _delete_returning(conn, id_)
     if row is not None:
-        journal.record(conn, journal.DELETE, journal.AGENTMEMBERSHIP, id_,
-                       dict(zip(_SHOW_COLUMNS, row, strict=True)), **audit)
+        deleted = dict(zip(_SHOW_COLUMNS, row, strict=True))
+        # The row's id, not the caller's spelling: a database whose collation ignores case
+        # or trailing spaces (MariaDB's) matches both, and the importer removes by the id.
+        journal.record(conn, journal.DELETE, journal.AGENTMEMBERSHIP, deleted["id"], deleted,
+                       **audit)
     return row is not None
 
 

@@ -154,6 +154,14 @@ class AgentMembershipPlugin(service_base.ServicePluginBase):
             items = keyset_select(_connection(context), memberships_table, query)
         return [db_utils.resource_fields(item, fields) for item in items]
 
+    def update_agent_membership(self, context, id: str, agent_membership: dict  # noqa: A002
+                                ) -> dict:
+        """Neutron refuses a PUT that names an attribute (none is updatable) and calls this
+        for an empty one, which must be refused the same way, not be a 500."""
+        raise n_exc.BadRequest(resource=definition.RESOURCE_NAME,
+                               msg="an agent membership cannot be updated: delete it and "
+                                   "create it again")
+
     @db_api.retry_if_session_inactive()
     def delete_agent_membership(self, context, id: str) -> None:  # noqa: A002
         stored = _stored_id(id)
@@ -180,8 +188,11 @@ def _connection(context):
 
 
 def _stored_id(value: str) -> str:
-    """An id as stored (canonical lower case); one that cannot be a UUID stays as it is
-    and is simply not found."""
+    """An id as stored (canonical lower case). One that cannot be a UUID is not found, as
+    on our server: sent on, MariaDB's collation (case and trailing spaces ignored) would
+    find a row under a spelling the importer does not know."""
+    if validation_error(_OURS["id"], value) is not None:
+        _raise_as_neutron(exceptions.AgentMembershipNotFound(id=value))
     return _CANONICAL_ID(value)
 
 

@@ -21,13 +21,20 @@ import sqlalchemy as sa
 
 from midonet_membership import nsdb
 from midonet_membership.api.console import read_status
+from midonet_membership.cli.db_manage import resync
 from midonet_membership.cluster.importer import POSITION_COPY_INTERVAL, Importer
 from midonet_membership.context import RequestContext
 from midonet_membership.db import engine as db_engine
 from midonet_membership.db import journal, migration
 from midonet_membership.db.memberships import AgentMemberships
 from midonet_membership.db.models import memberships, tasks
-from midonet_membership.nsdb.base import HOLD_POSITION_BYTES, AddMember, RemoveMember
+from midonet_membership.nsdb.base import (
+    HOLD_POSITION_BYTES,
+    AddMember,
+    RemoveMember,
+    SetTunnelZone,
+    TunnelZone,
+)
 from tests.fixtures.importer import importer_running, last_processed, wait_until
 
 
@@ -256,6 +263,27 @@ def test_resync_rebuilds_the_zone_and_says_what_changed(make_database, nsdb_url,
     assert json.loads(again.stdout) == [] and "nothing changed" in again.stderr
     with nsdb.connect(nsdb_url, role="cluster") as store:
         assert store.list_members() == _members_table(engine)
+
+
+def test_resync_passes_over_a_config_the_importer_refused(make_database, tmp_path):
+    """A CONFIG written past the API with a protocol the importer refuses is recorded as
+    failed and the zone stays; resync must not write it either."""
+    engine = _engine(make_database("sqlite"))
+    journal.record_config(engine, "vxlan", "req-config")
+    with nsdb.connect(f"sqlite:///{tmp_path / 'nsdb.sqlite'}", role="cluster") as store:
+        importer = Importer(engine, store)
+        importer.catch_up()
+        with db_engine.writer(engine) as conn:
+            journal.record(conn, journal.UPDATE, journal.CONFIG, journal.CONFIG_RESOURCE_ID,
+                           {"id": journal.CONFIG_RESOURCE_ID, "tunnel_protocol": "geneve"},
+                           tenant_id=None, transaction_id="req-bad-config")
+        importer.catch_up()
+        assert len(journal.list_failures(engine)) == 1
+        store.apply([SetTunnelZone(TunnelZone(journal.CONFIG_RESOURCE_ID, "DEFAULT", "gre"))],
+                    store.get_import_position(), store.get_import_position())  # a drift
+        assert resync(engine, store) == [("zone", journal.CONFIG_RESOURCE_ID, "vxlan")]
+        assert store.get_tunnel_zone().type == "vxlan"
+    engine.dispose()
 
 
 def test_more_open_gaps_than_one_read_names_are_all_read(make_database, tmp_path,

@@ -13,6 +13,9 @@ import sqlalchemy as sa
 
 from midonet_membership import exceptions
 from midonet_membership.context import RequestContext
+from midonet_membership.db import engine as db_engine
+from midonet_membership.db import memberships as membership_writes
+from midonet_membership.db import migration
 from midonet_membership.db.models import memberships, tasks
 from tests.fixtures.databases import EVERY_DRIVER
 
@@ -76,6 +79,29 @@ def test_deleting_what_is_not_there_writes_no_task(plugin):
     with pytest.raises(exceptions.AgentMembershipNotFound):
         plugin.delete(_context(), host)
     assert _tasks_of(plugin.engine, host) == []
+
+
+@pytest.mark.mariadb
+def test_a_delete_journals_the_stored_id_not_the_callers_spelling(make_database):
+    """MariaDB's collation ignores case and trailing spaces, so another spelling of an id
+    finds the row (Neutron's plugin path hands us the client's). The task must name the
+    row's id: the importer removes the member by it."""
+    url = make_database("mariadb")
+    migration.upgrade(url)
+    engine = db_engine.create_engine(url)
+    host, audit = str(uuid.uuid4()), {"tenant_id": "p", "transaction_id": "req-1",
+                                      "requested_by": None, "requested_from": None}
+    try:
+        with engine.begin() as conn:
+            membership_writes.insert_with_tasks(
+                conn, [{"id": host, "ip_address": "198.51.100.7"}], ["p"], audit)
+        with engine.begin() as conn:
+            assert membership_writes.delete_with_task(conn, host.upper() + " ", audit)
+        assert _rows(engine, host) == []
+        assert [(t["type"], t["resource_id"]) for t in _tasks_of(engine, host)] == [
+            ("CREATE", host), ("DELETE", host)]
+    finally:
+        engine.dispose()
 
 
 def test_a_task_the_journal_refuses_takes_its_change_with_it(plugin):
