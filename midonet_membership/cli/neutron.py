@@ -205,10 +205,15 @@ class NeutronApp(BaseApp):
         for name in KEYSTONE_OPTIONS:
             if name != "token":
                 flag = name.replace("_", "-")
-                parser.add_argument(f"--os-{flag}", dest=f"os_{name}",
-                                    default=env(f"OS_{name.upper()}"),
+                # python-neutronclient's v2-era spellings of the project (old openrc files)
+                old = {"project_name": "tenant_name", "project_id": "tenant_id"}.get(name)
+                flags = [f"--os-{flag}"] + ([f"--os-{old.replace('_', '-')}"] if old else [])
+                parser.add_argument(*flags, dest=f"os_{name}",
+                                    default=env(f"OS_{name.upper()}") or (
+                                        env(f"OS_{old.upper()}") if old else None),
                                     help=f"Keystone {name.replace('_', ' ')} "
-                                         f"(env OS_{name.upper()})")
+                                         f"(env OS_{name.upper()}"
+                                         + (f", or OS_{old.upper()})" if old else ")"))
         parser.add_argument("--os-interface", default=env("OS_INTERFACE", "public"),
                             help="Catalog interface with Keystone (env OS_INTERFACE)")
         parser.add_argument("--os-region-name", default=env("OS_REGION_NAME"),

@@ -264,6 +264,10 @@ def test_keystone_credentials_and_catalog(keystone, neutron):
            env=env))
     listed = ok(run("neutron", "agent-membership-list", "-f", "value", env=env))
     assert listed.stdout == f"{host} 198.51.100.70\n"
+    old_openrc = {**{k: v for k, v in env.items() if k != "OS_PROJECT_NAME"},
+                  "OS_TENANT_NAME": "admin"}  # python-neutronclient's v2-era spelling
+    assert ok(run("neutron", "agent-membership-list", "-f", "value", env=old_openrc)
+              ).stdout == listed.stdout
     internal = failed(run("neutron", "--os-interface", "internal", "agent-membership-list",
                           env=env))
     assert "Unable to connect to the API at http://127.0.0.1:" in internal
