@@ -228,6 +228,14 @@ class _FakeKeystone(BaseHTTPRequestHandler):
                                        "message": "The request you have made requires "
                                                   "authentication."}})
             return
+        if "scope" not in body["auth"]:  # as Keystone: an unscoped token has no catalog
+            self._send(201, {"token": {
+                "methods": ["password"], "expires_at": "2099-01-01T00:00:00.000000Z",
+                "issued_at": "2026-01-01T00:00:00.000000Z",
+                "user": {"id": "u-admin", "name": user.get("name"),
+                         "domain": {"id": "default", "name": "Default"}}}},
+                {"X-Subject-Token": self.token})
+            return
         endpoints = [{"id": i, "interface": i, "region": "RegionOne", "region_id": "RegionOne",
                       "url": url} for i, url in (("public", self.network_url),
                                                   ("internal", self.internal_url))]
