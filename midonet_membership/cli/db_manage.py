@@ -65,14 +65,15 @@ class _DbCommand(Command):
 
 
 class Upgrade(_DbCommand):
-    """Upgrade the database schema (default: to head); the all-in-one does it at start."""
+    """Upgrade the database schema (default: to every head); the all-in-one does it at start."""
 
     needs_schema = False
 
     def get_parser(self, prog_name: str) -> argparse.ArgumentParser:
         parser = super().get_parser(prog_name)
-        parser.add_argument("revision", nargs="?", default="head",
-                            help="target revision (default head)")
+        parser.add_argument("revision", nargs="?", default="heads",
+                            help="target revision (default heads: the expand and the "
+                                 "contract branch's; head means heads)")
         return parser
 
     def take_action(self, parsed: argparse.Namespace) -> int:

@@ -1,9 +1,10 @@
 """Our extension inside a real neutron-server (tests/fixtures/neutron.py), on MariaDB.
 
 The conformance suite runs against it too (test_api_conformance.py, target "neutron"); this
-module checks what only Neutron has: its migrations command, the plugin's CONFIG task, real
-Keystone tokens in front of Neutron, and that memberships written through neutron-server and
-through our server reach the same DEFAULT tunnel zone through our importer.
+module checks what only Neutron has: its migrations command (with the expand and contract
+branches of its rolling upgrades), the plugin's CONFIG task, real Keystone tokens in front of
+Neutron, and that memberships written through neutron-server and through our server reach the
+same DEFAULT tunnel zone through our importer.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from midonet_membership import nsdb
+from midonet_membership.db import migration
 from midonet_membership.db.migration import VERSION_TABLE, head_revision
 from tests.fixtures.neutron import NeutronServer, neutron_venv_or_skip
 from tests.fixtures.servers import ApiClient
@@ -34,14 +36,15 @@ def body(host: str, ip: str) -> dict:
 
 
 def _tables_and_version(url: str) -> tuple[set[str], str | None]:
+    """Our version table's revisions (one per branch) joined as ``head_revision`` joins."""
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         tables = set(sa.inspect(engine).get_table_names())
         version = None
         if VERSION_TABLE in tables:
             with engine.connect() as conn:
-                version = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")
-                                       ).scalar_one()
+                version = ", ".join(sorted(conn.execute(
+                    sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars())) or None
         return tables, version
     finally:
         engine.dispose()
@@ -74,7 +77,62 @@ def test_db_manage_upgrade_heads_runs_neutrons_then_ours(neutron_server):
     assert {"networks", "ports", "alembic_version"} | OUR_TABLES <= tables
     assert version == head_revision(neutron_server.database_url)
     current = neutron_server.db_manage("--subproject", "midonet-membership", "current")
-    assert current.returncode == 0 and version in current.stdout, current
+    assert current.returncode == 0, current
+    assert all(f"{head} (head)" in current.stdout for head in version.split(", ")), current
+
+
+def _output(done: subprocess.CompletedProcess) -> str:
+    return done.stdout + done.stderr
+
+
+def test_db_manage_rolling_upgrade_commands_work_with_our_subproject(neutron_server):
+    """Neutron's rolling-upgrade commands run over every installed subproject and want its
+    expand and contract branches (`upgrade --expand`/`--contract` resolve `expand@head` and
+    `contract@head`, `has_offline_migrations` looks up the contract head) and
+    `check_migration` its layout (labels, branch points, EXPAND_HEAD/CONTRACT_HEAD files):
+    with ours installed each works for the whole deployment."""
+    for args in (("upgrade", "--expand"), ("upgrade", "--contract"),
+                 ("has_offline_migrations",), ("check_migration",)):
+        done = neutron_server.db_manage(*args)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (
+            args, _output(done)[-3000:])
+        if args[0] == "upgrade":
+            assert f"Running upgrade ({args[1][2:]}) for midonet-membership" in _output(done)
+        if args[0] == "has_offline_migrations":
+            assert "No offline migrations pending." in _output(done)
+        if args[0] == "check_migration":
+            assert "Running branches for midonet-membership" in _output(done)
+            assert "does not contain HEAD files" not in _output(done)
+
+
+def test_db_manage_takes_a_database_at_0007_through_expand_then_contract(make_database,
+                                                                         tmp_path):
+    """A deployment made before the branches is at 0007 (one row): `upgrade --expand` adds the
+    expand branch's start, the contract branch's is then still pending (an offline
+    migration, exit 1), and `upgrade --contract` brings the database to both heads."""
+    neutron_venv_or_skip()
+    url = make_database("mariadb")
+    migration.upgrade(url, "0007_sqlite_change_views")
+    server = NeutronServer(tmp_path, url)  # its config file only; nothing is started
+
+    def manage(*args: str) -> subprocess.CompletedProcess:
+        return server.db_manage("--subproject", "midonet-membership", *args)
+
+    pending = manage("has_offline_migrations")
+    assert pending.returncode == 1, _output(pending)[-3000:]
+    assert "Need to apply migrations from midonet-membership contract branch" in _output(
+        pending)
+    expanded = manage("upgrade", "--expand")
+    assert expanded.returncode == 0, _output(expanded)[-3000:]
+    assert _tables_and_version(url)[1] == "0008_expand_initial"
+    assert manage("has_offline_migrations").returncode == 1
+    contracted = manage("upgrade", "--contract")
+    assert contracted.returncode == 0, _output(contracted)[-3000:]
+    tables, version = _tables_and_version(url)
+    assert OUR_TABLES <= tables
+    assert version == head_revision(url) == "0008_contract_initial, 0008_expand_initial"
+    done = manage("has_offline_migrations")
+    assert done.returncode == 0 and "No offline migrations pending." in _output(done), done
 
 
 def test_neutron_lists_our_extension_and_keystone_decides(neutron_server, keystone):
@@ -151,6 +209,29 @@ def test_the_plugin_refuses_a_bulk_larger_than_one_nsdb_apply(neutron_server, zo
         neutron_server.config_file.write_text(original)
         neutron_server.stop()
         neutron_server.start()
+
+
+def test_an_id_that_cannot_be_a_uuid_is_not_found_through_neutron_either(neutron_server):
+    """As on our server. Sent on as it is, MariaDB's collation (case and trailing spaces
+    ignored) found the row under another spelling, deleted it, and the DELETE task named
+    that spelling: the importer removed nothing, and the host kept its tunnels."""
+    client, host = neutron_server.client(), str(uuid.uuid4())
+    assert client.post(PATH, body(host, "198.51.100.202")).status == 201
+    odd = f"{PATH}/{host.upper()}%20"
+    assert (client.get(odd).status, client.delete(odd).status) == (404, 404)
+    assert client.get(f"{PATH}/{host.upper()}").status == 200  # a UUID in capitals is one
+    assert client.delete(f"{PATH}/{host}").status == 204
+
+
+def test_an_empty_put_is_refused_with_a_400_not_a_500(neutron_server):
+    """Neutron refuses a PUT naming any attribute (none is updatable) itself, and calls the
+    plugin for an empty one."""
+    client, host = neutron_server.client(), str(uuid.uuid4())
+    assert client.post(PATH, body(host, "198.51.100.203")).status == 201
+    refused = client.put(f"{PATH}/{host}", {"agent_membership": {}})
+    assert refused.status == 400, refused
+    assert "cannot be updated" in refused.json["NeutronError"]["message"]
+    assert client.delete(f"{PATH}/{host}").status == 204
 
 
 def _members(url: str) -> dict[str, str]:

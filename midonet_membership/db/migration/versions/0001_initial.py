@@ -10,7 +10,7 @@ from alembic import op
 
 revision = "0001_initial"
 down_revision = None
-branch_labels = ("midonet_membership",)
+branch_labels = None
 depends_on = None
 
 
