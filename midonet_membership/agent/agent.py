@@ -303,6 +303,7 @@ class Agent:
         now = time.monotonic()
         next_scan = now + self.interface_scan_interval if self._discover else math.inf
         next_reconcile = now + self.reconcile_interval
+        beat_failed = False
         while not self._stop.wait(min(self.heartbeat_interval,
                                       max(0.0, next_scan - time.monotonic()),
                                       max(0.0, next_reconcile - time.monotonic()))):
@@ -312,9 +313,15 @@ class Agent:
             try:
                 self.nsdb.heartbeat(self.host_id)
                 metrics.AGENT_LAST_HEARTBEAT.labels(self.host_id).set_to_current_time()
+                if beat_failed:
+                    LOG.warning("heartbeat works again")
+                beat_failed = False
             except Exception as exc:  # the NSDB may be briefly away; keep trying
                 metrics.AGENT_HEARTBEAT_FAILURES.labels(self.host_id).inc()
-                LOG.warning("heartbeat failed: %s", exc)
+                if not beat_failed:
+                    LOG.warning("heartbeat failed: %s; retrying at every beat, logged again "
+                                "when it works", exc)
+                beat_failed = True
             if (watch_failure := self._watch_failure()) is not None:
                 with self._reconciling:  # not over a reconcile's newer report
                     self._observe(self._desired, watch_failure)

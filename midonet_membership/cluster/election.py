@@ -64,7 +64,7 @@ def _zookeeper_lock(url: str, identifier: str,
     from kazoo.client import KazooClient, KazooState
     from kazoo.exceptions import LockTimeout
 
-    from midonet_membership.nsdb.zookeeper import owner_acl
+    from midonet_membership.nsdb.zookeeper import owner_acl, reconnecting
 
     parts = urllib.parse.urlsplit(url)
     hosts = parts.netloc.rpartition("@")[2]
@@ -74,7 +74,8 @@ def _zookeeper_lock(url: str, identifier: str,
         user, password = (urllib.parse.unquote(p or "") for p in (parts.username, parts.password))
         auth = [("digest", f"{user}:{password}")]  # sent at connect; add_auth needs a session
         acl = owner_acl(user, password)  # the cluster's like the rest of its tree
-    client = KazooClient(hosts=hosts, timeout=5.0, auth_data=auth, default_acl=acl)
+    client = KazooClient(hosts=hosts, timeout=5.0, auth_data=auth, default_acl=acl,
+                         connection_retry=reconnecting())
     lost = threading.Event()
     client.add_listener(lambda state: lost.set() if state == KazooState.LOST else None)
     client.start(timeout=15)
@@ -87,11 +88,10 @@ def _zookeeper_lock(url: str, identifier: str,
                 continue
             if acquired:
                 LOG.info("importer %s is the leader", identifier)
-                try:
-                    yield lost
-                finally:
-                    with contextlib.suppress(Exception):
-                        lock.release()
+                # No lock.release() after: closing the session below deletes the lock node
+                # (it is ephemeral) at once, or ZooKeeper does when the session times out,
+                # and a release would wait, unbounded, for a ZooKeeper that is down.
+                yield lost
                 return
         yield None
     finally:

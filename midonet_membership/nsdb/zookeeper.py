@@ -108,6 +108,18 @@ def host_acl(cluster_acl: ACL, user: str, password: str) -> list[ACL]:
                                          delete=True), WORLD_READ]
 
 
+# What ZooKeeper answers to a write it refuses: the caller's to handle, not an outage.
+_REFUSED = (NoNodeError, NoAuthError, NodeExistsError)
+
+
+def reconnecting() -> KazooRetry:
+    """How every client of ours reconnects: for ever, at least every 2 s. kazoo's default
+    pause doubles up to an hour: after a one-minute ZooKeeper outage an agent came back
+    38 s after ZooKeeper did (its tunnels' zone frozen meanwhile), after longer ones later
+    still."""
+    return KazooRetry(max_tries=-1, max_delay=2.0)
+
+
 def parse_members(children: list[str]) -> dict[str, str]:
     return dict(child.split("@", 1) for child in children if "@" in child)
 
@@ -148,12 +160,10 @@ class ZooKeeperNSDB(NSDB):
         # The session timeout is the liveness timeout: a dead agent's ephemeral liveness
         # node disappears when its session expires. ``timeout`` bounds the connect.
         # Recipes (the leader lock) create nodes with ``default_acl``: ours, not open.
-        # The API reconnects for ever: it must come back by itself when ZooKeeper does.
         self.client = KazooClient(
             hosts=hosts, timeout=liveness_timeout, auth_data=auth,
             handler=PollThreadingHandler(), default_acl=self._own_acl,
-            connection_retry=KazooRetry(max_tries=-1, max_delay=2.0) if role == "api"
-            else None)
+            connection_retry=reconnecting())
         if role == "api":
             # Start without waiting: the memberships API must serve while ZooKeeper is down.
             self.client.start_async().wait(min(timeout, 2.0))
@@ -233,8 +243,9 @@ class ZooKeeperNSDB(NSDB):
         return self._max_members
 
     def get_import_position(self) -> ImportPosition:
+        self._require_connection()
         try:
-            data, _stat = self.client.get(self.position_path)
+            data, _stat = self._get(self.client.get_async(self.position_path))
         except NoNodeError:
             return ImportPosition()
         return ImportPosition.decode(data)
@@ -347,8 +358,9 @@ class ZooKeeperNSDB(NSDB):
     def register_host(self, host: Host) -> None:
         data = json.dumps(host_record(host)).encode()
         path = f"{self.hosts_path}/{host.id}"
+        self._require_connection()
         try:  # the usual case, every report after the first: one round trip
-            self.client.set(path, data)
+            self._get(self.client.set_async(path, data), passes=_REFUSED)
             return
         except NoNodeError:
             pass
@@ -399,10 +411,12 @@ class ZooKeeperNSDB(NSDB):
     def heartbeat(self, host_id: str) -> None:
         path = f"{self.hosts_path}/{host_id}/alive"
         now = datetime.datetime.now(datetime.UTC).isoformat().encode()
+        self._require_connection()
         try:
-            self.client.set(path, now)
+            self._get(self.client.set_async(path, now), passes=_REFUSED)
         except NoNodeError:
-            self.client.create(path, now, acl=self._own_acl, ephemeral=True)
+            self._get(self.client.create_async(path, now, acl=self._own_acl, ephemeral=True),
+                      passes=_REFUSED)
 
     def list_hosts(self) -> list[HostStatus]:
         self._require_connection()
@@ -418,20 +432,21 @@ class ZooKeeperNSDB(NSDB):
         return next(iter(self._hosts([host_id])), None)
 
     def _require_connection(self) -> None:
-        """The API fails at once while disconnected: kazoo would queue its read until it
-        reconnects, and a request (or a metrics scrape) would hang meanwhile. Agents and
-        the cluster keep kazoo's waiting."""
-        if self.role == "api" and not self.client.connected:
+        """The API and agents fail at once while disconnected: kazoo would queue the request
+        until it reconnects, and a request (or a metrics scrape) would hang meanwhile, or an
+        agent's heartbeat thread, which also reconciles the data plane and must keep doing
+        so, and must stop when told. The cluster keeps kazoo's waiting."""
+        if self.role != "cluster" and not self.client.connected:
             raise NSDBUnavailable("ZooKeeper is unreachable (reconnecting)")
 
-    def _get(self, reply):
-        """A reply; for the API, NSDBUnavailable when the connection goes (NoNodeError
-        passes)."""
-        if self.role != "api":
+    def _get(self, reply, passes: tuple[type[Exception], ...] = (NoNodeError,)):
+        """A reply; for the API and agents, NSDBUnavailable when the connection goes
+        (``passes`` pass)."""
+        if self.role == "cluster":
             return reply.get()
         try:
             return reply.get(timeout=self.timeout)
-        except NoNodeError:
+        except passes:
             raise
         except (KazooException, KazooTimeoutError) as exc:
             raise NSDBUnavailable(f"ZooKeeper did not answer: {type(exc).__name__}") from None

@@ -10,6 +10,7 @@ console in headless Chromium, ZooKeeper stopped for real.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -126,25 +127,41 @@ def test_console_shows_every_agent_when_pages_are_capped(capped, page):
 
 
 # -- the NSDB (ZooKeeper) down under a running all-in-one -------------------------------------
-@pytest.fixture(scope="module")
-def zk_server(make_database, tmp_path_factory):
-    """An all-in-one on its own ZooKeeper (which the tests stop and start again)."""
+def _on_own_zookeeper(make_database, state: Path, zk: Path) -> Server:
+    """An all-in-one with one agent on a ZooKeeper of its own (``.zk``), once it serves."""
     from tests.fixtures.zookeeper import ZooKeeperNode, _free_port, _require_zookeeper
     _require_zookeeper()
-    node = ZooKeeperNode(tmp_path_factory.mktemp("zk"), _free_port()).start()
+    node = ZooKeeperNode(zk, _free_port()).start()
     node.wait_ready()
-    srv = Server(tmp_path_factory.mktemp("state"), make_database("sqlite"),
+    srv = Server(state, make_database("sqlite"),
                  {"nsdb": {"connection": f"zookeeper://127.0.0.1:{node.client_port}/review"},
                   "agent": {"heartbeat_interval": "0.2"}}, ["--agents", "1"]).start()
+    srv.zk = node
     deadline = time.monotonic() + 30
     while srv.client().get("/v2.0/deployment-status").status != 200 or \
             not srv.client().get(AGENTS).json["agents"]:
         assert time.monotonic() < deadline, srv.output()[-3000:]
         time.sleep(0.2)
-    srv.zk = node
+    return srv
+
+
+@pytest.fixture(scope="module")
+def zk_server(make_database, tmp_path_factory):
+    """An all-in-one on its own ZooKeeper (which the tests stop and start again)."""
+    srv = _on_own_zookeeper(make_database, tmp_path_factory.mktemp("state"),
+                            tmp_path_factory.mktemp("zk"))
     yield srv
     srv.stop()
-    node.kill()
+    srv.zk.kill()
+
+
+def _zookeeper_down(srv: Server) -> None:
+    """Kill the server's ZooKeeper; return once its agents list says 503."""
+    srv.zk.kill()
+    deadline = time.monotonic() + 20
+    while srv.client().get(AGENTS).status != 503:
+        assert time.monotonic() < deadline, srv.output()[-3000:]
+        time.sleep(0.2)
 
 
 class _Outage:
@@ -152,11 +169,7 @@ class _Outage:
         self.srv = srv
 
     def __enter__(self) -> None:
-        self.srv.zk.kill()
-        deadline = time.monotonic() + 20
-        while self.srv.client().get(AGENTS).status != 503:
-            assert time.monotonic() < deadline, self.srv.output()[-3000:]
-            time.sleep(0.2)
+        _zookeeper_down(self.srv)
 
     def __exit__(self, *exc) -> None:
         self.srv.zk.start().wait_ready()
@@ -207,3 +220,18 @@ def test_console_keeps_the_operator_logged_in_while_the_nsdb_is_down(zk_server, 
     assert (stored, login_visible, fresh_app_visible) == (zk_server.token, False, True), (
         f"token kept: {stored is not None}, login panel shown: {login_visible} "
         f"({shown!r}), a fresh login reaches the console: {fresh_app_visible}")
+
+
+def test_the_all_in_one_stops_at_once_while_zookeeper_is_down(make_database, tmp_path):
+    """`systemctl stop` during an outage. It took 15 s: the importer released its leader
+    lock and the agent sent heartbeats, each waiting for a ZooKeeper that was down."""
+    srv = _on_own_zookeeper(make_database, tmp_path / "state", tmp_path / "zk")
+    try:
+        _zookeeper_down(srv)
+        started = time.monotonic()
+        srv.process.send_signal(signal.SIGTERM)
+        assert srv.process.wait(timeout=30) == 0, srv.output()[-3000:]
+        assert time.monotonic() - started < 5, srv.output()[-3000:]
+    finally:
+        srv.stop()
+        srv.zk.kill()

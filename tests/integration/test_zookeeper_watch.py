@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 
+import pytest
 from kazoo.security import make_digest_acl
 
 from midonet_membership import nsdb
@@ -21,7 +22,12 @@ from midonet_membership.agent import ACTIVE, PENDING, Agent
 from midonet_membership.agent.agent import ERROR, NOT_A_MEMBER
 from midonet_membership.nsdb.base import AddMember, SetTunnelZone
 from midonet_membership.nsdb.zookeeper import RETRY_MAX, owner_acl
+from tests.fixtures.zookeeper import ZooKeeperNode, _free_port, _require_zookeeper
 from tests.integration.test_agents import WAIT, ZONE, HistoryDataPlane, _is, _secured
+
+# Longer than kazoo's default reconnect pauses add up to before one of 25.6 s: with them an
+# agent tried again 21 s after ZooKeeper was back (38 s after a one-minute outage).
+LONG_OUTAGE = 30.0
 
 
 def _until(condition, timeout: float, what: str) -> None:
@@ -191,3 +197,33 @@ def test_a_pending_agent_reports_a_zone_record_it_cannot_parse(zookeeper_url):
     finally:
         agent.stop()
         cluster.close()
+
+
+@pytest.mark.slow
+def test_an_agent_follows_the_zone_within_seconds_of_a_long_outages_end(tmp_path):
+    """Data-plane changes made while ZooKeeper was down reach the agent as soon as it is
+    back, however long it was down, and its session (liveness) expired meanwhile."""
+    _require_zookeeper()
+    node = ZooKeeperNode(tmp_path / "zk", _free_port()).start()
+    node.wait_ready()
+    url = f"zookeeper://127.0.0.1:{node.client_port}/outage"
+    host_id = str(uuid.uuid4())
+    with nsdb.connect(url, role="cluster") as cluster:
+        cluster.apply([SetTunnelZone(ZONE), AddMember(host_id, "198.51.100.1"),
+                       AddMember("h2", "198.51.100.2")], None, 1)
+    agent = _agent(url, host_id)
+    try:
+        agent.wait_for(_is(ACTIVE, ("198.51.100.2",)), WAIT)
+        node.kill()
+        time.sleep(LONG_OUTAGE)
+        node.start().wait_ready()
+        back = time.monotonic()
+        with nsdb.connect(url, role="cluster") as cluster:
+            cluster.apply([AddMember("h3", "198.51.100.3")], 1, 2)
+        agent.wait_for(_is(ACTIVE, ("198.51.100.2", "198.51.100.3")), WAIT)
+        assert time.monotonic() - back < WAIT
+        with nsdb.connect(url, role="cluster") as cluster:  # its liveness node again
+            _until(lambda: cluster.get_host(host_id).alive, WAIT, "the agent's liveness")
+    finally:
+        agent.stop()
+        node.kill()
