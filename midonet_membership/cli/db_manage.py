@@ -186,7 +186,8 @@ class TunnelZoneShow(ShowOne):
 
 class Resync(_DbCommand, Lister):
     """Rebuild the DEFAULT zone from the memberships table and the newest CONFIG; list what
-    changed (nothing when the NSDB already matched).
+    changed (nothing when the NSDB already matched). When the NSDB has no zone and
+    ``task-clean`` removed every CONFIG, the zone's type is ``[MIDONET] tunnel_protocol``.
 
     For a zone that drifted (an NSDB restored from an old backup, a task recorded as failed
     after a manual fix). It applies through the importer's compare-and-set on the position,
@@ -200,7 +201,8 @@ class Resync(_DbCommand, Lister):
         started = time.monotonic()
         try:
             with nsdb.connect(url, role="cluster") as store:
-                changes = resync(self.app.engine, store, progress=_progress)
+                changes = resync(self.app.engine, store, progress=_progress,
+                                 protocol=self.app.conf.MIDONET.tunnel_protocol)
         except nsdb.NSDBError as exc:
             raise CommandError(f"NSDB {redacted(url)}: {exc}") from None
         if not changes:
@@ -216,9 +218,12 @@ def _progress(text: str) -> None:
     print(f"resync: {text}", file=sys.stderr, flush=True)
 
 
-def resync(engine: Engine, store,
-           progress: Callable[[str], None] = lambda _: None) -> list[tuple[str, str, str]]:
+def resync(engine: Engine, store, progress: Callable[[str], None] = lambda _: None,
+           protocol: str | None = None) -> list[tuple[str, str, str]]:
     """Make ``store``'s zone equal the memberships table; returns the changes made.
+
+    ``protocol``: the zone's type when the NSDB has none and the journal no CONFIG any more
+    (``task-clean`` removes processed tasks, CONFIG ones too, as the original did).
 
     ``progress`` is told each phase (reading, comparing, applying): with many thousands of
     members each takes a while, and a command must not sit silent meanwhile."""
@@ -238,7 +243,8 @@ def resync(engine: Engine, store,
                  "in the NSDB zone")
         ops: list = []
         changes: list[tuple[str, str, str]] = []
-        config = _newest_config(engine)
+        config = _newest_config(engine) or (_configured_zone(protocol) if zone is None
+                                            else None)
         if config is not None and (zone is None or zone.type != config.zone.type):
             ops.append(config)
             changes.append(("zone", config.zone.id, config.zone.type))
@@ -276,6 +282,13 @@ def _newest_config(engine: Engine):
                 continue
             return set_zone
     return None
+
+
+def _configured_zone(protocol: str | None):
+    from midonet_membership.nsdb.base import DEFAULT_TUNNEL_ZONE_NAME, SetTunnelZone, TunnelZone
+
+    return None if protocol is None else SetTunnelZone(
+        TunnelZone(journal.CONFIG_RESOURCE_ID, DEFAULT_TUNNEL_ZONE_NAME, protocol))
 
 
 class NsdbInit(ShowOne):

@@ -265,6 +265,33 @@ def test_resync_rebuilds_the_zone_and_says_what_changed(make_database, nsdb_url,
         assert store.list_members() == _members_table(engine)
 
 
+def test_resync_rebuilds_a_lost_zone_after_task_clean_from_neutron_conf(make_database,
+                                                                        tmp_path):
+    """task-clean removed the CONFIG tasks with the rest; then the NSDB is lost. resync
+    takes the zone's type from [MIDONET] tunnel_protocol, as the API would write it."""
+    url = make_database("sqlite")
+    engine = _engine(url)
+    journal.record_config(engine, "gre", "req-config")
+    host = str(uuid.uuid4())
+    AgentMemberships(engine).create(RequestContext.admin(), [{"id": host, "ip_address": _ip(1)}])
+    with nsdb.connect(f"sqlite:///{tmp_path / 'lost.sqlite'}", role="cluster") as store:
+        Importer(engine, store).catch_up()
+    assert journal.clean(engine) == 2
+    engine.dispose()
+    new_nsdb = f"sqlite:///{tmp_path / 'new.sqlite'}"
+    config = tmp_path / "manage.conf"
+    _write_config(config, url, new_nsdb)
+    with open(config, "a") as f:
+        f.write("[MIDONET]\ntunnel_protocol = gre\n")
+    done = _manage(config, "resync", "-f", "json")
+    assert done.returncode == 0, done.stderr
+    assert sorted((c["change"], c["tunnel_ip_or_type"]) for c in json.loads(done.stdout)) == [
+        ("added", _ip(1)), ("zone", "gre")]
+    with nsdb.connect(new_nsdb, role="cluster") as store:
+        assert store.get_tunnel_zone().type == "gre"
+        assert store.list_members() == {host: _ip(1)}
+
+
 def test_resync_passes_over_a_config_the_importer_refused(make_database, tmp_path):
     """A CONFIG written past the API with a protocol the importer refuses is recorded as
     failed and the zone stays; resync must not write it either."""
