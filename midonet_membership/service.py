@@ -111,7 +111,7 @@ def all_in_one(conf: cfg.ConfigOpts, agent_count: int = 0) -> None:
     server = ThreadedServer(app, conf.bind_host, conf.bind_port, conf.api_threads,
                             conf.api_active_threads or active_threads_default(engine.dialect.name))
     stop_importer = _start_importer(conf, engine, in_process=True)
-    url = f"http://{conf.bind_host}:{server.port}"
+    url = _endpoint_url(conf.bind_host, server.port)
     _write_endpoint(conf, url)
     server.start()
     banner = [f"midonet-membership all-in-one: console on {url}/",
@@ -219,7 +219,7 @@ def api(conf: cfg.ConfigOpts) -> None:
     if conf.auth_strategy == "token":  # before the port opens, so clients can read it
         from midonet_membership.api.auth import ensure_admin_token
         ensure_admin_token(conf.admin_token_file)
-    _write_endpoint(conf, f"http://{conf.bind_host}:{conf.bind_port}")
+    _write_endpoint(conf, _endpoint_url(conf.bind_host, conf.bind_port))
 
     def app_factory():
         engine = db_engine.create_engine(config.database_url(conf), pool_size=conf.api_threads,
@@ -268,6 +268,11 @@ def _collect_worker_metrics() -> None:
             shutil.rmtree(path, ignore_errors=True)
     atexit.register(remove)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+
+
+def _endpoint_url(host: str, port: int) -> str:
+    """The API's URL for a local client: an IPv6 address goes in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _write_endpoint(conf: cfg.ConfigOpts, url: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -158,6 +159,33 @@ def test_local_all_in_one_is_found_through_its_state_dir(server, tmp_path):
     nowhere = tmp_path / "nowhere"
     missing = failed(run("neutron", "--state-dir", str(nowhere), "agent-membership-list"))
     assert f"{nowhere}/admin-token does not exist" in missing and "--os-url" in missing
+
+
+def test_an_all_in_one_bound_to_ipv6_is_found_through_its_state_dir(make_database, tmp_path):
+    """``--bind [::1]:PORT``: the URL the CLI reads from ``api-url`` needs the brackets."""
+    if not socket.has_ipv6 or not _loopback_v6():
+        pytest.skip("no IPv6 loopback in this network namespace")
+    srv = Server(tmp_path / "state", make_database("sqlite"), {}, [], host="::1").start()
+    try:
+        deadline = time.monotonic() + 10  # written once the port is bound, before serving
+        while not (srv.state_dir / "api-url").exists():
+            assert time.monotonic() < deadline, srv.output()[-2000:]
+            time.sleep(0.05)
+        assert (srv.state_dir / "api-url").read_text() == f"{srv.url}\n"
+        listed = ok(run("neutron", "--state-dir", str(srv.state_dir), "agent-membership-list",
+                        "-f", "json"))
+        assert json.loads(listed.stdout) == []
+    finally:
+        srv.stop()
+
+
+def _loopback_v6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def test_agent_commands(server, neutron):
