@@ -43,7 +43,9 @@ def make_app(conf: cfg.ConfigOpts, engine: Engine, nsdb: NSDB | None = None,
     if metrics_page is not None:
         pages["/metrics"] = metrics_page
     app = wrap(Application(controllers, [d for d, _, _ in declared], authenticate,
-                           endpoints=endpoints))
+                           endpoints=endpoints,
+                           challenge=None if conf.auth_strategy == "keystone"
+                           else 'Keystone uri="unknown"'))
     # The console's files, its login and the metrics need no token: served around the
     # authentication wrapper (keystonemiddleware would otherwise look for one).
     return with_pages(app, pages, page)

@@ -38,7 +38,8 @@ class Application:
 
     def __init__(self, controllers: Iterable[Controller], extensions: Iterable[ModuleType],
                  authenticate: Authenticator,
-                 endpoints: dict[str, Endpoint] | None = None) -> None:
+                 endpoints: dict[str, Endpoint] | None = None,
+                 challenge: str | None = 'Keystone uri="unknown"') -> None:
         self.controllers: dict[str, Controller] = {}
         for controller in controllers:
             for path in controller.resource.paths:
@@ -46,6 +47,9 @@ class Application:
         self.extensions = {ext.ALIAS: _describe(ext) for ext in extensions}
         self.authenticate = authenticate
         self.endpoints = dict(endpoints or {})
+        # A 401's WWW-Authenticate; None where keystonemiddleware adds its own (with the
+        # configured Keystone's address) around the app.
+        self.challenge = challenge
         self._counters: dict[tuple[str, int], Any] = {}
         self._timers: dict[str, Any] = {}
 
@@ -66,10 +70,12 @@ class Application:
             status, body = 500, _server_error(request_id)
         head = req.method == "HEAD"
         try:
-            status_line, headers, payload = _response(status, body, request_id, head)
+            status_line, headers, payload = _response(status, body, request_id, head,
+                                                      self.challenge)
         except orjson.JSONEncodeError:  # (a TypeError) free while nothing is raised
             status, body = _encodable(status, body, req, request_id)
-            status_line, headers, payload = _response(status, body, request_id, head)
+            status_line, headers, payload = _response(status, body, request_id, head,
+                                                      self.challenge)
         self._measure(environ.get(OPERATION, "other"), status, started)
         start_response(status_line, headers)
         return [payload]
@@ -155,8 +161,8 @@ def with_pages(api: Callable, pages: dict[str, Callable], console: Callable) -> 
     return route
 
 
-def _response(status: int, body: Any, request_id: str,
-              head: bool) -> tuple[str, list[tuple[str, str]], bytes]:
+def _response(status: int, body: Any, request_id: str, head: bool,
+              challenge: str | None) -> tuple[str, list[tuple[str, str]], bytes]:
     """Status line, headers and body, built directly: a webob.Response only to set these
     few headers cost a tenth of a show, and json.dumps a tenth of a list page (cProfile;
     orjson encodes a page of 100 in a tenth of json's time).
@@ -168,8 +174,8 @@ def _response(status: int, body: Any, request_id: str,
     if body is not None:
         headers.append(("Content-Type", JSON))
     headers.append(("Content-Length", str(len(payload))))
-    if status == 401:
-        headers.append(("WWW-Authenticate", 'Keystone uri="unknown"'))
+    if status == 401 and challenge:
+        headers.append(("WWW-Authenticate", challenge))
     return f"{status} {webob.util.status_reasons[status]}", headers, b"" if head else payload
 
 

@@ -7,6 +7,7 @@ member's may not (403 on POST, 404 on a member, an empty list), none or a forged
 
 from __future__ import annotations
 
+import http.client
 import uuid
 
 import pytest
@@ -47,6 +48,21 @@ def test_keystone_tokens_decide_access(keystone_server, keystone):
         resp = client.get(PATH)
         assert resp.status == 401
         assert resp.json["NeutronError"]["type"] == "HTTPUnauthorized"
+
+
+def test_a_401_tells_once_where_keystone_is(keystone_server, keystone):
+    """keystonemiddleware adds ``WWW-Authenticate: Keystone uri=...`` to a 401 with the
+    configured Keystone; the app added a second one, naming no Keystone ("unknown")."""
+    connection = http.client.HTTPConnection("127.0.0.1", keystone_server.port, timeout=30)
+    try:
+        connection.request("GET", PATH, headers={"X-Auth-Token": "forged"})
+        resp = connection.getresponse()
+        resp.read()
+    finally:
+        connection.close()
+    assert resp.status == 401
+    assert [v for k, v in resp.getheaders() if k.lower() == "www-authenticate"] == [
+        f'Keystone uri="{keystone.url}"']
 
 
 def test_a_keystone_outage_is_503_not_401(keystone_server, keystone):
