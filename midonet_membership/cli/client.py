@@ -16,7 +16,7 @@ import dataclasses
 import os
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from keystoneauth1 import exceptions as ks_exceptions
@@ -38,6 +38,26 @@ class ApiError(CommandError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
+
+
+def pages(get: Callable[[list[tuple[str, str]]], dict], plural: str,
+          query: list[tuple[str, str]], rel: str = "next") -> Iterator[list[dict]]:
+    """The pages of a list: ``get(query)``'s, then each page whose query the ``<plural>_links``
+    href named ``rel`` gives, until a page is empty or links none. The href's host is not
+    followed: behind a proxy it may name an address this client cannot reach, and
+    neutronclient ignores it too."""
+    while True:
+        body = get(query)
+        page = body[plural]
+        yield page
+        href = next((link.get("href") for link in body.get(f"{plural}_links", [])
+                     if link.get("rel") == rel), None)
+        if not page or href is None:
+            return
+        following = urllib.parse.parse_qsl(urllib.parse.urlsplit(href).query)
+        if following == query:  # a server that never advances must not loop forever
+            return
+        query = following
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,29 +102,16 @@ class Client:
              params: list[tuple[str, str]] | None = None) -> list[dict]:
         """Every item, paged like python-neutronclient's ``list(..., page_size)``.
 
-        With a page size it asks for ``limit=SIZE``. With or without one it re-asks the same
-        path with the query of each ``<plural>_links`` ``next`` href until a page comes
-        without one, and concatenates the pages: a server with ``pagination_max_limit``
-        caps every answer and links the rest. The href's host is not followed: behind a
-        proxy it may name an address this client cannot reach, and neutronclient ignores it
-        too.
+        With a page size it asks for ``limit=SIZE``. With or without one it follows every
+        page (:func:`pages`) and concatenates them: a server with ``pagination_max_limit``
+        caps every answer and links the rest.
         """
         query = list(params or [])
         if page_size:
             query.append(("limit", str(page_size)))
-        items: list[dict] = []
-        while True:
-            body = self.request("GET", resource.path, params=query)
-            page = body[resource.plural]
-            items.extend(page)
-            href = next((link.get("href") for link in body.get(f"{resource.plural}_links", [])
-                         if link.get("rel") == "next"), None)
-            if not page or href is None:
-                return items
-            next_query = urllib.parse.parse_qsl(urllib.parse.urlsplit(href).query)
-            if next_query == query:  # a server that never advances must not loop forever
-                return items
-            query = next_query
+        return [item for page in pages(
+            lambda q: self.request("GET", resource.path, params=q), resource.plural, query)
+            for item in page]
 
     def show(self, resource: Resource, id_: str) -> dict:
         return self.request("GET", _member(resource, id_))[resource.singular]

@@ -18,6 +18,8 @@ from keystoneauth1 import exceptions as ksa_exceptions
 from osc_lib import exceptions
 from osc_lib.command import command
 
+from midonet_membership.cli.client import pages
+
 API_NAME = "midonet_membership"
 API_VERSION_OPTION = "os_midonet_membership_api_version"
 DEFAULT_API_VERSION = "2"
@@ -45,22 +47,15 @@ class MembershipClient:
     def list(self, query: list[tuple[str, str]], one_page: bool = False) -> list[dict]:
         """One page, or every page: a server with ``pagination_max_limit`` caps each answer
         and links the rest (``next``; ``previous`` when listing backwards)."""
+        def get(q: list[tuple[str, str]]) -> dict:
+            return self._call("GET", PATH + (f"?{urllib.parse.urlencode(q)}" if q else ""))
+
+        if one_page:
+            return get(query)["agent_memberships"]
         backwards = ("page_reverse", "True") in query
-        pages: list[list[dict]] = []
-        while True:
-            suffix = f"?{urllib.parse.urlencode(query)}" if query else ""
-            body = self._call("GET", PATH + suffix)
-            page = body["agent_memberships"]
-            pages.append(page)
-            href = next((link.get("href") for link in body.get("agent_memberships_links", [])
-                         if link.get("rel") == ("previous" if backwards else "next")), None)
-            if one_page or not page or href is None:
-                break
-            following = urllib.parse.parse_qsl(urllib.parse.urlsplit(href).query)
-            if following == query:  # a server that never advances must not loop forever
-                break
-            query = following
-        return [item for page in (reversed(pages) if backwards else pages) for item in page]
+        found = list(pages(get, "agent_memberships", query,
+                           "previous" if backwards else "next"))
+        return [item for page in (reversed(found) if backwards else found) for item in page]
 
     def show(self, id_: str) -> dict:
         return self._call("GET", f"{PATH}/{urllib.parse.quote(id_, safe='')}")[

@@ -256,26 +256,21 @@ class _FakeKeystone(BaseHTTPRequestHandler):
                                        "message": "The request you have made requires "
                                                   "authentication."}})
             return
-        if "scope" not in body["auth"]:  # as Keystone: an unscoped token has no catalog
-            self._send(201, {"token": {
-                "methods": ["password"], "expires_at": "2099-01-01T00:00:00.000000Z",
-                "issued_at": "2026-01-01T00:00:00.000000Z",
-                "user": {"id": "u-admin", "name": user.get("name"),
-                         "domain": {"id": "default", "name": "Default"}}}},
-                {"X-Subject-Token": self.token})
-            return
-        endpoints = [{"id": i, "interface": i, "region": "RegionOne", "region_id": "RegionOne",
-                      "url": url} for i, url in (("public", self.network_url),
-                                                  ("internal", self.internal_url))]
         domain = {"id": "default", "name": "Default"}
-        self._send(201, {"token": {
-            "methods": ["password"], "expires_at": "2099-01-01T00:00:00.000000Z",
-            "issued_at": "2026-01-01T00:00:00.000000Z",
-            "user": {"id": "u-admin", "name": user.get("name"), "domain": domain},
-            "project": {"id": "p-admin", "name": "admin", "domain": domain},
-            "roles": [{"id": "r-admin", "name": "admin"}],
-            "catalog": [{"type": "network", "name": "neutron", "id": "n",
-                         "endpoints": endpoints}]}}, {"X-Subject-Token": self.token})
+        token = {"methods": ["password"], "expires_at": "2099-01-01T00:00:00.000000Z",
+                 "issued_at": "2026-01-01T00:00:00.000000Z",
+                 "user": {"id": "u-admin", "name": user.get("name"), "domain": domain}}
+        if "scope" in body["auth"]:  # as Keystone: an unscoped token has no catalog
+            endpoints = [{"id": i, "interface": i, "region": "RegionOne",
+                          "region_id": "RegionOne", "url": url}
+                         for i, url in (("public", self.network_url),
+                                        ("internal", self.internal_url))]
+            token.update({
+                "project": {"id": "p-admin", "name": "admin", "domain": domain},
+                "roles": [{"id": "r-admin", "name": "admin"}],
+                "catalog": [{"type": "network", "name": "neutron", "id": "n",
+                             "endpoints": endpoints}]})
+        self._send(201, {"token": token}, {"X-Subject-Token": self.token})
 
 
 @pytest.fixture
