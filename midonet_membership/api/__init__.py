@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from midonet_membership import exceptions
 from midonet_membership.api import auth, console, policies
 from midonet_membership.api.agents import Agents
-from midonet_membership.api.app import Application, with_pages
+from midonet_membership.api.app import UNKNOWN_KEYSTONE, Application, with_pages
 from midonet_membership.api.definitions import agent, agent_membership
 from midonet_membership.api.resource import Controller, Plugin, Resource
 from midonet_membership.conf import nsdb_url
@@ -45,7 +45,7 @@ def make_app(conf: cfg.ConfigOpts, engine: Engine, nsdb: NSDB | None = None,
     app = wrap(Application(controllers, [d for d, _, _ in declared], authenticate,
                            endpoints=endpoints,
                            challenge=None if conf.auth_strategy == "keystone"
-                           else 'Keystone uri="unknown"'))
+                           else UNKNOWN_KEYSTONE))
     # The console's files, its login and the metrics need no token: served around the
     # authentication wrapper (keystonemiddleware would otherwise look for one).
     return with_pages(app, pages, page)

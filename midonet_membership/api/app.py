@@ -32,6 +32,10 @@ OPERATION = "midonet.operation"  # environ key: the operation the request was ro
 Endpoint = Callable[[webob.Request, RequestContext], tuple[int, Any]]
 
 
+# A 401's WWW-Authenticate where no Keystone is configured (the admin token, noauth).
+UNKNOWN_KEYSTONE = 'Keystone uri="unknown"'
+
+
 class Application:
     """Routes a request to a declared resource; ``endpoints`` are extra read-only JSON
     endpoints under ``/v2.0/`` (each checks its own policy)."""
@@ -39,7 +43,7 @@ class Application:
     def __init__(self, controllers: Iterable[Controller], extensions: Iterable[ModuleType],
                  authenticate: Authenticator,
                  endpoints: dict[str, Endpoint] | None = None,
-                 challenge: str | None = 'Keystone uri="unknown"') -> None:
+                 challenge: str | None = UNKNOWN_KEYSTONE) -> None:
         self.controllers: dict[str, Controller] = {}
         for controller in controllers:
             for path in controller.resource.paths:

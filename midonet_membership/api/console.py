@@ -166,16 +166,13 @@ def _keystone_token(base: str, form: dict[str, str], tls: ssl.SSLContext) -> dic
                 f"Keystone refused the login ({exc.code}): check the user name, password, "
                 "project and domain.") from None
         raise exceptions.ServiceUnavailable(f"Keystone answered {exc.code}.") from None
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, ssl.SSLError):
-            LOG.warning("Keystone login failed: %s", exc.reason)
+    except (OSError, ValueError, KeyError) as exc:  # URLError is an OSError
+        LOG.warning("Keystone login failed: %s", exc)
+        reason = getattr(exc, "reason", None)
+        if isinstance(reason, ssl.SSLError):
             raise exceptions.ServiceUnavailable(
-                f"Keystone's certificate was refused ({exc.reason}): check [keystone_authtoken] "
+                f"Keystone's certificate was refused ({reason}): check [keystone_authtoken] "
                 "cafile or insecure.") from None
-        LOG.warning("Keystone login failed: %s", exc)
-        raise exceptions.ServiceUnavailable("Keystone could not be reached.") from None
-    except (OSError, ValueError, KeyError) as exc:
-        LOG.warning("Keystone login failed: %s", exc)
         raise exceptions.ServiceUnavailable("Keystone could not be reached.") from None
     return {"token": token, "expires_at": issued.get("expires_at"),
             "roles": sorted(r["name"] for r in issued.get("roles", []))}

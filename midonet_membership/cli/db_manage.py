@@ -273,9 +273,8 @@ def _newest_config(engine: Engine):
     from midonet_membership.cluster import translators
 
     failed = journal.list_failures(engine)
-    task_list, _ = journal.list_tasks(engine)
-    for task in reversed(task_list):
-        if task.data_type == journal.CONFIG and task.id not in failed:
+    for task in reversed(journal.config_tasks(engine)):
+        if task.id not in failed:
             try:
                 [set_zone] = translators.translate_config(task)
             except translators.PoisonTask:

@@ -262,6 +262,12 @@ def tasks_of_transactions(conn: Connection, transaction_ids: Iterable[str]) -> l
     return _tasks_with(conn, tasks.c.transaction_id, transaction_ids)
 
 
+def config_tasks(engine: Engine) -> list[Task]:
+    """Every CONFIG task, in id order (resync looks for the newest the importer accepts)."""
+    with reader(engine) as conn:
+        return _tasks_with(conn, tasks.c.data_type, [CONFIG])
+
+
 def tasks_of_members(conn: Connection, resource_ids: Iterable[str], low: int,
                      below: int) -> list[Task]:
     """The committed tasks of these resources with ids in ``low``..``below - 1`` (through
